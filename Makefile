@@ -1,0 +1,57 @@
+# Two commands matter: `make demo` and `make test`. Everything else supports them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export BATCHPIPE_DB ?= $(CURDIR)/batchpipe.duckdb
+export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+DEMO_DATE ?= 2026-11-03
+
+.PHONY: install demo test test-fast dev lint format lock clean
+
+install: $(STAMP)
+
+# Reinstall whenever the lock or the project metadata changes; --require-hashes makes
+# a new machine get exactly the files that were tested.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements.lock
+	$(BIN)/pip check
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(BIN)/batchpipe demo-data
+	$(BIN)/batchpipe run --all --date $(DEMO_DATE)
+	$(BIN)/batchpipe show --all --date $(DEMO_DATE)
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+dev: install
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(BIN)/batchpipe demo-data
+	$(BIN)/batchpipe dev
+
+lint: install
+	$(BIN)/ruff format --check batchpipe tests bench
+	$(BIN)/ruff check batchpipe tests bench
+
+format: install
+	$(BIN)/ruff format batchpipe tests bench
+	$(BIN)/ruff check --fix batchpipe tests bench
+
+# Regenerate the lock after changing dependencies in pyproject.toml.
+lock:
+	$(PYTHON) -m pip install --quiet uv==0.13.8
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--generate-hashes -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .dagster .batchpipe batchpipe.duckdb batchpipe.duckdb.wal

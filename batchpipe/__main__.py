@@ -1,0 +1,5 @@
+import sys
+
+from batchpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,367 @@
+"""The Anthropic Message Batches client: split, submit, poll, download.
+
+The create call has no idempotency key, and the SDK retries a failed POST by
+default, which can make a duplicate batch that is paid twice. So create runs
+with `max_retries=0`, an intent row is committed before it and the batch id
+right after it, and any unknown outcome is reconciled through the list
+endpoint before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import duckdb
+
+from batchpipe import warehouse
+from batchpipe.errors import BatchApiError
+
+MAX_REQUESTS_PER_BATCH = 100_000
+MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
+CREATE_ATTEMPTS = 4
+RECONCILE_WINDOW = dt.timedelta(minutes=10)  # tolerated clock skew when matching batches
+OPEN_STATES = ("submitting", "submitted", "ended")
+
+Log = Callable[[str], None]
+
+
+def client() -> anthropic.Anthropic:
+    """The SDK client: the real API with a key, else the emulator (started if need be)."""
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
+    if key:
+        return anthropic.Anthropic(api_key=key, base_url=base_url)
+    from batchpipe.emulator.launcher import ensure_emulator
+
+    return anthropic.Anthropic(api_key="batchpipe-emulator", base_url=ensure_emulator())
+
+
+def using_emulator() -> bool:
+    return not os.environ.get("ANTHROPIC_API_KEY")
+
+
+@dataclass(frozen=True)
+class Submission:
+    submission_id: str
+    batch_id: str | None
+    state: str
+    request_count: int
+    intent_at: dt.datetime
+
+
+def open_submissions(
+    con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date
+) -> list[Submission]:
+    rows = con.execute(
+        "SELECT submission_id, batch_id, state, request_count, intent_at FROM batchpipe_batches "
+        "WHERE pipeline = ? AND partition_date = ? AND state IN ? ORDER BY intent_at",
+        [pipeline, date, list(OPEN_STATES)],
+    ).fetchall()
+    return [Submission(*row) for row in rows]
+
+
+def submit_partition(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    pipeline: str,
+    date: dt.date,
+    model: str,
+    pending_sql: str,
+    pending_params: list,
+    log: Log,
+    max_requests: int = MAX_REQUESTS_PER_BATCH,
+) -> list[str]:
+    """Send the partition's pending requests, unless batches for it are already in flight.
+
+    Returns the ids of every open batch of the partition, old and new.
+    """
+    for sub in open_submissions(con, pipeline, date):
+        if sub.state == "submitting":
+            _finish_submission(con, api, sub, log)
+    in_flight = open_submissions(con, pipeline, date)
+    if in_flight:
+        log(f"{len(in_flight)} batch(es) already in flight for {date}; nothing new is sent")
+        return [s.batch_id for s in in_flight if s.batch_id]
+
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
+        f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
+        pending_params,
+    )
+    total = con.execute("SELECT count(*) FROM pending").fetchone()[0]
+    if total == 0:
+        log("every request of this partition already has a result; nothing is sent")
+        return []
+    per_batch = _batch_size(con, min(max_requests, MAX_REQUESTS_PER_BATCH))
+    for chunk in range((total + per_batch - 1) // per_batch):
+        submission_id = uuid.uuid4().hex
+        with warehouse.transaction(con):
+            count = con.execute(
+                "INSERT INTO batchpipe_batch_requests "
+                "SELECT ?, custom_id, request_hash FROM pending WHERE rn // ? = ?",
+                [submission_id, per_batch, chunk],
+            ).fetchone()[0]
+            con.execute(
+                "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
+                "request_count, model, intent_at) VALUES (?, ?, ?, 'submitting', ?, ?, ?)",
+                [submission_id, pipeline, date, count, model, _now()],
+            )
+        sub = next(
+            s for s in open_submissions(con, pipeline, date) if s.submission_id == submission_id
+        )
+        _finish_submission(con, api, sub, log)
+    con.execute("DROP TABLE pending")
+    return [s.batch_id for s in open_submissions(con, pipeline, date) if s.batch_id]
+
+
+def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
+    """Halve the batch size until no batch's body exceeds the byte limit."""
+    while per_batch > 1:
+        biggest = con.execute(
+            "SELECT coalesce(max(b), 0) FROM (SELECT sum(input_chars + 64) AS b FROM pending "
+            "GROUP BY rn // ?)",
+            [per_batch],
+        ).fetchone()[0]
+        if biggest <= MAX_BATCH_BYTES:
+            break
+        per_batch //= 2
+    return per_batch
+
+
+def _finish_submission(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission, log: Log
+) -> None:
+    """Turn a recorded intent into exactly one batch upstream."""
+    adopted = _reconcile(con, api, sub)
+    if adopted is not None:
+        log(f"found batch {adopted.id} upstream for an interrupted submission; not sending again")
+        _record_created(con, sub.submission_id, adopted)
+        return
+    body = con.execute(
+        "SELECT '[' || string_agg('{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' "
+        "|| CAST(r.params AS VARCHAR) || '}', ',') || ']' "
+        "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
+        "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
+        "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
+        "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
+        "WHERE b.submission_id = ?",
+        [sub.submission_id],
+    ).fetchone()[0]
+    requests = json.loads(body) if body else []
+    if len(requests) != sub.request_count:
+        # The partition's requests were rebuilt (the file changed) before this intent was
+        # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
+        con.execute(
+            "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
+            ["abandoned before sending: the partition's requests changed", sub.submission_id],
+        )
+        log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
+        return
+    creator = api.with_options(max_retries=0).messages.batches
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            batch = creator.create(requests=requests)
+        except anthropic.RateLimitError as err:
+            _wait_before_retry(err, attempt, log)
+            continue
+        except anthropic.APIStatusError as err:
+            if err.status_code < 500 and err.status_code not in (408, 409):
+                _record_failed(con, sub.submission_id, err)
+                raise BatchApiError(
+                    f"the Batches API refused the batch ({err.status_code}): {_api_message(err)}"
+                ) from None
+            outcome = err
+        except anthropic.APIConnectionError as err:
+            outcome = err
+        else:
+            _record_created(con, sub.submission_id, batch)
+            log(f"submitted batch {batch.id} with {sub.request_count} requests")
+            return
+        # The create may or may not have reached the API: look before sending again.
+        adopted = _reconcile(con, api, sub)
+        if adopted is not None:
+            _record_created(con, sub.submission_id, adopted)
+            log(f"submitted batch {adopted.id} (confirmed through the list endpoint)")
+            return
+        log(f"create failed ({type(outcome).__name__}); no batch upstream, retrying")
+        time.sleep(min(2**attempt, 30))
+    raise BatchApiError(
+        f"could not create a batch after {CREATE_ATTEMPTS} attempts; nothing was submitted. "
+        "Run again to retry."
+    )
+
+
+def _reconcile(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission
+) -> anthropic.types.messages.MessageBatch | None:
+    """A batch upstream that matches this intent and that no submission has claimed."""
+    known = {r[0] for r in con.execute("SELECT batch_id FROM batchpipe_batches").fetchall()}
+    since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_WINDOW
+    matches = []
+    for batch in api.messages.batches.list(limit=100):
+        if batch.created_at < since:
+            break  # newest first: everything after this is older
+        counts = batch.request_counts
+        total = (
+            counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+        )
+        if batch.id not in known and total == sub.request_count:
+            matches.append(batch)
+    if len(matches) > 1:
+        raise BatchApiError(
+            f"{len(matches)} unclaimed batches upstream could belong to interrupted submission "
+            f"{sub.submission_id}: {', '.join(b.id for b in matches)}. Cancel the extra ones "
+            "(or delete them once ended) and run again."
+        )
+    return matches[0] if matches else None
+
+
+def _record_created(
+    con: duckdb.DuckDBPyConnection,
+    submission_id: str,
+    batch: anthropic.types.messages.MessageBatch,
+) -> None:
+    con.execute(
+        "UPDATE batchpipe_batches SET batch_id = ?, state = 'submitted', created_at = ?, "
+        "processing_status = ? WHERE submission_id = ?",
+        [batch.id, _naive(batch.created_at), batch.processing_status, submission_id],
+    )
+
+
+def _record_failed(
+    con: duckdb.DuckDBPyConnection, submission_id: str, err: anthropic.APIStatusError
+) -> None:
+    con.execute(
+        "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
+        [_api_message(err), submission_id],
+    )
+
+
+def wait_until_ended(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    pipeline: str,
+    date: dt.date,
+    poll_seconds: float,
+    log: Log,
+) -> None:
+    """Poll every open batch of the partition until all have ended (no webhooks exist)."""
+    last_report = ""
+    while True:
+        waiting = [s for s in open_submissions(con, pipeline, date) if s.state == "submitted"]
+        if not waiting:
+            return
+        lines = []
+        for sub in waiting:
+            batch = api.messages.batches.retrieve(sub.batch_id)
+            record_status(con, sub.submission_id, batch)
+            c = batch.request_counts
+            lines.append(
+                f"{batch.id}: {batch.processing_status} ({c.processing} processing, "
+                f"{c.succeeded} succeeded, {c.errored} errored)"
+            )
+        report = "; ".join(lines)
+        if report != last_report:
+            log(report)
+            last_report = report
+        if all(s.state != "submitted" for s in open_submissions(con, pipeline, date) if s.batch_id):
+            return
+        time.sleep(poll_seconds)
+
+
+def record_status(
+    con: duckdb.DuckDBPyConnection,
+    submission_id: str,
+    batch: anthropic.types.messages.MessageBatch,
+) -> None:
+    c = batch.request_counts
+    ended = batch.processing_status == "ended"
+    con.execute(
+        "UPDATE batchpipe_batches SET processing_status = ?, succeeded = ?, errored = ?, "
+        "canceled = ?, expired = ?, ended_at = ?, "
+        "state = CASE WHEN ? AND state = 'submitted' THEN 'ended' ELSE state END "
+        "WHERE submission_id = ?",
+        [
+            batch.processing_status,
+            c.succeeded,
+            c.errored,
+            c.canceled,
+            c.expired,
+            _naive(batch.ended_at) if batch.ended_at else None,
+            ended,
+            submission_id,
+        ],
+    )
+
+
+def download_results(api: anthropic.Anthropic, batch_id: str, expected_lines: int) -> Path:
+    """Stream a batch's results to a file, complete or not at all.
+
+    The file is written under a temporary name and renamed only once it holds
+    one line per request, so a cut stream is never loaded as if whole.
+    """
+    directory = warehouse.state_dir() / "results"
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{batch_id}.jsonl"
+    if final.exists() and _line_count(final) == expected_lines:
+        return final
+    partial = final.with_suffix(".jsonl.part")
+    with (
+        api.messages.batches.with_streaming_response.results(batch_id) as response,
+        partial.open("wb") as out,
+    ):
+        for chunk in response.iter_bytes():
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    lines = _line_count(partial)
+    if lines != expected_lines:
+        raise BatchApiError(
+            f"the results of {batch_id} were cut short: {lines} of {expected_lines} lines. "
+            "Run again to download them again."
+        )
+    partial.replace(final)
+    return final
+
+
+def _line_count(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + (
+            1 if path.stat().st_size and not _ends_with_newline(path) else 0
+        )
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) -> None:
+    retry_after = err.response.headers.get("retry-after")
+    delay = float(retry_after) if retry_after and retry_after.isdigit() else 2.0**attempt
+    log(f"rate limited by the Batches API; waiting {delay:.0f} s")
+    time.sleep(min(delay, 60))
+
+
+def _api_message(err: anthropic.APIStatusError) -> str:
+    body = err.body if isinstance(err.body, dict) else {}
+    inner = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
+    return str(inner.get("message") or err.message)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _naive(value: dt.datetime) -> dt.datetime:
+    """DuckDB TIMESTAMP columns hold UTC without a zone."""
+    return value.astimezone(dt.UTC).replace(tzinfo=None)

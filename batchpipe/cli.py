@@ -1,0 +1,220 @@
+"""`batchpipe ...`: run partitions through Dagster, check files, serve the emulator.
+
+Every command turns batchpipe's own errors into `error: ...` lines and exit
+status 1; an analyst never sees a traceback for a mistake in a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from batchpipe.errors import BatchpipeError, ConfigError
+
+EXAMPLES = """examples:
+  batchpipe run product_descriptions --date 2026-11-03
+  batchpipe run --all --date 2026-11-03
+  batchpipe validate
+  batchpipe show product_descriptions --date 2026-11-03
+  batchpipe emulator --host 127.0.0.1 --port 8765 --state-dir .batchpipe/emulator
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except BatchpipeError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to carry on", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchpipe",
+        description="Enrich DuckDB tables with Claude through the Message Batches API.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run pipeline partitions through Dagster, in process")
+    _add_selection(run)
+    run.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
+    run.set_defaults(handler=_run)
+
+    show = sub.add_parser("show", help="print a few enriched rows and the partition's cost")
+    _add_selection(show)
+    show.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
+    show.add_argument("--limit", type=int, default=5, help="rows to print (default 5)")
+    show.set_defaults(handler=_show)
+
+    validate = sub.add_parser(
+        "validate", help="check pipeline files against the warehouse; sends nothing"
+    )
+    validate.add_argument("names", nargs="*", metavar="NAME")
+    validate.set_defaults(handler=_validate)
+
+    emulator = sub.add_parser("emulator", help="serve the local Anthropic API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--state-dir", type=Path, default=Path(".batchpipe/emulator/state"))
+    emulator.add_argument(
+        "--latency",
+        type=float,
+        default=float(os.environ.get("BATCHPIPE_EMULATOR_LATENCY", "2.0")),
+        help="seconds before a batch ends (default 2)",
+    )
+    emulator.add_argument("--api-key", default=None, help="require this key (default: any)")
+    emulator.set_defaults(handler=_emulator)
+
+    demo = sub.add_parser("demo-data", help="create the demo source tables in BATCHPIPE_DB")
+    demo.add_argument("--sql", type=Path, default=None, help="default: pipelines/demo_data.sql")
+    demo.set_defaults(handler=_demo_data)
+
+    dev = sub.add_parser("dev", help="start `dagster dev` on loopback with workspace.yaml")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=_dev)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of a pipeline file")
+    schema.set_defaults(handler=_schema)
+    return parser
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME", help="pipeline name(s)")
+    parser.add_argument("--all", action="store_true", help="every pipeline in BATCHPIPE_PIPELINES")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-03") from None
+
+
+def _select(args: argparse.Namespace):
+    from batchpipe.loader import load_pipelines
+
+    files = load_pipelines()
+    if args.all == bool(args.names):
+        raise BatchpipeError("name one or more pipelines, or pass --all")
+    if args.all:
+        return files
+    by_name = {pf.pipeline.name: pf for pf in files}
+    unknown = [n for n in args.names if n not in by_name]
+    if unknown:
+        raise BatchpipeError(
+            f"no pipeline named {', '.join(unknown)} (pipelines: {', '.join(sorted(by_name))})"
+        )
+    return [by_name[n] for n in args.names]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from batchpipe import batches
+    from batchpipe.runs import run_partition
+
+    files = _select(args)
+    if batches.using_emulator():
+        from batchpipe.emulator.launcher import ensure_emulator
+
+        ensure_emulator()
+    failed = 0
+    for pf in files:
+        print(f"== {pf.pipeline.name} {args.date}")
+        try:
+            for line in run_partition(pf, args.date):
+                print(f"   {line}")
+        except BatchpipeError as err:
+            failed += 1
+            print(f"error: {err.message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from batchpipe.report import show_partition
+
+    for pf in _select(args):
+        print(show_partition(pf, args.date, args.limit))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from batchpipe import plan, warehouse
+    from batchpipe.loader import load_pipelines
+
+    files = load_pipelines()
+    if args.names:
+        files = [pf for pf in files if pf.pipeline.name in args.names]
+    problems: list[str] = []
+    with warehouse.connect(read_only=True) as con:
+        for pf in files:
+            try:
+                plan.resolve(pf, con)
+                print(f"ok  {pf.pipeline.name} ({pf.path})")
+            except ConfigError as err:
+                problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from batchpipe.emulator.server import serve
+
+    serve(args.host, args.port, args.state_dir, args.latency, args.api_key)
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from batchpipe import warehouse
+    from batchpipe.loader import pipelines_dir
+
+    path = args.sql or pipelines_dir() / "demo_data.sql"
+    if not path.exists():
+        raise BatchpipeError(f"{path}: no such file")
+    with warehouse.connect() as con:
+        con.execute(path.read_text(encoding="utf-8"))
+        tables = warehouse.table_names(con)
+    print(f"demo tables ready in {warehouse.database()}: {', '.join(tables)}")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from batchpipe import batches
+
+    env = dict(os.environ)
+    if batches.using_emulator():
+        from batchpipe.emulator.launcher import ensure_emulator
+
+        env["ANTHROPIC_BASE_URL"] = ensure_emulator()
+    home = Path(env.setdefault("DAGSTER_HOME", str(Path(".dagster").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
+        shutil.copy("dagster.yaml", home / "dagster.yaml")
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", "workspace.yaml"]
+    print(f"starting {' '.join(command[1:])} (DAGSTER_HOME={home})", flush=True)
+    os.execve(command[0], command, env)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from batchpipe.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The code location `workspace.yaml` loads: every file in pipelines/ as assets.
+
+Pipeline files are read by batchpipe's own loader, not by Dagster Components,
+because Components would render the `{{ column }}` placeholders of prompts as
+their own templates. A bad file fails the code location with every problem
+listed as file:line:col, which the UI shows as the location's error.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from batchpipe.defs.assets import pipeline_assets
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.defs.specs import source_spec
+from batchpipe.loader import PipelineFile, load_pipelines
+
+
+def build_definitions(files: list[PipelineFile] | None = None) -> dg.Definitions:
+    files = load_pipelines() if files is None else files
+    sources = {spec.key: spec for spec in (source_spec(pf) for pf in files)}
+    assets = [asset for pf in files for asset in pipeline_assets(pf)]
+    return dg.Definitions(
+        assets=[*sources.values(), *assets],
+        resources={"batchpipe": BatchpipeResource()},
+    )
+
+
+defs = build_definitions()

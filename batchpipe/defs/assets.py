@@ -1,0 +1,119 @@
+"""Four partitioned assets per pipeline file, each a thin wrapper over steps.py.
+
+No `from __future__ import annotations` here: Dagster inspects the real type of
+each asset's `context` parameter.
+"""
+
+import datetime as dt
+
+import dagster as dg
+
+from batchpipe import steps
+from batchpipe.defs import specs
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.loader import PipelineFile
+
+
+def _date(context: dg.AssetExecutionContext) -> dt.date:
+    return dt.date.fromisoformat(context.partition_key)
+
+
+def _usd(value: float) -> dg.MetadataValue:
+    return dg.MetadataValue.float(round(float(value), 6))
+
+
+def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
+    """requests -> batch_status -> results -> enriched, daily partitions from the file."""
+    common = {
+        "partitions_def": specs.partitions(pf),
+        "group_name": pf.pipeline.name,
+        "code_version": specs.code_version(pf),
+        "pool": specs.POOL,
+        "kinds": {"duckdb"},
+    }
+    reference = {"dagster/code_references": specs.code_reference(pf)}
+
+    @dg.asset(
+        key=specs.asset_key(pf, "requests"),
+        deps=[specs.source_key(pf)],
+        description=specs.description(pf, "requests"),
+        metadata=reference,
+        **common,
+    )
+    def requests(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        summary = steps.build_requests(pf, _date(context), context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "batchpipe/requests": summary.requests,
+                "batchpipe/to_send": summary.to_send,
+                "batchpipe/reused": summary.reused,
+                "batchpipe/estimated_usd": _usd(summary.estimate["expected_usd"]),
+                "batchpipe/estimated_high_usd": _usd(summary.estimate["high_usd"]),
+            }
+        )
+
+    @dg.asset(
+        key=specs.asset_key(pf, "batch_status"),
+        deps=[requests],
+        description=specs.description(pf, "batch_status"),
+        metadata=reference,
+        **{**common, "kinds": {"anthropic"}},
+    )
+    def batch_status(
+        context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
+    ) -> dg.MaterializeResult:
+        summary = steps.submit_and_wait(
+            pf, _date(context), batchpipe.client(), batchpipe.poll_interval(), context.log.info
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
+                "batchpipe/requests": summary.requests,
+                "batchpipe/succeeded": summary.succeeded,
+                "batchpipe/errored": summary.errored,
+                "batchpipe/canceled": summary.canceled,
+                "batchpipe/expired": summary.expired,
+                "batchpipe/estimated_usd": _usd(summary.estimated_usd),
+            }
+        )
+
+    @dg.asset(
+        key=specs.asset_key(pf, "results"),
+        deps=[batch_status],
+        description=specs.description(pf, "results"),
+        metadata=reference,
+        **common,
+    )
+    def results(
+        context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
+    ) -> dg.MaterializeResult:
+        summary = steps.load_results(pf, _date(context), batchpipe.client(), context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "batchpipe/batches_loaded": summary.batches_loaded,
+                "batchpipe/results_loaded": summary.lines_loaded,
+            }
+        )
+
+    @dg.asset(
+        key=specs.asset_key(pf, "enriched"),
+        deps=[results],
+        description=specs.description(pf, "enriched"),
+        metadata={**reference, "dagster/table_name": pf.pipeline.output.table},
+        **common,
+    )
+    def enriched(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        summary = steps.write_enriched(pf, _date(context), context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": summary.rows,
+                "batchpipe/succeeded": summary.succeeded,
+                "batchpipe/errored": summary.errored,
+                "batchpipe/missing": summary.missing,
+                "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
+                "batchpipe/cost_usd": _usd(summary.cost_usd),
+                "batchpipe/standard_cost_usd": _usd(summary.standard_cost_usd),
+            }
+        )
+
+    return [requests, batch_status, results, enriched]

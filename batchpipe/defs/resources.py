@@ -1,0 +1,23 @@
+"""The one resource the assets share: how to reach the Batches API and how often to poll."""
+
+from __future__ import annotations
+
+import anthropic
+import dagster as dg
+
+from batchpipe import batches
+
+
+class BatchpipeResource(dg.ConfigurableResource):
+    """Settings only; the API key is read from the environment when a client is made,
+    so it never appears in Dagster's config, run records or UI."""
+
+    poll_seconds: float | None = None  # None: 1 s against the emulator, 30 s against Anthropic
+
+    def client(self) -> anthropic.Anthropic:
+        return batches.client()
+
+    def poll_interval(self) -> float:
+        if self.poll_seconds is not None:
+            return self.poll_seconds
+        return 1.0 if batches.using_emulator() else 30.0

@@ -1,0 +1,160 @@
+"""Finds and parses pipelines/*.yaml; every error carries file:line:col.
+
+YAML is parsed twice from the same text: once into plain data for pydantic, once
+into nodes whose marks give each key's position. A validation error is then
+reported at the exact place the analyst has to edit, all errors at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from batchpipe.config import Pipeline
+from batchpipe.errors import ConfigError
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PipelineFile:
+    """A validated pipeline with the positions of its keys in its file."""
+
+    path: Path
+    pipeline: Pipeline
+    positions: dict[Path_, tuple[int, int]] = field(repr=False, compare=False)
+
+    def where(self, *key_path: str | int) -> str:
+        """`file:line:col` of a key, or of its nearest parent that is in the file."""
+        return _where(self.path, self.positions, key_path)
+
+    def error(self, key_path: tuple[str | int, ...], message: str) -> ConfigError:
+        dotted = ".".join(str(p) for p in key_path)
+        return ConfigError([f"{self.where(*key_path)}: {dotted}: {message}"])
+
+
+def pipelines_dir() -> Path:
+    return Path(os.environ.get("BATCHPIPE_PIPELINES", "pipelines"))
+
+
+def load_pipelines(directory: Path | None = None) -> list[PipelineFile]:
+    """Every pipeline file in the directory, or one ConfigError listing all problems."""
+    directory = directory or pipelines_dir()
+    if not directory.is_dir():
+        raise ConfigError([f"{directory}: no such directory (set BATCHPIPE_PIPELINES)"])
+    files: list[PipelineFile] = []
+    problems: list[str] = []
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            files.append(load_file(path))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    seen: dict[str, PipelineFile] = {}
+    for pf in files:
+        other = seen.setdefault(pf.pipeline.name, pf)
+        if other is not pf:
+            problems.append(
+                f"{pf.where('name')}: name: {pf.pipeline.name!r} is already used by "
+                f"{other.where('name')}; pipeline names must be unique"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return files
+
+
+def load_file(path: Path) -> PipelineFile:
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        if "{{" in line:
+            problem += ' (quote a value that starts with {{, e.g. prompt: "{{ name }} ...")'
+        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+    positions: dict[Path_, tuple[int, int]] = {}
+    if node is not None:
+        _collect_positions(node, (), positions)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1:1: expected a mapping of keys (name, source, ...)"])
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path, positions, data)) from None
+    return PipelineFile(path=path, pipeline=pipeline, positions=positions)
+
+
+def _collect_positions(node: yaml.Node, prefix: Path_, out: dict[Path_, tuple[int, int]]) -> None:
+    out.setdefault(prefix, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, key_node.value)
+            # Point at the key itself: that is the line an analyst edits.
+            out[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _collect_positions(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_positions(item, (*prefix, index), out)
+
+
+def _where(path: Path, positions: dict[Path_, tuple[int, int]], key_path: Iterable) -> str:
+    key_path = tuple(key_path)
+    while key_path and key_path not in positions:
+        key_path = key_path[:-1]
+    line, col = positions.get(key_path, (1, 1))
+    return f"{path}:{line}:{col}"
+
+
+def _describe(
+    err: ValidationError, path: Path, positions: dict[Path_, tuple[int, int]], data: dict
+) -> list[str]:
+    problems = []
+    for item in err.errors():
+        # Drop pydantic's union branch labels ("str", "list[str]") from the location.
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = tuple(p for p in loc if p not in ("str", "int", "function-after"))
+        dotted = ".".join(str(p) for p in loc) or "(file)"
+        message = _message(item, loc, data)
+        problems.append(f"{_where(path, positions, loc)}: {dotted}: {message}")
+    # A union reports one error per branch; say each place once.
+    return list(dict.fromkeys(problems))
+
+
+def _message(item: dict, loc: tuple, data: dict) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        guess = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"unknown key{guess} (expected one of: {', '.join(allowed)})"
+    if kind == "missing":
+        model = _model_at(loc[:-1])
+        described = model.model_fields[loc[-1]].description if model else None
+        return "required key is missing" + (f" ({described})" if described else "")
+    message = item["msg"].removeprefix("Value error, ")
+    if kind in ("string_type", "str_type") and isinstance(item.get("input"), dict):
+        message += " (a value starting with {{ must be quoted in YAML)"
+    return message
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Pipeline
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return model

@@ -1,0 +1,261 @@
+"""A pipeline resolved against the warehouse, and the requests of one partition.
+
+Resolution is the second phase of checking a pipeline file (the first is the
+schema, in loader.py): tables, columns and templates are checked against the
+real database, and every error still names the file and line. It runs before
+anything is sent, so a mistake costs nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+
+from batchpipe import pricing, templates, warehouse
+from batchpipe.loader import PipelineFile
+from batchpipe.templates import quote_ident, sql_string
+
+# Columns batchpipe adds to every output table, beside the source columns.
+RESULT_COLUMNS = (
+    "partition_date",
+    "result_status",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "batch_id",
+)
+CUSTOM_ID_PATTERN = "[a-zA-Z0-9_-]{1,64}"
+DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """SQL fragments for one pipeline, checked against the warehouse's real columns."""
+
+    file: PipelineFile
+    source_sql: str  # a relation: a table name or a parenthesized query
+    columns: dict[str, str]
+    prompt: templates.Template
+    system: templates.Template | None
+
+    @property
+    def name(self) -> str:
+        return self.file.pipeline.name
+
+    def partition_rows_sql(self) -> str:
+        """The source rows of one run date; `?` is the date."""
+        column = quote_ident(self.file.pipeline.source.partition_column)
+        return f"SELECT * FROM {self.source_sql} AS s WHERE CAST(s.{column} AS DATE) = ?"
+
+    def custom_id_sql(self, relation: str = "s") -> str:
+        """custom_id from the key: the key itself when it fits the API's rule, else a hash."""
+        keys = [f"CAST({relation}.{quote_ident(k)} AS VARCHAR)" for k in self.key_columns]
+        if len(keys) == 1:
+            k = keys[0]
+            return (
+                f"CASE WHEN regexp_full_match({k}, '{CUSTOM_ID_PATTERN}') "
+                f"THEN {k} ELSE 'h-' || md5({k}) END"
+            )
+        return f"'h-' || md5(CAST(to_json(list_value({', '.join(keys)})) AS VARCHAR))"
+
+    @property
+    def key_columns(self) -> list[str]:
+        return self.file.pipeline.source.key_columns
+
+    def params_sql(self, relation: str = "s") -> str:
+        """The Messages API params of a row, as one JSON expression."""
+        request = self.file.pipeline.request
+        fields = [
+            f"'model', {sql_string(request.model)}",
+            f"'max_tokens', {int(request.max_tokens)}",
+        ]
+        if self.system is not None:
+            fields.append(f"'system', {templates.to_sql(self.system, relation)}")
+        message = f"json_object('role', 'user', 'content', {self.prompt_sql(relation)})"
+        fields.append(f"'messages', json_array({message})")
+        return f"json_object({', '.join(fields)})"
+
+    def prompt_sql(self, relation: str = "s") -> str:
+        return templates.to_sql(self.prompt, relation)
+
+
+def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
+    """Check a pipeline against the warehouse; raise ConfigError naming file and line."""
+    pipeline = pf.pipeline
+    source = pipeline.source
+    try:
+        pricing.price(pipeline.request.model)
+    except ValueError as err:
+        raise pf.error(("request", "model"), str(err)) from None
+
+    if source.table is not None:
+        source_sql = ".".join(quote_ident(p) for p in source.table.split("."))
+        try:
+            columns = warehouse.describe(con, source_sql)
+        except duckdb.CatalogException:
+            known = ", ".join(warehouse.table_names(con)) or "none"
+            raise pf.error(
+                ("source", "table"),
+                f"table {source.table!r} does not exist in {warehouse.database()} "
+                f"(tables: {known})",
+            ) from None
+    else:
+        source_sql = f"({source.query})"
+        try:
+            columns = warehouse.describe(con, source_sql)
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0]
+            raise pf.error(("source", "query"), f"the query fails in DuckDB: {first}") from None
+
+    available = list(columns)
+    for index, key in enumerate(source.key_columns):
+        if key not in columns:
+            where = ("source", "key") if isinstance(source.key, str) else ("source", "key", index)
+            raise pf.error(where, f"key column {key!r} is not in the source ({_list(available)})")
+    if source.partition_column not in columns:
+        raise pf.error(
+            ("source", "partition_column"),
+            f"column {source.partition_column!r} is not in the source ({_list(available)})",
+        )
+    if columns[source.partition_column].upper() not in DATE_TYPES:
+        raise pf.error(
+            ("source", "partition_column"),
+            f"column {source.partition_column!r} is {columns[source.partition_column]}; "
+            "expected DATE or TIMESTAMP",
+        )
+    clashes = [c for c in (*RESULT_COLUMNS, pipeline.output.column) if c in columns]
+    if clashes:
+        raise pf.error(
+            ("output", "column"),
+            f"the source already has column(s) {', '.join(clashes)}, which the output "
+            f"table adds; rename them in a query, or choose another output.column",
+        )
+    prompt = _template(pf, ("request", "prompt"), pipeline.request.prompt, available)
+    system = (
+        _template(pf, ("request", "system"), pipeline.request.system, available)
+        if pipeline.request.system is not None
+        else None
+    )
+    return Resolved(pf, source_sql, columns, prompt, system)
+
+
+def _template(
+    pf: PipelineFile, key: tuple[str, ...], text: str, available: list[str]
+) -> templates.Template:
+    try:
+        template = templates.parse(text)
+        templates.check_columns(template, available)
+    except templates.TemplateError as err:
+        raise pf.error(key, str(err)) from None
+    return template
+
+
+def _list(columns: list[str]) -> str:
+    return "columns: " + ", ".join(columns)
+
+
+@dataclass(frozen=True)
+class RequestsSummary:
+    rows: int
+    requests: int
+    to_send: int
+    reused: int
+    input_chars: int
+    estimate: dict[str, float]
+
+
+def build_requests(
+    con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
+) -> RequestsSummary:
+    """Rebuild the partition's requests in one SQL statement, after checking its keys."""
+    name = resolved.name
+    rows_sql = resolved.partition_rows_sql()
+    _check_keys(con, resolved, date)
+    with warehouse.transaction(con):
+        con.execute(
+            "DELETE FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
+            [name, date],
+        )
+        con.execute(
+            f"""
+            INSERT INTO batchpipe_requests
+            SELECT ?, ?, custom_id, md5(CAST(params AS VARCHAR)), params,
+                   length(CAST(params AS VARCHAR))
+            FROM (
+                SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params
+                FROM ({rows_sql}) AS s
+            )
+            """,
+            [name, date, date],
+        )
+    rows, input_chars = con.execute(
+        "SELECT count(*), coalesce(sum(input_chars), 0) FROM batchpipe_requests "
+        "WHERE pipeline = ? AND partition_date = ?",
+        [name, date],
+    ).fetchone()
+    to_send = len_pending(con, name, date)
+    request = resolved.file.pipeline.request
+    pending_chars = con.execute(
+        f"SELECT coalesce(sum(input_chars), 0) FROM ({PENDING_SQL})", [name, date, name]
+    ).fetchone()[0]
+    return RequestsSummary(
+        rows=rows,
+        requests=rows,
+        to_send=to_send,
+        reused=rows - to_send,
+        input_chars=input_chars,
+        estimate=pricing.estimate(request.model, pending_chars, to_send, request.max_tokens),
+    )
+
+
+# Requests of a partition that still need sending: no succeeded result for the
+# identical request anywhere in the pipeline's history. Params: pipeline, date, pipeline.
+PENDING_SQL = """
+SELECT r.custom_id, r.request_hash, r.params, r.input_chars
+FROM batchpipe_requests AS r
+WHERE r.pipeline = ? AND r.partition_date = ?
+  AND r.request_hash NOT IN (
+      SELECT request_hash FROM batchpipe_results
+      WHERE pipeline = ? AND result_type = 'succeeded'
+  )
+"""
+
+
+def len_pending(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> int:
+    return con.execute(f"SELECT count(*) FROM ({PENDING_SQL})", [name, date, name]).fetchone()[0]
+
+
+def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
+    """NULL or duplicate keys would merge rows; show a few examples and stop."""
+    keys = ", ".join(f"s.{quote_ident(k)}" for k in resolved.key_columns)
+    null_test = " OR ".join(f"s.{quote_ident(k)} IS NULL" for k in resolved.key_columns)
+    rows_sql = resolved.partition_rows_sql()
+    nulls = con.execute(f"SELECT count(*) FROM ({rows_sql}) s WHERE {null_test}", [date])
+    null_count = nulls.fetchone()[0]
+    if null_count:
+        raise resolved.file.error(
+            ("source", "key"), f"{null_count} row(s) of {date} have a NULL key; keys must be set"
+        )
+    dupes = con.execute(
+        f"SELECT {keys}, count(*) AS n FROM ({rows_sql}) s GROUP BY ALL HAVING n > 1 "
+        "ORDER BY n DESC LIMIT 3",
+        [date],
+    ).fetchall()
+    if dupes:
+        examples = "; ".join(f"{', '.join(map(str, row[:-1]))} ({row[-1]} rows)" for row in dupes)
+        raise resolved.file.error(
+            ("source", "key"),
+            f"the key is not unique on {date}: {examples}. Choose columns unique per row",
+        )
+    collisions = con.execute(
+        f"SELECT {resolved.custom_id_sql()} AS id, count(*) n FROM ({rows_sql}) s "
+        "GROUP BY id HAVING n > 1 LIMIT 3",
+        [date],
+    ).fetchall()
+    if collisions:
+        raise resolved.file.error(
+            ("source", "key"),
+            "distinct keys map to the same custom_id: " + ", ".join(row[0] for row in collisions),
+        )

@@ -1,0 +1,162 @@
+"""Results files -> DuckDB, and the enriched output table.
+
+Both steps are single SQL statements: `read_json` bulk-loads a results file
+and one INSERT ... SELECT writes a partition of the output, inside a
+transaction that first deletes that partition, so a reader sees the old rows
+or the new ones, never half of each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from batchpipe import pricing, warehouse
+from batchpipe.errors import BatchApiError
+from batchpipe.plan import Resolved
+from batchpipe.templates import quote_ident
+
+# The text of a reply is its text blocks joined; thinking blocks (which come first on
+# models that always think) and tool blocks are skipped by type, never by position.
+TEXT_SQL = (
+    "array_to_string(list_transform(list_filter("
+    "json_extract(j.result, '$.message.content[*]'), lambda b: b->>'type' = 'text'), "
+    "lambda b: b->>'text'), '')"
+)
+
+
+def _usage(field: str) -> str:
+    return f"coalesce(CAST(j.result->'$.message.usage.{field}' AS BIGINT), 0)"
+
+
+def _cost_sql(model: str, *, batch: bool) -> str:
+    p = pricing.price(model)
+    f = pricing.price_list().batch_discount if batch else 1.0
+    return (
+        f"({_usage('input_tokens')} * {p.input * f} "
+        f"+ {_usage('cache_creation_input_tokens')} * {p.cache_write_5m * f} "
+        f"+ {_usage('cache_read_input_tokens')} * {p.cache_read * f} "
+        f"+ {_usage('output_tokens')} * {p.output * f}) / 1e6"
+    )
+
+
+def load_results_file(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    model: str,
+    submission_id: str,
+    batch_id: str,
+    path: Path,
+) -> int:
+    """Bulk-load one batch's results, matched to requests by custom_id, never by order."""
+    source = (
+        "read_json(?, format = 'newline_delimited', "
+        "columns = {custom_id: 'VARCHAR', result: 'JSON'}) AS j"
+    )
+    strangers = con.execute(
+        f"SELECT count(*), any_value(j.custom_id) FROM {source} "
+        "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
+        [str(path), submission_id],
+    ).fetchone()
+    if strangers[0]:
+        raise BatchApiError(
+            f"batch {batch_id} returned {strangers[0]} result(s) for requests it was not sent "
+            f"(e.g. {strangers[1]}); nothing of it was loaded"
+        )
+    with warehouse.transaction(con):
+        loaded = con.execute(
+            f"""
+            INSERT INTO batchpipe_results
+            SELECT ?, ?, j.custom_id, b.request_hash, j.result->>'$.type',
+                   CASE WHEN j.result->>'$.type' = 'succeeded' THEN {TEXT_SQL} END,
+                   j.result->>'$.message.stop_reason',
+                   j.result->>'$.message.model',
+                   {_usage("input_tokens")}, {_usage("output_tokens")},
+                   {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
+                   {_cost_sql(model, batch=True)}, {_cost_sql(model, batch=False)},
+                   j.result->>'$.error.error.type', j.result->>'$.error.error.message',
+                   now()::TIMESTAMP
+            FROM {source}
+            JOIN batchpipe_batch_requests b
+              ON b.submission_id = ? AND b.custom_id = j.custom_id
+            """,
+            [pipeline, batch_id, str(path), submission_id],
+        ).fetchone()[0]
+        con.execute(
+            "UPDATE batchpipe_batches SET state = 'loaded', loaded_at = now()::TIMESTAMP "
+            "WHERE submission_id = ?",
+            [submission_id],
+        )
+    return loaded
+
+
+@dataclass(frozen=True)
+class EnrichedSummary:
+    rows: int
+    succeeded: int
+    errored: int
+    missing: int
+    cost_usd: float
+    standard_cost_usd: float
+    batch_ids: list[str]
+
+
+def write_enriched(
+    con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
+) -> EnrichedSummary:
+    """Replace the partition's rows of the output table in one transaction."""
+    out = ".".join(quote_ident(p) for p in resolved.file.pipeline.output.table.split("."))
+    column = quote_ident(resolved.file.pipeline.output.column)
+    name = resolved.name
+    select = f"""
+        WITH req AS (
+            SELECT custom_id, request_hash FROM batchpipe_requests
+            WHERE pipeline = ? AND partition_date = ?
+        ),
+        res AS (
+            SELECT * FROM batchpipe_results
+            WHERE pipeline = ? AND request_hash IN (SELECT request_hash FROM req)
+            QUALIFY row_number() OVER (
+                PARTITION BY request_hash
+                ORDER BY result_type = 'succeeded' DESC, loaded_at DESC
+            ) = 1
+        )
+        SELECT s.*,
+               CAST(? AS DATE) AS partition_date,
+               res.text AS {column},
+               coalesce(res.result_type, 'missing') AS result_status,
+               res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id
+        FROM ({resolved.partition_rows_sql()}) AS s
+        JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
+        LEFT JOIN res ON res.request_hash = req.request_hash
+    """
+    params = [name, date, name, date, date]
+    with warehouse.transaction(con):
+        con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
+        con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
+        con.execute(f"INSERT INTO {out} BY NAME {select}", params)
+    counts = con.execute(
+        f"SELECT count(*), count(*) FILTER (result_status = 'succeeded'), "
+        f"count(*) FILTER (result_status = 'errored'), "
+        f"count(*) FILTER (result_status = 'missing') FROM {out} WHERE partition_date = ?",
+        [date],
+    ).fetchone()
+    spent = con.execute(
+        "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0), "
+        "list(DISTINCT b.batch_id ORDER BY b.batch_id) "
+        "FROM batchpipe_batches b LEFT JOIN batchpipe_results r ON r.batch_id = b.batch_id "
+        "WHERE b.pipeline = ? AND b.partition_date = ? AND b.batch_id IS NOT NULL",
+        [name, date],
+    ).fetchone()
+    return EnrichedSummary(
+        rows=counts[0],
+        succeeded=counts[1],
+        errored=counts[2],
+        missing=counts[3],
+        cost_usd=float(spent[0]),
+        standard_cost_usd=float(spent[1]),
+        batch_ids=list(spent[2] or []),
+    )

@@ -1,0 +1,105 @@
+"""Run one partition of one pipeline through Dagster, in this process.
+
+The CLI uses this so a `batchpipe run` is a real Dagster run: it shows in the UI
+when DAGSTER_HOME is set, and it queues on the DuckDB writer pool like any other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+from batchpipe.defs.assets import pipeline_assets
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.defs.specs import source_spec
+from batchpipe.errors import BatchpipeError
+from batchpipe.loader import PipelineFile
+
+
+def instance() -> dg.DagsterInstance:
+    """The DAGSTER_HOME instance when there is one, so CLI runs show in the UI."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
+
+
+def run_partition(
+    pf: PipelineFile, date: dt.date, resource: BatchpipeResource | None = None
+) -> list[str]:
+    """Materialize requests -> batch_status -> results -> enriched for one date.
+
+    Returns what it did as lines for a person; raises BatchpipeError with the
+    step's own message when a step fails.
+    """
+    start = pf.pipeline.partitions.start
+    if date < start:
+        raise BatchpipeError(
+            f"{date} is before the first partition of {pf.pipeline.name} "
+            f"({start}, set by partitions.start in {pf.path})"
+        )
+    with instance() as dagster_instance:
+        result = dg.materialize(
+            [source_spec(pf), *pipeline_assets(pf)],
+            partition_key=date.isoformat(),
+            resources={"batchpipe": resource or BatchpipeResource()},
+            instance=dagster_instance,
+            raise_on_error=False,
+            # The steps' own lines are printed below; Dagster's event log stays in the
+            # instance (and the UI) instead of flooding the terminal.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags={"batchpipe/pipeline": pf.pipeline.name},
+        )
+    if not result.success:
+        raise BatchpipeError(_failure_message(result))
+    return _describe(result)
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data and data.user_failure_data.description:
+            return f"{event.step_key}: {data.user_failure_data.description}"
+        if data.error:
+            cause = data.error.cause or data.error
+            return f"{event.step_key}: {cause.message.strip()}"
+    return "the run failed; see the Dagster run logs"
+
+
+def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
+    lines = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        step = materialization.asset_key.path[-1]
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        if step == "requests":
+            lines.append(
+                f"requests:     {meta['batchpipe/requests']} built, "
+                f"{meta['batchpipe/to_send']} to send, {meta['batchpipe/reused']} reused; "
+                f"estimated ${meta['batchpipe/estimated_usd']:.4f}"
+            )
+        elif step == "batch_status":
+            ids = ", ".join(meta["batchpipe/batch_ids"]) or "none needed"
+            lines.append(
+                f"batch_status: batches {ids}; {meta['batchpipe/succeeded']} succeeded, "
+                f"{meta['batchpipe/errored']} errored"
+            )
+        elif step == "results":
+            lines.append(
+                f"results:      {meta['batchpipe/results_loaded']} result(s) copied into DuckDB "
+                f"from {meta['batchpipe/batches_loaded']} batch(es)"
+            )
+        elif step == "enriched":
+            cost = meta["batchpipe/cost_usd"]
+            standard = meta["batchpipe/standard_cost_usd"]
+            lines.append(
+                f"enriched:     {meta['dagster/row_count']} rows "
+                f"({meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored, "
+                f"{meta['batchpipe/missing']} missing)"
+            )
+            lines.append(
+                f"cost:         ${cost:.4f} for this partition at batch prices; the standard API "
+                f"would have cost ${standard:.4f} (saved ${standard - cost:.4f})"
+            )
+    return lines

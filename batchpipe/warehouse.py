@@ -1,0 +1,151 @@
+"""Every DuckDB connection, and the state tables that make runs recoverable.
+
+One setting, `BATCHPIPE_DB`, names the database. DuckDB allows one writing
+process per file, so a writer that finds the file locked waits a bounded time
+and then says who holds it, instead of failing with the driver's text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from batchpipe.errors import WarehouseError
+
+LOCK_WAIT_SECONDS = float(os.environ.get("BATCHPIPE_LOCK_WAIT", "60"))
+
+STATE_TABLES = """
+-- One row per request of a partition, rebuilt whenever the partition runs.
+CREATE TABLE IF NOT EXISTS batchpipe_requests (
+    pipeline VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,
+    custom_id VARCHAR NOT NULL,
+    request_hash VARCHAR NOT NULL,   -- md5 of params: identical requests are sent once
+    params JSON NOT NULL,
+    input_chars BIGINT NOT NULL
+);
+-- One row per batch create call, written BEFORE the call (state 'submitting')
+-- and updated with the batch id right after it: a crash between the two is
+-- reconciled through the list endpoint, never answered by submitting again.
+CREATE TABLE IF NOT EXISTS batchpipe_batches (
+    submission_id VARCHAR NOT NULL,
+    pipeline VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,
+    batch_id VARCHAR,
+    state VARCHAR NOT NULL,          -- submitting | submitted | ended | loaded | failed
+    request_count BIGINT NOT NULL,
+    model VARCHAR NOT NULL,
+    estimated_usd DOUBLE,
+    processing_status VARCHAR,
+    succeeded BIGINT,
+    errored BIGINT,
+    canceled BIGINT,
+    expired BIGINT,
+    intent_at TIMESTAMP NOT NULL,
+    created_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    loaded_at TIMESTAMP,
+    error VARCHAR
+);
+-- Which request went out in which submission.
+CREATE TABLE IF NOT EXISTS batchpipe_batch_requests (
+    submission_id VARCHAR NOT NULL,
+    custom_id VARCHAR NOT NULL,
+    request_hash VARCHAR NOT NULL
+);
+-- Every result line ever downloaded: paid results are never thrown away.
+CREATE TABLE IF NOT EXISTS batchpipe_results (
+    pipeline VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    custom_id VARCHAR NOT NULL,
+    request_hash VARCHAR NOT NULL,
+    result_type VARCHAR NOT NULL,    -- succeeded | errored | canceled | expired
+    text VARCHAR,
+    stop_reason VARCHAR,
+    model VARCHAR,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cache_creation_input_tokens BIGINT,
+    cache_read_input_tokens BIGINT,
+    cost_usd DOUBLE,
+    standard_cost_usd DOUBLE,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    loaded_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def database() -> str:
+    return os.environ.get("BATCHPIPE_DB", "batchpipe.duckdb")
+
+
+def state_dir() -> Path:
+    """Files that belong beside the database: downloaded results, the emulator's state."""
+    configured = os.environ.get("BATCHPIPE_STATE")
+    if configured:
+        return Path(configured)
+    db = database()
+    base = Path(db).resolve().parent if ":" not in db and db != "" else Path.cwd()
+    return base / ".batchpipe"
+
+
+@contextlib.contextmanager
+def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that is always closed, waiting a bounded time for another writer."""
+    db = database()
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            con = duckdb.connect(db, read_only=read_only)
+            break
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise WarehouseError(f"cannot open the DuckDB database {db}: {err}") from None
+            if time.monotonic() >= deadline:
+                holder = str(err).split("Conflicting lock is held in")[-1].strip()
+                raise WarehouseError(
+                    f"the DuckDB database {db} is locked by another process "
+                    f"({holder or 'unknown'}); waited {LOCK_WAIT_SECONDS:.0f} s. "
+                    "Stop that process or wait for its run to finish."
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    try:
+        if not read_only:
+            con.execute(STATE_TABLES)
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, or ROLLBACK on any error: readers never see half a write."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
+    """Column name -> DuckDB type of a table, view or query."""
+    rows = con.execute(f"DESCRIBE {relation_sql}").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_name NOT LIKE 'batchpipe\\_%' ESCAPE '\\' ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]

@@ -1,0 +1,30 @@
+-- Demo source tables for the example pipelines: `batchpipe demo-data` (and `make demo`)
+-- runs this file against $BATCHPIPE_DB. Deterministic, so every machine gets the same rows.
+-- 300 products over ten days from 2026-11-01, and 240 reviews of them.
+
+CREATE OR REPLACE TABLE products AS
+SELECT
+    i AS product_id,
+    ['Aurora', 'Basalt', 'Cinder', 'Drift', 'Ember', 'Fjord', 'Granite', 'Harbor',
+     'Iris', 'Juniper', 'Kestrel', 'Lumen'][1 + i % 12]
+        || ' ' ||
+    ['Lamp', 'Backpack', 'Kettle', 'Notebook', 'Chair', 'Headphones', 'Mug', 'Jacket',
+     'Tent', 'Watch'][1 + (i // 12) % 10] AS name,
+    ['home', 'outdoor', 'kitchen', 'office', 'audio'][1 + i % 5] AS category,
+    round(5 + (i * 37 % 200) + (i % 100) / 100.0, 2)::DECIMAL(8, 2) AS price,
+    DATE '2026-11-01' + (i % 10)::INTEGER AS added_on
+FROM range(1, 301) AS t(i);
+
+CREATE OR REPLACE TABLE reviews AS
+SELECT
+    'r' || lpad(i::VARCHAR, 4, '0') AS review_id,
+    1 + (i * 7) % 300 AS product_id,
+    1 + (i * 3) % 5 AS stars,
+    ['Arrived quickly and works as described.',
+     'The colour is not what the photos showed.',
+     'Sturdy, but heavier than I expected.',
+     'Stopped working after two weeks.',
+     'Great value; I bought a second one.',
+     'The instructions were confusing.'][1 + i % 6] AS body,
+    TIMESTAMP '2026-11-01 08:00:00' + INTERVAL (i * 60) MINUTE AS posted_at
+FROM range(1, 241) AS t(i);
