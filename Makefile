@@ -23,7 +23,6 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/batchpipe demo-data
 	$(BIN)/batchpipe run --all --date $(DEMO_DATE)
 	$(BIN)/batchpipe show --all --date $(DEMO_DATE)
@@ -35,7 +34,6 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 dev: install
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/batchpipe demo-data
 	$(BIN)/batchpipe dev
 

@@ -27,7 +27,7 @@ from batchpipe.errors import BatchApiError
 MAX_REQUESTS_PER_BATCH = 100_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
 CREATE_ATTEMPTS = 4
-RECONCILE_WINDOW = dt.timedelta(minutes=10)  # tolerated clock skew when matching batches
+RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
 OPEN_STATES = ("submitting", "submitted", "ended")
 
 Log = Callable[[str], None]
@@ -41,7 +41,9 @@ def client() -> anthropic.Anthropic:
         return anthropic.Anthropic(api_key=key, base_url=base_url)
     from batchpipe.emulator.launcher import ensure_emulator
 
-    return anthropic.Anthropic(api_key="batchpipe-emulator", base_url=ensure_emulator())
+    return anthropic.Anthropic(
+        api_key="batchpipe-emulator", base_url=ensure_emulator(announce=False)
+    )
 
 
 def using_emulator() -> bool:
@@ -85,7 +87,7 @@ def submit_partition(
     """
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitting":
-            _finish_submission(con, api, sub, log)
+            _finish_submission(con, api, sub, log, interrupted=True)
     in_flight = open_submissions(con, pipeline, date)
     if in_flight:
         log(f"{len(in_flight)} batch(es) already in flight for {date}; nothing new is sent")
@@ -117,7 +119,7 @@ def submit_partition(
         sub = next(
             s for s in open_submissions(con, pipeline, date) if s.submission_id == submission_id
         )
-        _finish_submission(con, api, sub, log)
+        _finish_submission(con, api, sub, log, interrupted=False)
     con.execute("DROP TABLE pending")
     return [s.batch_id for s in open_submissions(con, pipeline, date) if s.batch_id]
 
@@ -137,14 +139,25 @@ def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
 
 
 def _finish_submission(
-    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission, log: Log
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    sub: Submission,
+    log: Log,
+    *,
+    interrupted: bool,
 ) -> None:
-    """Turn a recorded intent into exactly one batch upstream."""
-    adopted = _reconcile(con, api, sub)
-    if adopted is not None:
-        log(f"found batch {adopted.id} upstream for an interrupted submission; not sending again")
-        _record_created(con, sub.submission_id, adopted)
-        return
+    """Turn a recorded intent into exactly one batch upstream.
+
+    An intent left by an earlier process (`interrupted`) may already have its
+    batch upstream: look for it before sending. A fresh intent is sent at once;
+    looking first would only risk adopting someone else's batch.
+    """
+    if interrupted:
+        adopted = _reconcile(con, api, sub)
+        if adopted is not None:
+            log(f"found batch {adopted.id} upstream for an interrupted submission; not resent")
+            _record_created(con, sub.submission_id, adopted)
+            return
     body = con.execute(
         "SELECT '[' || string_agg('{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' "
         "|| CAST(r.params AS VARCHAR) || '}', ',') || ']' "
@@ -202,9 +215,14 @@ def _finish_submission(
 def _reconcile(
     con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission
 ) -> anthropic.types.messages.MessageBatch | None:
-    """A batch upstream that matches this intent and that no submission has claimed."""
+    """A batch upstream that matches this intent and that no submission has claimed.
+
+    The API keeps no client metadata on a batch, so the match is by size and by
+    creation after the intent was recorded. If a foreign batch ever matched, the
+    results loader refuses it (its custom_ids are not ours) before loading anything.
+    """
     known = {r[0] for r in con.execute("SELECT batch_id FROM batchpipe_batches").fetchall()}
-    since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_WINDOW
+    since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
     matches = []
     for batch in api.messages.batches.list(limit=100):
         if batch.created_at < since:

@@ -143,7 +143,7 @@ def _show(args: argparse.Namespace) -> int:
     from batchpipe.report import show_partition
 
     for pf in _select(args):
-        print(show_partition(pf, args.date, args.limit))
+        show_partition(pf, args.date, args.limit)
     return 0
 
 
@@ -196,10 +196,10 @@ def _dev(args: argparse.Namespace) -> int:
         from batchpipe.emulator.launcher import ensure_emulator
 
         env["ANTHROPIC_BASE_URL"] = ensure_emulator()
+    from batchpipe.runs import prepare_dagster_home
+
     home = Path(env.setdefault("DAGSTER_HOME", str(Path(".dagster").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
-        shutil.copy("dagster.yaml", home / "dagster.yaml")
+    prepare_dagster_home(home)
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     command = [dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", "workspace.yaml"]
     print(f"starting {' '.join(command[1:])} (DAGSTER_HOME={home})", flush=True)

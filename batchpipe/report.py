@@ -10,7 +10,7 @@ from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident
 
 
-def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> str:
+def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
     pipeline = pf.pipeline
     table = ".".join(quote_ident(p) for p in pipeline.output.table.split("."))
     keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
@@ -27,15 +27,16 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> str:
             f"ORDER BY {keys} LIMIT {int(limit)}",
             params=[date],
         )
-        shown = str(rows)
+        print(f"{pipeline.output.table} on {date} (first {limit} rows):")
+        rows.show(max_rows=limit, max_width=160)
         total, cost, standard = con.execute(
             "SELECT count(*), coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0) "
             "FROM batchpipe_results WHERE batch_id IN (SELECT batch_id FROM batchpipe_batches "
             "WHERE pipeline = ? AND partition_date = ?)",
             [pipeline.name, date],
         ).fetchone()
-    return (
-        f"{pipeline.output.table} on {date} (first {limit} rows):\n{shown}"
+    print(
         f"cost of {date}: ${cost:.4f} for {total} batch request(s); the standard API would "
-        f"have cost ${standard:.4f}\n"
+        f"have cost ${standard:.4f}\n",
+        flush=True,
     )

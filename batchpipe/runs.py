@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from importlib import resources
+from pathlib import Path
 
 import dagster as dg
 
@@ -21,8 +23,18 @@ from batchpipe.loader import PipelineFile
 def instance() -> dg.DagsterInstance:
     """The DAGSTER_HOME instance when there is one, so CLI runs show in the UI."""
     if os.environ.get("DAGSTER_HOME"):
+        prepare_dagster_home(Path(os.environ["DAGSTER_HOME"]))
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
+
+
+def prepare_dagster_home(home: Path) -> None:
+    """Give a new DAGSTER_HOME batchpipe's instance settings (the DuckDB writer pool)."""
+    home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        template = resources.files("batchpipe").joinpath("dagster.yaml")
+        settings.write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def run_partition(

@@ -35,7 +35,7 @@ def source_spec(pf: PipelineFile) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=source_key(pf),
         description=description,
-        group_name="sources" if source.table else pf.pipeline.name,
+        group_name="sources",  # not materializable: kept out of the pipeline's group
         kinds={"duckdb"},
     )
 

@@ -35,19 +35,21 @@ def ensure_emulator(announce: bool = True) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     record = directory / "server.json"
     with _locked(directory / "server.lock"):
-        if record.exists():
-            info = json.loads(record.read_text())
-            if healthy(info["url"]):
-                return info["url"]
-        url, pid = _start(directory)
-        record.write_text(json.dumps({"url": url, "pid": pid}))
+        info = json.loads(record.read_text()) if record.exists() else {}
+        if info and healthy(info["url"]):
+            how = "already running"
+        else:
+            url, pid = _start(directory)
+            info = {"url": url, "pid": pid}
+            record.write_text(json.dumps(info))
+            how = "started in the background"
     if announce:
         print(
-            f"batchpipe: no ANTHROPIC_API_KEY, so using the local Batches API emulator at {url} "
-            f"(started in the background, pid {pid}, state in {directory})",
+            f"batchpipe: no ANTHROPIC_API_KEY, so using the local Batches API emulator at "
+            f"{info['url']} ({how}, pid {info['pid']}; state in {directory})",
             flush=True,
         )
-    return url
+    return info["url"]
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:

@@ -1,0 +1,196 @@
+"""The HTTP surface: the Anthropic endpoints the pipeline uses, plus `/_emulator/*` controls.
+
+Wire details (headers, status codes, error strings, JSONL framing) follow the research
+file, because the point of the emulator is that code passing against it also works
+against api.anthropic.com through the official SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from batchpipe.emulator import lifecycle
+from batchpipe.emulator.protocol import (
+    ApiMiddleware,
+    int_param,
+    on_api_error,
+    on_crash,
+    on_http_error,
+    read_json,
+    version_and_betas,
+)
+from batchpipe.emulator.responders import MODELS, check_model, count_input_tokens, respond
+from batchpipe.emulator.state import Store
+from batchpipe.emulator.wire import ApiError, invalid, not_found, rfc3339
+
+MAX_BATCH_BODY = 256 * 1024 * 1024  # research §1.5: Cloudflare answers 413 above this
+MAX_MESSAGES_BODY = 32 * 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def create_app(
+    state_dir: Path, latency_seconds: float = 2.0, api_key: str | None = None
+) -> Starlette:
+    """The emulator as an ASGI app; batches end `latency_seconds` after creation."""
+    store = Store(Path(state_dir))
+    latency = latency_seconds
+
+    def base(request: Request) -> str:
+        return str(request.base_url)
+
+    async def create_batch(request: Request) -> Response:
+        body = await read_json(request, MAX_BATCH_BODY)
+        requests = lifecycle.validate_create(body)
+        version, betas = version_and_betas(request)
+        record = await run_in_threadpool(lifecycle.create, store, requests, version, betas)
+        return JSONResponse(lifecycle.batch_json(record, base(request)))
+
+    async def list_batches(request: Request) -> Response:
+        limit = int_param(request, "limit", 20, 1, 1000)
+
+        def newest_first() -> list[dict[str, Any]]:
+            with store.lock:
+                records = [lifecycle.refresh(store, r, latency) for r in store.all()]
+                return [lifecycle.batch_json(r, base(request)) for r in records]
+
+        batches = await run_in_threadpool(newest_first)
+        data, has_more = lifecycle.page(
+            batches,
+            [b["id"] for b in batches],
+            limit,
+            request.query_params.get("before_id"),
+            request.query_params.get("after_id"),
+        )
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return JSONResponse(
+            {"data": data, "has_more": has_more, "first_id": first, "last_id": last}
+        )
+
+    async def retrieve_batch(request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        record = await run_in_threadpool(lifecycle.get, store, batch_id, latency)
+        return JSONResponse(lifecycle.batch_json(record, base(request)))
+
+    async def cancel_batch(request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        record = await run_in_threadpool(lifecycle.cancel, store, batch_id, latency)
+        return JSONResponse(lifecycle.batch_json(record, base(request)))
+
+    async def delete_batch(request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        return JSONResponse(await run_in_threadpool(lifecycle.delete, store, batch_id, latency))
+
+    async def batch_results(request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        record = await run_in_threadpool(lifecycle.get, store, batch_id, latency)
+        if record.processing_status != "ended" or record.archived_at is not None:
+            raise not_found(f"Message Batch {batch_id} has no available results.")
+        handle = store.results_path(batch_id).open("rb")  # open now: a delete may follow
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(CHUNK):
+                    yield chunk
+
+        return StreamingResponse(chunks(), media_type="application/x-jsonl")
+
+    async def create_message(request: Request) -> Response:
+        params = await read_json(request, MAX_MESSAGES_BODY)
+        if isinstance(params, dict) and params.get("stream") is True:
+            raise invalid("stream: streaming responses are not supported by the emulator")
+        version, betas = version_and_betas(request)
+        answer = respond(params, api_version=version, betas=betas, batch=False)
+        if isinstance(answer, ApiError):
+            raise answer
+        return JSONResponse(answer)
+
+    async def count_tokens(request: Request) -> Response:
+        params = await read_json(request, MAX_MESSAGES_BODY)
+        if not isinstance(params, dict):
+            raise invalid("Input should be a valid dictionary")
+        check_model(params)
+        if "messages" not in params:
+            raise invalid("messages: Field required")
+        return JSONResponse({"input_tokens": count_input_tokens(params)})
+
+    def model_json(model_id: str) -> dict[str, Any]:
+        spec = MODELS[model_id]
+        return {
+            "type": "model",
+            "id": spec.id,
+            "display_name": spec.display_name,
+            "created_at": spec.created_at,
+            "lifecycle": "active",
+            "max_tokens": spec.max_output,
+        }
+
+    async def list_models(request: Request) -> Response:
+        limit = int_param(request, "limit", 20, 1, 1000)
+        models = [model_json(model_id) for model_id in MODELS]
+        data, has_more = lifecycle.page(
+            models,
+            list(MODELS),
+            limit,
+            request.query_params.get("before_id"),
+            request.query_params.get("after_id"),
+        )
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return JSONResponse(
+            {"data": data, "has_more": has_more, "first_id": first, "last_id": last}
+        )
+
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        if model_id not in MODELS:
+            raise not_found(f"model: {model_id}")
+        return JSONResponse(model_json(model_id))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def advance_clock(request: Request) -> Response:
+        body = await read_json(request, 1024 * 1024)
+        seconds = body.get("advance_seconds") if isinstance(body, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise invalid("advance_seconds: Input should be a number >= 0")
+        now = await run_in_threadpool(store.clock.advance, float(seconds))
+        return JSONResponse({"now": rfc3339(now), "offset_seconds": store.clock.offset_seconds})
+
+    async def ledger(request: Request) -> Response:
+        return JSONResponse({"data": await run_in_threadpool(store.ledger)})
+
+    batch = "/v1/messages/batches/{batch_id}"
+    routes = [
+        Route("/v1/messages/batches", create_batch, methods=["POST"]),
+        Route("/v1/messages/batches", list_batches, methods=["GET"]),
+        Route(batch, retrieve_batch, methods=["GET"]),
+        Route(batch, delete_batch, methods=["DELETE"]),
+        Route(f"{batch}/cancel", cancel_batch, methods=["POST"]),
+        Route(f"{batch}/results", batch_results, methods=["GET"]),
+        Route("/v1/messages", create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id}", get_model, methods=["GET"]),
+        Route("/_emulator/health", health, methods=["GET"]),
+        Route("/_emulator/clock", advance_clock, methods=["POST"]),
+        Route("/_emulator/ledger", ledger, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiMiddleware, api_key=api_key)],
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+    )

@@ -1,0 +1,57 @@
+"""Run the emulator under uvicorn on a socket we bind ourselves.
+
+Binding first lets `--port 0` pick a free port and still print the real address, and the
+single "listening" line is printed only once uvicorn has started, so a parent process
+(the tests, the CLI) can wait for that line instead of guessing with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from batchpipe.emulator.app import create_app
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # A restarted emulator must get its old port back despite TIME_WAIT connections.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_and_announce(server: uvicorn.Server, sock: socket.socket, line: str) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        print(line, flush=True)
+    await task
+
+
+def serve(
+    host: str, port: int, state_dir: Path, latency_seconds: float, api_key: str | None
+) -> None:
+    """Serve until SIGINT/SIGTERM, printing one line with the bound address."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(state_dir, latency_seconds=latency_seconds, api_key=api_key)
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    line = (
+        f"batchpipe emulator listening on http://{shown_host}:{bound_port} (state in {state_dir})"
+    )
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    try:
+        asyncio.run(_serve_and_announce(server, sock, line))
+    finally:
+        sock.close()

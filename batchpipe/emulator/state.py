@@ -1,0 +1,173 @@
+"""Durable emulator state: batches, their request and result files, the clock, the ledger.
+
+Everything lives under one `state_dir` so the emulator can be stopped and started again
+(as a pipeline test does to simulate a crash) without losing batches or double billing.
+Files are replaced atomically (temp file + os.replace), so a killed process never leaves
+half a batch behind. Layout:
+
+    state_dir/clock.json                    {"offset_seconds": float}
+    state_dir/ledger.jsonl                  one line per billed (succeeded) batch request
+    state_dir/batches/<id>.json             the batch record (BatchRecord)
+    state_dir/batches/<id>.requests.jsonl   {"custom_id", "params"} per line, request order
+    state_dir/batches/<id>.results.jsonl    the results body, exactly as served
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batchpipe.emulator.wire import dumps_line
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see either the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; state files are meant to be inspected
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(dumps_line(row) + "\n" for row in rows)
+
+
+class Clock:
+    """Wall-clock time plus an offset that tests move forward to reach expiry (24 h) or
+    archiving (29 days) in seconds. The offset is persisted so a restart keeps it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        if path.exists():
+            self._offset = float(json.loads(path.read_text())["offset_seconds"])
+
+    @property
+    def offset_seconds(self) -> float:
+        return self._offset
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._offset)
+
+    def advance(self, seconds: float) -> dt.datetime:
+        """Move time forward (never back: a batch must not un-expire)."""
+        if seconds < 0:
+            raise ValueError("advance_seconds must be >= 0")
+        with self._lock:
+            self._offset += seconds
+            atomic_write(self._path, json.dumps({"offset_seconds": self._offset}))
+        return self.now()
+
+
+class BatchRecord(BaseModel):
+    """What the emulator remembers about a batch. The public MessageBatch JSON is derived
+    from it per request (see lifecycle.batch_json), because `results_url` depends on the
+    origin the client used, which can change across restarts."""
+
+    id: str
+    seq: int = Field(description="Creation order; list is newest first by this.")
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    api_version: str = Field(description="anthropic-version of the create call.")
+    betas: list[str] = Field(default_factory=list, description="anthropic-beta of create.")
+    processing_status: str = "in_progress"
+    request_counts: dict[str, int]
+    ended_at: dt.datetime | None = None
+    cancel_initiated_at: dt.datetime | None = None
+    archived_at: dt.datetime | None = None
+
+
+class Store:
+    """The batches in memory, written through to disk on every change.
+
+    `lock` serialises every read-modify-write of a batch and of the ledger, because the
+    HTTP handlers run in a thread pool.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.batch_dir = state_dir / "batches"
+        self.batch_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.clock = Clock(state_dir / "clock.json")
+        self.ledger_path = state_dir / "ledger.jsonl"
+        self._batches: dict[str, BatchRecord] = {}
+        for path in self.batch_dir.glob("*.json"):
+            record = BatchRecord.model_validate_json(path.read_text(encoding="utf-8"))
+            self._batches[record.id] = record
+        # Batches already billed, so processing a batch again after a crash between
+        # "ledger appended" and "record saved" never bills it twice.
+        self._billed = {row["batch_id"] for row in self.ledger()}
+
+    def _path(self, batch_id: str, suffix: str) -> Path:
+        return self.batch_dir / f"{batch_id}{suffix}"
+
+    def next_seq(self) -> int:
+        return max((record.seq for record in self._batches.values()), default=0) + 1
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        return self._batches.get(batch_id)
+
+    def all(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+        return sorted(self._batches.values(), key=lambda record: record.seq, reverse=True)
+
+    def save(self, record: BatchRecord) -> None:
+        atomic_write(self._path(record.id, ".json"), record.model_dump_json(indent=1))
+        self._batches[record.id] = record
+
+    def create(self, record: BatchRecord, requests: list[dict[str, Any]]) -> None:
+        """Requests first, then the record: a record never exists without its requests."""
+        atomic_write(self._path(record.id, ".requests.jsonl"), _jsonl(requests))
+        self.save(record)
+
+    def read_requests(self, batch_id: str) -> list[dict[str, Any]]:
+        text = self._path(batch_id, ".requests.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def write_results(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
+        atomic_write(self.results_path(batch_id), _jsonl(lines))
+
+    def results_path(self, batch_id: str) -> Path:
+        return self._path(batch_id, ".results.jsonl")
+
+    def delete(self, batch_id: str) -> None:
+        """Record first, so an interrupted delete leaves stray files, not a broken batch."""
+        self._path(batch_id, ".json").unlink(missing_ok=True)
+        self._batches.pop(batch_id, None)
+        for suffix in (".requests.jsonl", ".results.jsonl"):
+            self._path(batch_id, suffix).unlink(missing_ok=True)
+
+    def bill(self, batch_id: str, rows: list[dict[str, Any]]) -> None:
+        """Append one ledger line per succeeded request of a batch, at most once per batch."""
+        with self.lock:
+            if batch_id in self._billed:
+                return
+            if rows:
+                with self.ledger_path.open("a", encoding="utf-8", newline="\n") as handle:
+                    handle.write(_jsonl(rows))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            self._billed.add(batch_id)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        if not self.ledger_path.exists():
+            return []
+        text = self.ledger_path.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]

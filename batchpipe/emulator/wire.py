@@ -1,0 +1,95 @@
+"""Identifiers, timestamps and error envelopes exactly as the real API puts them on the wire.
+
+Kept in one place so every endpoint and every result line agrees on formats the SDK and
+the pipeline parse: `msgbatch_01…` ids, RFC 3339 UTC timestamps with microseconds and `Z`,
+and the `{"type": "error", "error": {...}, "request_id": ...}` envelope.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+# HTTP status -> error.type, from the API's errors page (research §4.2).
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(eq=False)
+class ApiError(Exception):
+    """An API failure: raised by endpoints (becomes an HTTP error) or returned by the
+    responder for a batch line (becomes an `errored` result line)."""
+
+    status: int
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.type}: {self.message}"
+
+
+def invalid(message: str) -> ApiError:
+    """The common 400 `invalid_request_error`."""
+    return ApiError(400, "invalid_request_error", message)
+
+
+def not_found(message: str) -> ApiError:
+    """The common 404 `not_found_error`."""
+    return ApiError(404, "not_found_error", message)
+
+
+def _base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def new_batch_id() -> str:
+    """`msgbatch_01` + 22 base62 characters, the shape of real batch ids."""
+    return "msgbatch_01" + _base62(22)
+
+
+def new_message_id() -> str:
+    """`msg_01` + 22 base62 characters, the shape of real message ids."""
+    return "msg_01" + _base62(22)
+
+
+def new_request_id() -> str:
+    """`req_011C` + 20 base62 characters, the shape of real `request-id` headers."""
+    return "req_011C" + _base62(20)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """UTC, always with microseconds and `Z`, like `2024-09-24T18:37:24.100435Z`."""
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
+    """The HTTP error envelope; `request_id` is the same as the `request-id` header."""
+    return {
+        "type": "error",
+        "error": {"type": error.type, "message": error.message},
+        "request_id": request_id,
+    }
+
+
+def dumps_line(obj: Any) -> str:
+    """Compact JSON with no newline inside, so it can be one JSONL line."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

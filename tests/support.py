@@ -1,0 +1,47 @@
+"""Helpers for tests that need a real emulator process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_emulator(state_dir: Path, latency: float = 0.2) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchpipe.emulator",
+            *("--port", str(port), "--state-dir", str(state_dir), "--latency", str(latency)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_emulator/health", timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the emulator did not start")
+
+
+def ledger(url: str) -> list[dict]:
+    """What the emulator billed: one entry per succeeded request."""
+    with urllib.request.urlopen(f"{url}/_emulator/ledger", timeout=5) as response:
+        return json.loads(response.read())["data"]

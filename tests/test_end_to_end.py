@@ -1,0 +1,145 @@
+"""A partition end to end: Dagster runs the real assets, the SDK talks HTTP to a real
+emulator process, and the results land in a real DuckDB file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import anthropic
+import duckdb
+import pytest
+
+from batchpipe import steps
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.loader import load_pipelines
+from batchpipe.runs import run_partition
+from tests.support import ledger, start_emulator
+
+pytestmark = pytest.mark.slow
+
+DAY = dt.date(2026, 11, 3)
+FAST = BatchpipeResource(poll_seconds=0.1)
+
+
+def pipeline(name: str = "product_descriptions"):
+    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
+
+
+def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def upstream_batches(url: str) -> list[str]:
+    api = anthropic.Anthropic(api_key="test", base_url=url)
+    return [batch.id for batch in api.messages.batches.list(limit=1000)]
+
+
+@pytest.fixture
+def emulator(demo_db: Path, emulator_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator_url)
+    return emulator_url
+
+
+def test_every_row_of_the_date_is_enriched_with_its_own_reply(demo_db: Path, emulator: str) -> None:
+    lines = run_partition(pipeline(), DAY, FAST)
+
+    rows = query(
+        demo_db,
+        "SELECT product_id, name, category, partition_date, description, result_status, "
+        "input_tokens, output_tokens, cost_usd, batch_id FROM product_descriptions "
+        "ORDER BY product_id",
+    )
+    source = query(demo_db, "SELECT product_id FROM products WHERE added_on = ? ORDER BY 1", [DAY])
+    assert [r[0] for r in rows] == [s[0] for s in source]
+    for _, name, category, day, text, status, tokens_in, tokens_out, cost, batch in rows:
+        assert day == DAY
+        assert status == "succeeded"
+        assert f"description for: {name} ({category})" in text  # derived from its own row
+        assert tokens_in > 0 and tokens_out > 0 and cost > 0
+        assert batch.startswith("msgbatch_")
+    (batch_id,) = {r[-1] for r in rows}
+    billed = [entry for entry in ledger(emulator) if entry["batch_id"] == batch_id]
+    assert len(billed) == len(rows)
+    assert any(
+        line.startswith("cost:") and "standard API would have cost" in line for line in lines
+    )
+
+
+def test_running_a_partition_again_sends_nothing_and_keeps_the_same_rows(
+    demo_db: Path, emulator: str
+) -> None:
+    run_partition(pipeline(), DAY, FAST)
+    first = query(demo_db, "SELECT * FROM product_descriptions ORDER BY product_id")
+    batches_before = upstream_batches(emulator)
+    billed_before = len(ledger(emulator))
+
+    lines = run_partition(pipeline(), DAY, FAST)
+
+    assert query(demo_db, "SELECT * FROM product_descriptions ORDER BY product_id") == first
+    assert upstream_batches(emulator) == batches_before
+    assert len(ledger(emulator)) == billed_before
+    assert query(demo_db, "SELECT count(*) FROM batchpipe_batches") == [(1,)]
+    assert "30 built, 0 to send, 30 reused" in lines[0]
+
+
+def test_a_partition_run_replaces_only_its_own_rows(demo_db: Path, emulator: str) -> None:
+    other = DAY + dt.timedelta(days=1)
+    run_partition(pipeline(), DAY, FAST)
+    run_partition(pipeline(), other, FAST)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute("UPDATE products SET name = 'Renamed Lamp' WHERE product_id = 2")
+
+    run_partition(pipeline(), DAY, FAST)  # the edited row's request is new: only it is sent
+
+    counts = query(
+        demo_db, "SELECT partition_date, count(*) FROM product_descriptions GROUP BY 1 ORDER BY 1"
+    )
+    assert counts == [(DAY, 30), (other, 30)]
+    (text,) = query(demo_db, "SELECT description FROM product_descriptions WHERE product_id = 2")
+    assert "Renamed Lamp" in text[0]
+    sent = query(demo_db, "SELECT request_count FROM batchpipe_batches ORDER BY intent_at")
+    assert sent == [(30,), (30,), (1,)]
+
+
+def test_an_interrupted_submission_is_adopted_not_sent_again(
+    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the create call and recording its id leaves an intent row without a
+    batch id; the next run finds the batch through the list endpoint instead of paying twice."""
+    process, url = start_emulator(tmp_path / "own-emulator", latency=0.2)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    try:
+        pf = pipeline()
+        steps.build_requests(pf, DAY, print)
+        with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+            # The state a run leaves when it dies right after the create call went out.
+            con.execute(
+                "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash "
+                "FROM batchpipe_requests"
+            )
+            con.execute(
+                "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
+                "request_count, model, intent_at) VALUES ('crashed', ?, ?, 'submitting', 30, "
+                "'claude-haiku-4-5', now()::TIMESTAMP)",
+                [pf.pipeline.name, DAY],
+            )
+            requests = [
+                {"custom_id": cid, "params": json.loads(params)}
+                for cid, params in con.execute(
+                    "SELECT custom_id, params FROM batchpipe_requests"
+                ).fetchall()
+            ]
+        api = anthropic.Anthropic(api_key="test", base_url=url)
+        sent = api.messages.batches.create(requests=requests)
+
+        run_partition(pf, DAY, FAST)
+
+        assert upstream_batches(url) == [sent.id]
+        assert len(ledger(url)) == 30
+        assert query(demo_db, "SELECT DISTINCT batch_id FROM product_descriptions") == [(sent.id,)]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,87 @@
+"""Requests are built in SQL, one per source row of the date, matched back by key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from batchpipe import plan
+from batchpipe.errors import ConfigError
+from batchpipe.loader import load_pipelines
+
+DAY = dt.date(2026, 11, 3)
+
+
+def build(project: Path, name: str = "product_descriptions") -> tuple[plan.RequestsSummary, list]:
+    (pf,) = [f for f in load_pipelines() if f.pipeline.name == name]
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        from batchpipe.warehouse import STATE_TABLES
+
+        con.execute(STATE_TABLES)
+        summary = plan.build_requests(con, plan.resolve(pf, con), DAY)
+        rows = con.execute(
+            "SELECT custom_id, params FROM batchpipe_requests WHERE partition_date = ? "
+            "ORDER BY custom_id",
+            [DAY],
+        ).fetchall()
+    return summary, rows
+
+
+def test_one_request_per_row_of_the_date_with_rendered_prompt(demo_db: Path) -> None:
+    summary, rows = build(demo_db)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        expected = dict(
+            con.execute(
+                "SELECT CAST(product_id AS VARCHAR), name || ' (' || category || ')' "
+                "FROM products WHERE added_on = ?",
+                [DAY],
+            ).fetchall()
+        )
+    assert summary.requests == len(expected) == 30
+    for custom_id, params in rows:
+        params = json.loads(params)
+        assert params["model"] == "claude-haiku-4-5"
+        assert params["max_tokens"] == 200
+        assert params["system"] == "You are a concise product copywriter."
+        assert params["messages"] == [
+            {
+                "role": "user",
+                "content": f"Write a 2-sentence description for: {expected[custom_id]}",
+            }
+        ]
+
+
+def test_timestamp_partition_column_takes_the_rows_of_that_day(demo_db: Path) -> None:
+    summary, rows = build(demo_db, "review_replies")
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        (count,) = con.execute(
+            "SELECT count(*) FROM reviews WHERE CAST(posted_at AS DATE) = ?", [DAY]
+        ).fetchone()
+    assert summary.requests == count == len(rows) > 0
+
+
+def test_null_column_renders_as_empty_text(demo_db: Path) -> None:
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute("UPDATE products SET category = NULL WHERE product_id = 2")
+    _, rows = build(demo_db)
+    params = json.loads(dict(rows)["2"])
+    assert params["messages"][0]["content"].endswith(": Cinder Lamp ()")
+
+
+def test_duplicate_keys_are_refused_with_examples(demo_db: Path) -> None:
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute("UPDATE products SET product_id = 2 WHERE product_id = 12")
+    with pytest.raises(
+        ConfigError, match=r"source\.key: the key is not unique on 2026-11-03: 2 \(2 rows\)"
+    ):
+        build(demo_db)
+
+
+def test_rebuilding_a_partition_replaces_its_requests(demo_db: Path) -> None:
+    build(demo_db)
+    summary, rows = build(demo_db)
+    assert summary.requests == len(rows) == 30
