@@ -23,7 +23,7 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
             )
         rows = con.sql(
             f"SELECT {keys}, left({column}, 70) AS {column}, result_status, "
-            f"round(cost_usd, 6) AS cost_usd FROM {table} WHERE partition_date = ? "
+            f"CAST(cost_usd AS DECIMAL(12, 6)) AS cost_usd FROM {table} WHERE partition_date = ? "
             f"ORDER BY {keys} LIMIT {int(limit)}",
             params=[date],
         )

@@ -17,7 +17,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_emulator(state_dir: Path, latency: float = 0.2) -> tuple[subprocess.Popen, str]:
+def start_emulator(
+    state_dir: Path, latency: float = 0.2, api_key: str | None = None
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -26,6 +28,7 @@ def start_emulator(state_dir: Path, latency: float = 0.2) -> tuple[subprocess.Po
             "-m",
             "batchpipe.emulator",
             *("--port", str(port), "--state-dir", str(state_dir), "--latency", str(latency)),
+            *(("--api-key", api_key) if api_key else ()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

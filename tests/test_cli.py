@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ledger
+from tests.support import ledger, start_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +115,27 @@ def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str
     assert result.returncode == 0, result.stderr[-3000:]
     shown = batchpipe("show", "product_descriptions", "--date", DAY, "--limit", "30")
     assert shown.stdout.count("│ succeeded ") == 30
+
+
+def test_a_wrong_api_key_is_a_clear_error_and_never_shown_or_stored(
+    demo_db: Path, tmp_path: Path
+) -> None:
+    secret = "sk-ant-api03-not-the-right-key-0123456789"
+    process, url = start_emulator(tmp_path / "locked", api_key="the-right-key")
+    try:
+        result = batchpipe(
+            "run",
+            "product_descriptions",
+            "--date",
+            DAY,
+            env={"ANTHROPIC_API_KEY": secret, "ANTHROPIC_BASE_URL": url},
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert result.returncode == 1
+    assert "the Batches API refused the batch (401): API key is invalid." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert secret not in result.stdout + result.stderr
+    stored = b"".join(p.read_bytes() for p in demo_db.rglob("*") if p.is_file())
+    assert secret.encode() not in stored

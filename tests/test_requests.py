@@ -85,3 +85,14 @@ def test_rebuilding_a_partition_replaces_its_requests(demo_db: Path) -> None:
     build(demo_db)
     summary, rows = build(demo_db)
     assert summary.requests == len(rows) == 30
+
+
+def test_a_list_of_key_columns_gives_stable_distinct_custom_ids(demo_db: Path) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    path.write_text(path.read_text().replace("key: product_id ", "key: [category, name]"))
+    _, first = build(demo_db)
+    _, second = build(demo_db)
+    ids = [custom_id for custom_id, _ in first]
+    assert len(set(ids)) == len(ids) == 30
+    assert all(i.startswith("h-") and len(i) <= 64 for i in ids)
+    assert first == second
