@@ -89,7 +89,7 @@ def test_rebuilding_a_partition_replaces_its_requests(demo_db: Path) -> None:
 
 def test_a_list_of_key_columns_gives_stable_distinct_custom_ids(demo_db: Path) -> None:
     path = demo_db / "pipelines" / "product_descriptions.yaml"
-    path.write_text(path.read_text().replace("key: product_id ", "key: [category, name]"))
+    path.write_text(path.read_text().replace("key: product_id ", "key: [category, product_id]"))
     _, first = build(demo_db)
     _, second = build(demo_db)
     ids = [custom_id for custom_id, _ in first]
