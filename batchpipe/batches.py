@@ -351,16 +351,14 @@ def download_results(api: anthropic.Anthropic, batch_id: str, expected_lines: in
 
 
 def _line_count(path: Path) -> int:
+    """Lines in a JSONL file, counting a last line without its newline."""
+    count = 0
+    last = b"\n"
     with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + (
-            1 if path.stat().st_size and not _ends_with_newline(path) else 0
-        )
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
 
 
 def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) -> None:

@@ -158,12 +158,13 @@ def _list(columns: list[str]) -> str:
 
 @dataclass(frozen=True)
 class RequestsSummary:
-    rows: int
     requests: int
     to_send: int
-    reused: int
-    input_chars: int
     estimate: dict[str, float]
+
+    @property
+    def reused(self) -> int:
+        return self.requests - self.to_send
 
 
 def build_requests(
@@ -171,7 +172,6 @@ def build_requests(
 ) -> RequestsSummary:
     """Rebuild the partition's requests in one SQL statement, after checking its keys."""
     name = resolved.name
-    rows_sql = resolved.partition_rows_sql()
     _check_keys(con, resolved, date)
     with warehouse.transaction(con):
         con.execute(
@@ -185,29 +185,17 @@ def build_requests(
                    length(CAST(params AS VARCHAR))
             FROM (
                 SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params
-                FROM ({rows_sql}) AS s
+                FROM ({resolved.partition_rows_sql()}) AS s
             )
             """,
             [name, date, date],
         )
-    rows, input_chars = con.execute(
-        "SELECT count(*), coalesce(sum(input_chars), 0) FROM batchpipe_requests "
-        "WHERE pipeline = ? AND partition_date = ?",
+    (requests,) = con.execute(
+        "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
         [name, date],
     ).fetchone()
-    to_send = len_pending(con, name, date)
-    request = resolved.file.pipeline.request
-    pending_chars = con.execute(
-        f"SELECT coalesce(sum(input_chars), 0) FROM ({PENDING_SQL})", [name, date, name]
-    ).fetchone()[0]
-    return RequestsSummary(
-        rows=rows,
-        requests=rows,
-        to_send=to_send,
-        reused=rows - to_send,
-        input_chars=input_chars,
-        estimate=pricing.estimate(request.model, pending_chars, to_send, request.max_tokens),
-    )
+    to_send, estimate = estimate_pending(con, resolved.file, date)
+    return RequestsSummary(requests=requests, to_send=to_send, estimate=estimate)
 
 
 # Requests of a partition that still need sending: no succeeded result for the
@@ -223,8 +211,20 @@ WHERE r.pipeline = ? AND r.partition_date = ?
 """
 
 
-def len_pending(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> int:
-    return con.execute(f"SELECT count(*) FROM ({PENDING_SQL})", [name, date, name]).fetchone()[0]
+def pending_params(pf: PipelineFile, date: dt.date) -> list:
+    return [pf.pipeline.name, date, pf.pipeline.name]
+
+
+def estimate_pending(
+    con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date
+) -> tuple[int, dict[str, float]]:
+    """How many requests would be sent now, and what they would cost."""
+    count, chars = con.execute(
+        f"SELECT count(*), coalesce(sum(input_chars), 0) FROM ({PENDING_SQL})",
+        pending_params(pf, date),
+    ).fetchone()
+    request = pf.pipeline.request
+    return count, pricing.estimate(request.model, chars, count, request.max_tokens)
 
 
 def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:

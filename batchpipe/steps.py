@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import anthropic
 import duckdb
 
-from batchpipe import batches, plan, pricing, results, warehouse
+from batchpipe import batches, plan, results, warehouse
 from batchpipe.errors import BatchApiError
 from batchpipe.loader import PipelineFile
 
@@ -26,7 +26,7 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> plan.RequestsSu
         resolved = plan.resolve(pf, con)
         summary = plan.build_requests(con, resolved, date)
     log(
-        f"{summary.rows} rows on {date}: {summary.to_send} request(s) to send, "
+        f"{summary.requests} rows on {date}: {summary.to_send} request(s) to send, "
         f"{summary.reused} already answered; estimated ${summary.estimate['expected_usd']:.4f} "
         f"(at most ${summary.estimate['high_usd']:.4f})"
     )
@@ -59,7 +59,7 @@ def submit_and_wait(
             [name, date],
         ).fetchone()[0]:
             plan.build_requests(con, plan.resolve(pf, con), date)
-        estimate = _estimate_pending(con, pf, date)
+        _, estimate = plan.estimate_pending(con, pf, date)
         batches.submit_partition(
             con,
             api,
@@ -67,26 +67,16 @@ def submit_and_wait(
             date,
             pf.pipeline.request.model,
             plan.PENDING_SQL,
-            [name, date, name],
+            plan.pending_params(pf, date),
             log,
         )
         con.execute(
             "UPDATE batchpipe_batches SET estimated_usd = ? "
             "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
-            [estimate, name, date],
+            [estimate["expected_usd"], name, date],
         )
         batches.wait_until_ended(con, api, name, date, poll_seconds, log)
         return _batches_summary(con, name, date)
-
-
-def _estimate_pending(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date) -> float:
-    name = pf.pipeline.name
-    count, chars = con.execute(
-        f"SELECT count(*), coalesce(sum(input_chars), 0) FROM ({plan.PENDING_SQL})",
-        [name, date, name],
-    ).fetchone()
-    request = pf.pipeline.request
-    return pricing.estimate(request.model, chars, count, request.max_tokens)["expected_usd"]
 
 
 def _batches_summary(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> BatchesSummary:

@@ -38,6 +38,19 @@ MAX_MESSAGES_BODY = 32 * 1024 * 1024
 CHUNK = 64 * 1024
 
 
+def paged(request: Request, items: list[dict[str, Any]], limit: int) -> JSONResponse:
+    """The list envelope the SDK's SyncPage reads, cut at the request's cursors."""
+    data, has_more = lifecycle.page(
+        items,
+        [item["id"] for item in items],
+        limit,
+        request.query_params.get("before_id"),
+        request.query_params.get("after_id"),
+    )
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return JSONResponse({"data": data, "has_more": has_more, "first_id": first, "last_id": last})
+
+
 def create_app(
     state_dir: Path, latency_seconds: float = 2.0, api_key: str | None = None
 ) -> Starlette:
@@ -64,17 +77,7 @@ def create_app(
                 return [lifecycle.batch_json(r, base(request)) for r in records]
 
         batches = await run_in_threadpool(newest_first)
-        data, has_more = lifecycle.page(
-            batches,
-            [b["id"] for b in batches],
-            limit,
-            request.query_params.get("before_id"),
-            request.query_params.get("after_id"),
-        )
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return JSONResponse(
-            {"data": data, "has_more": has_more, "first_id": first, "last_id": last}
-        )
+        return paged(request, batches, limit)
 
     async def retrieve_batch(request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
@@ -136,18 +139,7 @@ def create_app(
 
     async def list_models(request: Request) -> Response:
         limit = int_param(request, "limit", 20, 1, 1000)
-        models = [model_json(model_id) for model_id in MODELS]
-        data, has_more = lifecycle.page(
-            models,
-            list(MODELS),
-            limit,
-            request.query_params.get("before_id"),
-            request.query_params.get("after_id"),
-        )
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return JSONResponse(
-            {"data": data, "has_more": has_more, "first_id": first, "last_id": last}
-        )
+        return paged(request, [model_json(model_id) for model_id in MODELS], limit)
 
     async def get_model(request: Request) -> Response:
         model_id = request.path_params["model_id"]
