@@ -63,17 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("names", nargs="*", metavar="NAME")
     validate.set_defaults(handler=_validate)
 
+    from batchpipe.emulator.__main__ import add_arguments as emulator_arguments
+
     emulator = sub.add_parser("emulator", help="serve the local Anthropic API emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8765)
-    emulator.add_argument("--state-dir", type=Path, default=Path(".batchpipe/emulator/state"))
-    emulator.add_argument(
-        "--latency",
-        type=float,
-        default=float(os.environ.get("BATCHPIPE_EMULATOR_LATENCY", "2.0")),
-        help="seconds before a batch ends (default 2)",
-    )
-    emulator.add_argument("--api-key", default=None, help="require this key (default: any)")
+    emulator_arguments(emulator)
     emulator.set_defaults(handler=_emulator)
 
     demo = sub.add_parser("demo-data", help="create the demo source tables in BATCHPIPE_DB")
@@ -168,9 +161,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from batchpipe.emulator.server import serve
+    from batchpipe.emulator.__main__ import run
 
-    serve(args.host, args.port, args.state_dir, args.latency, args.api_key)
+    run(args)
     return 0
 
 
