@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install demo test test-fast dev lint format lock clean
+.PHONY: install demo test test-fast dev bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test-fast: install
 dev: install
 	$(BIN)/batchpipe demo-data
 	$(BIN)/batchpipe dev
+
+# Emulator throughput (requests accepted/s, result lines served/s), recorded in bench/RESULTS.md.
+bench-emulator: install
+	$(BIN)/python bench/emulator.py --write bench/RESULTS.md
 
 lint: install
 	$(BIN)/ruff format --check batchpipe tests bench
