@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import http.client
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import start_emulator  # noqa: E402
+from tests.support import start_emulator
 
 HEADERS = {
     "content-type": "application/json",
@@ -122,8 +123,6 @@ def report(figures: dict[str, float]) -> str:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
@@ -141,7 +140,7 @@ def main() -> None:
 def _write_section(path: Path, section: str) -> None:
     """Replace the emulator section of RESULTS.md, keeping the others."""
     old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    head, marker, rest = old.partition("## Emulator throughput")
+    head, _, rest = old.partition("## Emulator throughput")
     tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
     path.write_text(head.rstrip() + "\n\n" + section + ("\n" + tail if tail else ""))
 
