@@ -77,22 +77,18 @@ def submit_partition(
     date: dt.date,
     model: str,
     pending_sql: str,
-    pending_params: list,
+    pending_params: dict,
     log: Log,
     max_requests: int = MAX_REQUESTS_PER_BATCH,
-) -> list[str]:
-    """Send the partition's pending requests, unless batches for it are already in flight.
+) -> int:
+    """Send the partition's pending requests; return how many were sent now.
 
-    Returns the ids of every open batch of the partition, old and new.
+    Intents left by a killed run are finished first (found upstream, or sent);
+    requests already in an open batch are not pending, so nothing goes twice.
     """
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitting":
             _finish_submission(con, api, sub, log, interrupted=True)
-    in_flight = open_submissions(con, pipeline, date)
-    if in_flight:
-        log(f"{len(in_flight)} batch(es) already in flight for {date}; nothing new is sent")
-        return [s.batch_id for s in in_flight if s.batch_id]
-
     con.execute(
         "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
         f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
@@ -100,8 +96,7 @@ def submit_partition(
     )
     total = con.execute("SELECT count(*) FROM pending").fetchone()[0]
     if total == 0:
-        log("every request of this partition already has a result; nothing is sent")
-        return []
+        return 0
     per_batch = _batch_size(con, min(max_requests, MAX_REQUESTS_PER_BATCH))
     for chunk in range((total + per_batch - 1) // per_batch):
         submission_id = uuid.uuid4().hex
@@ -121,7 +116,7 @@ def submit_partition(
         )
         _finish_submission(con, api, sub, log, interrupted=False)
     con.execute("DROP TABLE pending")
-    return [s.batch_id for s in open_submissions(con, pipeline, date) if s.batch_id]
+    return total
 
 
 def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
@@ -263,6 +258,19 @@ def _record_failed(
     )
 
 
+def poll(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, pipeline: str, date: dt.date
+) -> list[anthropic.types.messages.MessageBatch]:
+    """Retrieve every submitted batch of the partition once and record its counts."""
+    seen = []
+    for sub in open_submissions(con, pipeline, date):
+        if sub.state == "submitted":
+            batch = api.messages.batches.retrieve(sub.batch_id)
+            record_status(con, sub.submission_id, batch)
+            seen.append(batch)
+    return seen
+
+
 def wait_until_ended(
     con: duckdb.DuckDBPyConnection,
     api: anthropic.Anthropic,
@@ -271,28 +279,34 @@ def wait_until_ended(
     poll_seconds: float,
     log: Log,
 ) -> None:
-    """Poll every open batch of the partition until all have ended (no webhooks exist)."""
+    """Poll the partition's open batches until all have ended (the API has no webhooks)."""
     last_report = ""
     while True:
-        waiting = [s for s in open_submissions(con, pipeline, date) if s.state == "submitted"]
-        if not waiting:
-            return
-        lines = []
-        for sub in waiting:
-            batch = api.messages.batches.retrieve(sub.batch_id)
-            record_status(con, sub.submission_id, batch)
-            c = batch.request_counts
-            lines.append(
-                f"{batch.id}: {batch.processing_status} ({c.processing} processing, "
-                f"{c.succeeded} succeeded, {c.errored} errored)"
-            )
-        report = "; ".join(lines)
-        if report != last_report:
+        batches = poll(con, api, pipeline, date)
+        report = "; ".join(
+            f"{b.id}: {b.processing_status} ({b.request_counts.processing} processing, "
+            f"{b.request_counts.succeeded} succeeded, {b.request_counts.errored} errored)"
+            for b in batches
+        )
+        if report and report != last_report:
             log(report)
             last_report = report
-        if all(s.state != "submitted" for s in open_submissions(con, pipeline, date) if s.batch_id):
+        if all(b.processing_status == "ended" for b in batches):
             return
         time.sleep(poll_seconds)
+
+
+def cancel(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, pipeline: str, date: dt.date
+) -> list[str]:
+    """Ask the API to cancel the partition's batches that are still processing."""
+    canceled = []
+    for sub in open_submissions(con, pipeline, date):
+        if sub.state == "submitted":
+            batch = api.messages.batches.cancel(sub.batch_id)
+            record_status(con, sub.submission_id, batch)
+            canceled.append(batch.id)
+    return canceled
 
 
 def record_status(

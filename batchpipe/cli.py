@@ -113,9 +113,11 @@ def _select(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from batchpipe import batches
-    from batchpipe.runs import run_partition
+    from batchpipe.runs import check_date, run_partition
 
     files = _select(args)
+    for pf in files:
+        check_date(pf, args.date)  # before starting anything
     if batches.using_emulator():
         from batchpipe.emulator.launcher import ensure_emulator
 

@@ -80,6 +80,32 @@ class Request(_Strict):
     max_tokens: Annotated[int, Field(gt=0, description="Upper bound on the reply's tokens.")]
     system: str | None = Field(None, description="System prompt, the same for every row.")
     prompt: str = Field(description="The user message; {{ column }} inserts a source column.")
+    max_batch_requests: Annotated[
+        int,
+        Field(
+            gt=0,
+            le=100_000,
+            description="Most requests per batch (the API allows 100,000; 2,000-5,000 under "
+            "heavy traffic).",
+        ),
+    ] = 100_000
+    max_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Sends of a request whose result is retryable (expired, api_error, "
+            "overloaded_error), first one included.",
+        ),
+    ] = 3
+    wait: bool = Field(
+        False,
+        description="Poll inside the batch_status run until the batches end (for small, quick "
+        "batches) instead of leaving it to the sensor.",
+    )
+    poll_interval: Annotated[
+        int, Field(ge=5, description="Seconds between the sensor's polls of open batches.")
+    ] = 60
 
 
 class Output(_Strict):
@@ -87,6 +113,10 @@ class Output(_Strict):
 
     table: str = Field(description="Output table, created if missing.")
     column: str = Field("output", description="Column that receives the reply's text.")
+    max_error_rate: Annotated[
+        float,
+        Field(ge=0, le=1, description="Largest share of errored rows the asset check accepts."),
+    ] = 0.05
 
     @field_validator("table")
     @classmethod
@@ -103,6 +133,20 @@ class Output(_Strict):
 
 class Partitions(_Strict):
     start: dt.date = Field(description="First daily partition, YYYY-MM-DD.")
+    schedule: str | None = Field(
+        None, description="Cron for a daily run of that day's partition, e.g. '0 6 * * *'."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"{value!r} is not a cron expression like '0 6 * * *'")
+        return value
 
 
 class Pipeline(_Strict):

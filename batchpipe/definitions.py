@@ -12,6 +12,7 @@ import dagster as dg
 
 from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.defs.sensors import batch_sensor, daily_schedule, partition_job
 from batchpipe.defs.specs import source_spec
 from batchpipe.loader import PipelineFile, load_pipelines
 
@@ -19,9 +20,13 @@ from batchpipe.loader import PipelineFile, load_pipelines
 def build_definitions(files: list[PipelineFile] | None = None) -> dg.Definitions:
     files = load_pipelines() if files is None else files
     sources = {spec.key: spec for spec in (source_spec(pf) for pf in files)}
-    assets = [asset for pf in files for asset in pipeline_assets(pf)]
+    jobs = {pf.pipeline.name: partition_job(pf) for pf in files}
+    schedules = [daily_schedule(pf, jobs[pf.pipeline.name]) for pf in files]
     return dg.Definitions(
-        assets=[*sources.values(), *assets],
+        assets=[*sources.values(), *(a for pf in files for a in pipeline_assets(pf))],
+        jobs=list(jobs.values()),
+        sensors=[batch_sensor(pf) for pf in files],
+        schedules=[s for s in schedules if s is not None],
         resources={"batchpipe": BatchpipeResource()},
     )
 

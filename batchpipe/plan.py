@@ -21,6 +21,7 @@ from batchpipe.templates import quote_ident, sql_string
 RESULT_COLUMNS = (
     "partition_date",
     "result_status",
+    "error_message",
     "input_tokens",
     "output_tokens",
     "cost_usd",
@@ -198,21 +199,53 @@ def build_requests(
     return RequestsSummary(requests=requests, to_send=to_send, estimate=estimate)
 
 
-# Requests of a partition that still need sending: no succeeded result for the
-# identical request anywhere in the pipeline's history. Params: pipeline, date, pipeline.
-PENDING_SQL = """
-SELECT r.custom_id, r.request_hash, r.params, r.input_chars
+# Errors worth sending again: the request was fine, the service was not.
+RETRYABLE_ERRORS = ("api_error", "overloaded_error")
+
+# Requests of a partition that still need sending, one per distinct request (identical
+# rows share one answer): no succeeded result for the identical request anywhere in the
+# pipeline's history, and either no result yet or a retryable one (expired, api_error,
+# overloaded_error) with attempts left. invalid_request and other errors are final, and
+# so is a cancel. Requests in an open batch are not pending. Params: see pending_params.
+PENDING_SQL = f"""
+WITH latest AS (
+    SELECT request_hash,
+           bool_or(result_type = 'succeeded') AS answered,
+           arg_max(result_type, loaded_at) AS result_type,
+           arg_max(error_type, loaded_at) AS error_type
+    FROM batchpipe_results WHERE pipeline = $pipeline GROUP BY request_hash
+),
+attempts AS (
+    SELECT r.request_hash, count(*) AS sent
+    FROM batchpipe_batch_requests AS r JOIN batchpipe_batches AS b USING (submission_id)
+    WHERE b.pipeline = $pipeline AND b.state <> 'failed'
+    GROUP BY r.request_hash
+)
+SELECT min(r.custom_id) AS custom_id, r.request_hash,
+       any_value(r.params) AS params, any_value(r.input_chars) AS input_chars
 FROM batchpipe_requests AS r
-WHERE r.pipeline = ? AND r.partition_date = ?
-  AND r.request_hash NOT IN (
-      SELECT request_hash FROM batchpipe_results
-      WHERE pipeline = ? AND result_type = 'succeeded'
+LEFT JOIN latest AS l USING (request_hash)
+LEFT JOIN attempts AS a USING (request_hash)
+WHERE r.pipeline = $pipeline AND r.partition_date = $date
+  AND NOT coalesce(l.answered, false)
+  AND (l.result_type IS NULL OR l.result_type = 'expired'
+       OR l.error_type IN {RETRYABLE_ERRORS})
+  AND coalesce(a.sent, 0) < $max_attempts
+  AND r.request_hash NOT IN (  -- in flight: an open batch will answer it
+      SELECT r2.request_hash
+      FROM batchpipe_batch_requests AS r2 JOIN batchpipe_batches AS b2 USING (submission_id)
+      WHERE b2.pipeline = $pipeline AND b2.state IN ('submitting', 'submitted', 'ended')
   )
+GROUP BY r.request_hash
 """
 
 
-def pending_params(pf: PipelineFile, date: dt.date) -> list:
-    return [pf.pipeline.name, date, pf.pipeline.name]
+def pending_params(pf: PipelineFile, date: dt.date) -> dict:
+    return {
+        "pipeline": pf.pipeline.name,
+        "date": date,
+        "max_attempts": pf.pipeline.request.max_attempts,
+    }
 
 
 def estimate_pending(

@@ -98,18 +98,27 @@ class EnrichedSummary:
     rows: int
     succeeded: int
     errored: int
+    expired: int
+    canceled: int
     missing: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
     cost_usd: float
     standard_cost_usd: float
     batch_ids: list[str]
+    preview: str  # a markdown table of a few rows, for the asset's metadata
+    unfinished: int = 0  # rows whose request is still in flight or due for a retry
 
 
 def write_enriched(
     con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
 ) -> EnrichedSummary:
     """Replace the partition's rows of the output table in one transaction."""
-    out = ".".join(quote_ident(p) for p in resolved.file.pipeline.output.table.split("."))
-    column = quote_ident(resolved.file.pipeline.output.column)
+    pipeline = resolved.file.pipeline
+    out = ".".join(quote_ident(p) for p in pipeline.output.table.split("."))
+    column = quote_ident(pipeline.output.column)
     name = resolved.name
     select = f"""
         WITH req AS (
@@ -128,6 +137,7 @@ def write_enriched(
                CAST(? AS DATE) AS partition_date,
                res.text AS {column},
                coalesce(res.result_type, 'missing') AS result_status,
+               res.error_message,
                res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id
         FROM ({resolved.partition_rows_sql()}) AS s
         JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
@@ -136,27 +146,60 @@ def write_enriched(
     params = [name, date, name, date, date]
     with warehouse.transaction(con):
         con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
+        _add_new_columns(con, out, select, params)
         con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
         con.execute(f"INSERT INTO {out} BY NAME {select}", params)
     counts = con.execute(
-        f"SELECT count(*), count(*) FILTER (result_status = 'succeeded'), "
-        f"count(*) FILTER (result_status = 'errored'), "
-        f"count(*) FILTER (result_status = 'missing') FROM {out} WHERE partition_date = ?",
+        "SELECT count(*), "
+        + ", ".join(
+            f"count(*) FILTER (result_status = '{status}')"
+            for status in ("succeeded", "errored", "expired", "canceled", "missing")
+        )
+        + f" FROM {out} WHERE partition_date = ?",
         [date],
     ).fetchone()
     spent = con.execute(
-        "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0), "
+        "SELECT coalesce(sum(r.input_tokens), 0), coalesce(sum(r.output_tokens), 0), "
+        "coalesce(sum(r.cache_creation_input_tokens), 0), "
+        "coalesce(sum(r.cache_read_input_tokens), 0), "
+        "coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0), "
         "list(DISTINCT b.batch_id ORDER BY b.batch_id) "
         "FROM batchpipe_batches b LEFT JOIN batchpipe_results r ON r.batch_id = b.batch_id "
         "WHERE b.pipeline = ? AND b.partition_date = ? AND b.batch_id IS NOT NULL",
         [name, date],
     ).fetchone()
+    keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
+    preview = con.execute(
+        f"SELECT {keys}, left({column}, 80), result_status FROM {out} "
+        f"WHERE partition_date = ? ORDER BY {keys} LIMIT 5",
+        [date],
+    ).fetchall()
     return EnrichedSummary(
-        rows=counts[0],
-        succeeded=counts[1],
-        errored=counts[2],
-        missing=counts[3],
-        cost_usd=float(spent[0]),
-        standard_cost_usd=float(spent[1]),
-        batch_ids=list(spent[2] or []),
+        *counts,
+        *(int(v) for v in spent[:4]),
+        cost_usd=float(spent[4]),
+        standard_cost_usd=float(spent[5]),
+        batch_ids=list(spent[6] or []),
+        preview=_markdown(
+            [*pipeline.source.key_columns, pipeline.output.column, "status"], preview
+        ),
     )
+
+
+def _add_new_columns(con: duckdb.DuckDBPyConnection, table: str, select: str, params: list) -> None:
+    """A column added to the source (or by a newer batchpipe) is added to the output table,
+    so an existing table keeps working; old partitions hold NULL there."""
+    have = set(warehouse.describe(con, table))
+    want = con.execute(f"DESCRIBE {select}", params).fetchall()
+    for column, kind, *_ in want:
+        if column not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} {kind}")
+
+
+def _markdown(header: list[str], rows: list[tuple]) -> str:
+    def cell(value: object) -> str:
+        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -45,17 +45,13 @@ def run_partition(
     Returns what it did as lines for a person; raises BatchpipeError with the
     step's own message when a step fails.
     """
-    start = pf.pipeline.partitions.start
-    if date < start:
-        raise BatchpipeError(
-            f"{date} is before the first partition of {pf.pipeline.name} "
-            f"({start}, set by partitions.start in {pf.path})"
-        )
+    check_date(pf, date)
     with instance() as dagster_instance:
         result = dg.materialize(
             [source_spec(pf), *pipeline_assets(pf)],
             partition_key=date.isoformat(),
-            resources={"batchpipe": resource or BatchpipeResource()},
+            # The CLI waits for the batches to end, so one command does the whole partition.
+            resources={"batchpipe": resource or BatchpipeResource(wait=True)},
             instance=dagster_instance,
             raise_on_error=False,
             # The steps' own lines are printed below; Dagster's event log stays in the
@@ -66,6 +62,15 @@ def run_partition(
     if not result.success:
         raise BatchpipeError(_failure_message(result))
     return _describe(result)
+
+
+def check_date(pf: PipelineFile, date: dt.date) -> None:
+    start = pf.pipeline.partitions.start
+    if date < start:
+        raise BatchpipeError(
+            f"{date} is before the first partition of {pf.pipeline.name} "
+            f"({start}, set by partitions.start in {pf.path})"
+        )
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -94,13 +99,15 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
         elif step == "batch_status":
             ids = ", ".join(meta["batchpipe/batch_ids"]) or "none needed"
             lines.append(
-                f"batch_status: batches {ids}; {meta['batchpipe/succeeded']} succeeded, "
-                f"{meta['batchpipe/errored']} errored"
+                f"batch_status: {meta['batchpipe/sent_now']} sent; batches {ids}; "
+                f"{meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored"
             )
         elif step == "results":
+            retried = meta["batchpipe/retried"]
             lines.append(
                 f"results:      {meta['batchpipe/results_loaded']} result(s) copied into DuckDB "
                 f"from {meta['batchpipe/batches_loaded']} batch(es)"
+                + (f"; {retried} retryable request(s) sent again" if retried else "")
             )
         elif step == "enriched":
             cost = meta["batchpipe/cost_usd"]
@@ -108,6 +115,7 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
             lines.append(
                 f"enriched:     {meta['dagster/row_count']} rows "
                 f"({meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored, "
+                f"{meta['batchpipe/expired']} expired, {meta['batchpipe/canceled']} canceled, "
                 f"{meta['batchpipe/missing']} missing)"
             )
             lines.append(

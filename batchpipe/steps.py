@@ -1,21 +1,22 @@
-"""The four steps of a partition, each a plain function the Dagster assets call.
+"""The steps of a partition, each a plain function the Dagster assets call.
 
-Keeping them free of Dagster lets the CLI, the assets and the tests share one
-implementation; each step opens the warehouse as the single writer, does its
-work in SQL, and returns a small summary that becomes asset metadata.
+Keeping them free of Dagster lets the CLI, the assets, the sensor and the
+tests share one implementation; each step opens the warehouse as the single
+writer, does its work in SQL, and returns a small summary that becomes asset
+metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anthropic
 import duckdb
 
 from batchpipe import batches, plan, results, warehouse
-from batchpipe.errors import BatchApiError
 from batchpipe.loader import PipelineFile
 
 Log = Callable[[str], None]
@@ -27,7 +28,8 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> plan.RequestsSu
         summary = plan.build_requests(con, resolved, date)
     log(
         f"{summary.requests} rows on {date}: {summary.to_send} request(s) to send, "
-        f"{summary.reused} already answered; estimated ${summary.estimate['expected_usd']:.4f} "
+        f"{summary.reused} reused (answered before, or the same as another row's); "
+        f"estimated ${summary.estimate['expected_usd']:.4f} "
         f"(at most ${summary.estimate['high_usd']:.4f})"
     )
     return summary
@@ -35,9 +37,12 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> plan.RequestsSu
 
 @dataclass(frozen=True)
 class BatchesSummary:
+    """Where a partition's batches stand; `open_batch_ids` is what the sensor watches."""
+
+    sent_now: int
     batch_ids: list[str]
+    open_batch_ids: list[str]
     requests: int
-    processing: int
     succeeded: int
     errored: int
     canceled: int
@@ -45,98 +50,184 @@ class BatchesSummary:
     estimated_usd: float
 
 
-def submit_and_wait(
+def submit(
     pf: PipelineFile,
     date: dt.date,
     api: anthropic.Anthropic,
-    poll_seconds: float,
     log: Log,
+    *,
+    wait: bool,
+    poll_seconds: float,
 ) -> BatchesSummary:
-    name = pf.pipeline.name
+    """Send what is pending; with `wait`, poll here until every batch has ended."""
     with warehouse.connect() as con:
-        if not con.execute(
-            "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
-            [name, date],
-        ).fetchone()[0]:
+        if not _has_requests(con, pf, date):
             plan.build_requests(con, plan.resolve(pf, con), date)
-        _, estimate = plan.estimate_pending(con, pf, date)
-        batches.submit_partition(
-            con,
-            api,
-            name,
-            date,
-            pf.pipeline.request.model,
-            plan.PENDING_SQL,
-            plan.pending_params(pf, date),
-            log,
-        )
+        sent = _send_pending(con, pf, date, api, log)
+        if wait:
+            batches.wait_until_ended(con, api, pf.pipeline.name, date, poll_seconds, log)
+        return _batches_summary(con, pf.pipeline.name, date, sent)
+
+
+def _has_requests(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date) -> bool:
+    return bool(
         con.execute(
-            "UPDATE batchpipe_batches SET estimated_usd = ? "
-            "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
-            [estimate["expected_usd"], name, date],
-        )
-        batches.wait_until_ended(con, api, name, date, poll_seconds, log)
-        return _batches_summary(con, name, date)
+            "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
+            [pf.pipeline.name, date],
+        ).fetchone()[0]
+    )
 
 
-def _batches_summary(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> BatchesSummary:
+def _send_pending(
+    con: duckdb.DuckDBPyConnection,
+    pf: PipelineFile,
+    date: dt.date,
+    api: anthropic.Anthropic,
+    log: Log,
+) -> int:
+    _, estimate = plan.estimate_pending(con, pf, date)
+    request = pf.pipeline.request
+    sent = batches.submit_partition(
+        con,
+        api,
+        pf.pipeline.name,
+        date,
+        request.model,
+        plan.PENDING_SQL,
+        plan.pending_params(pf, date),
+        log,
+        max_requests=request.max_batch_requests,
+    )
+    con.execute(
+        "UPDATE batchpipe_batches SET estimated_usd = ? "
+        "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
+        [estimate["expected_usd"], pf.pipeline.name, date],
+    )
+    if sent == 0:
+        log("nothing to send: every request is answered, final or in flight")
+    return sent
+
+
+def _batches_summary(
+    con: duckdb.DuckDBPyConnection, name: str, date: dt.date, sent: int
+) -> BatchesSummary:
     row = con.execute(
-        "SELECT list(batch_id ORDER BY intent_at), coalesce(sum(request_count), 0), "
-        "coalesce(sum(CASE WHEN state = 'submitted' THEN request_count END), 0), "
-        "coalesce(sum(succeeded), 0), coalesce(sum(errored), 0), coalesce(sum(canceled), 0), "
-        "coalesce(sum(expired), 0), coalesce(sum(estimated_usd), 0) FROM batchpipe_batches "
-        "WHERE pipeline = ? AND partition_date = ? AND batch_id IS NOT NULL "
-        "AND loaded_at IS NULL",
+        "SELECT list(batch_id ORDER BY intent_at), "
+        "list(batch_id ORDER BY intent_at) FILTER (state IN ('submitted', 'ended')), "
+        "coalesce(sum(request_count), 0), coalesce(sum(succeeded), 0), "
+        "coalesce(sum(errored), 0), coalesce(sum(canceled), 0), coalesce(sum(expired), 0), "
+        "coalesce(sum(estimated_usd), 0) FROM batchpipe_batches "
+        "WHERE pipeline = ? AND partition_date = ? AND batch_id IS NOT NULL",
         [name, date],
     ).fetchone()
-    return BatchesSummary(list(row[0] or []), *row[1:])
+    return BatchesSummary(sent, list(row[0] or []), list(row[1] or []), *row[2:])
 
 
 @dataclass(frozen=True)
 class ResultsSummary:
     batches_loaded: int
     lines_loaded: int
+    retried: int
+    open_batch_ids: list[str] = field(default_factory=list)
 
 
 def load_results(
-    pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log
+    pf: PipelineFile,
+    date: dt.date,
+    api: anthropic.Anthropic,
+    log: Log,
+    *,
+    wait: bool,
+    poll_seconds: float,
+    retry: bool = True,
 ) -> ResultsSummary:
-    """Copy every ended batch's results into DuckDB at once: upstream keeps them 29 days."""
+    """Copy every ended batch's results into DuckDB at once (upstream keeps them 29 days),
+    then send retryable failures again in a follow-up batch. With `wait`, keep going
+    until nothing is in flight; without it, leave the follow-ups to the sensor."""
     name = pf.pipeline.name
-    loaded_batches = lines = 0
+    loaded_batches = lines = retried = 0
     with warehouse.connect() as con:
-        for sub in batches.open_submissions(con, name, date):
-            if sub.state == "submitted":
-                batches.record_status(
-                    con, sub.submission_id, api.messages.batches.retrieve(sub.batch_id)
+        while True:
+            batches.poll(con, api, name, date)
+            open_now = batches.open_submissions(con, name, date)
+            for sub in open_now:
+                if sub.state == "ended":
+                    lines += _load_one(con, pf, sub, api, log)
+                    loaded_batches += 1
+            still_open = batches.open_submissions(con, name, date)
+            if still_open and not wait:
+                log(
+                    f"{len(still_open)} batch(es) still processing; the sensor runs this "
+                    "step again once they have ended"
                 )
-        open_now = batches.open_submissions(con, name, date)
-        unfinished = [s.batch_id or s.submission_id for s in open_now if s.state != "ended"]
-        if unfinished:
-            raise BatchApiError(
-                f"{len(unfinished)} batch(es) of {name} {date} have not ended yet "
-                f"({', '.join(unfinished)}); materialize {name}/batch_status first, or wait"
-            )
-        for sub in open_now:
-            expected = con.execute(
-                "SELECT succeeded + errored + canceled + expired FROM batchpipe_batches "
-                "WHERE submission_id = ?",
-                [sub.submission_id],
-            ).fetchone()[0]
-            path = batches.download_results(api, sub.batch_id, expected)
-            count = results.load_results_file(
-                con, name, pf.pipeline.request.model, sub.submission_id, sub.batch_id, path
-            )
-            log(f"loaded {count} results of batch {sub.batch_id}")
-            loaded_batches += 1
-            lines += count
-    return ResultsSummary(loaded_batches, lines)
+                break
+            if still_open:
+                batches.wait_until_ended(con, api, name, date, poll_seconds, log)
+                continue
+            if not retry:
+                break
+            again = _send_pending(con, pf, date, api, log)
+            if not again:
+                break
+            retried += again
+            log(f"sent {again} retryable request(s) again")
+            if not wait:
+                break
+        open_ids = [s.batch_id for s in batches.open_submissions(con, name, date) if s.batch_id]
+    return ResultsSummary(loaded_batches, lines, retried, open_ids)
+
+
+def _load_one(
+    con: duckdb.DuckDBPyConnection,
+    pf: PipelineFile,
+    sub: batches.Submission,
+    api: anthropic.Anthropic,
+    log: Log,
+) -> int:
+    (expected,) = con.execute(
+        "SELECT succeeded + errored + canceled + expired FROM batchpipe_batches "
+        "WHERE submission_id = ?",
+        [sub.submission_id],
+    ).fetchone()
+    path = batches.download_results(api, sub.batch_id, expected)
+    count = results.load_results_file(
+        con, pf.pipeline.name, pf.pipeline.request.model, sub.submission_id, sub.batch_id, path
+    )
+    log(f"loaded {count} results of batch {sub.batch_id}")
+    return count
+
+
+def cancel(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log) -> dict:
+    """Cancel the partition's open batches and record what became of each request."""
+    with warehouse.connect() as con:
+        canceled = batches.cancel(con, api, pf.pipeline.name, date)
+        for batch_id in canceled:
+            log(f"asked the API to cancel {batch_id}")
+    summary = load_results(pf, date, api, log, wait=True, poll_seconds=1.0, retry=False)
+    with warehouse.connect(read_only=True) as con:
+        outcomes = dict(
+            con.execute(
+                "SELECT result_type, count(*) FROM batchpipe_results WHERE batch_id IN ? "
+                "GROUP BY ALL ORDER BY ALL",
+                [canceled or [""]],
+            ).fetchall()
+        )
+    log(f"loaded {summary.lines_loaded} result line(s): {outcomes or 'nothing was open'}")
+    return outcomes
 
 
 def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> results.EnrichedSummary:
     with warehouse.connect() as con:
         resolved = plan.resolve(pf, con)
         summary = results.write_enriched(con, resolved, date)
+        pending, _ = plan.estimate_pending(con, pf, date)
+        (in_flight,) = con.execute(
+            "SELECT count(*) FROM batchpipe_batch_requests JOIN batchpipe_batches "
+            "USING (submission_id) WHERE pipeline = ? AND partition_date = ? "
+            f"AND state IN {batches.OPEN_STATES}",
+            [pf.pipeline.name, date],
+        ).fetchone()
+        summary = dataclasses.replace(summary, unfinished=summary.missing + pending + in_flight)
     log(
         f"wrote {summary.rows} rows of {date} to {pf.pipeline.output.table} "
         f"({summary.succeeded} succeeded, {summary.errored} errored, {summary.missing} missing)"

@@ -9,7 +9,8 @@ SELECT
      'Iris', 'Juniper', 'Kestrel', 'Lumen'][1 + i % 12]
         || ' ' ||
     ['Lamp', 'Backpack', 'Kettle', 'Notebook', 'Chair', 'Headphones', 'Mug', 'Jacket',
-     'Tent', 'Watch'][1 + (i // 12) % 10] AS name,
+     'Tent', 'Watch'][1 + (i // 12) % 10]
+        || ' Mk ' || (1 + i // 120) AS name,             -- unique: no two rows ask the same
     ['home', 'outdoor', 'kitchen', 'office', 'audio'][1 + i % 5] AS category,
     round(5 + (i * 37 % 200) + (i % 100) / 100.0, 2)::DECIMAL(8, 2) AS price,
     DATE '2026-11-01' + (i % 10)::INTEGER AS added_on

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -18,9 +19,16 @@ def free_port() -> int:
 
 
 def start_emulator(
-    state_dir: Path, latency: float = 0.2, api_key: str | None = None
+    state_dir: Path,
+    latency: float = 0.2,
+    api_key: str | None = None,
+    *,
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    """An emulator process and its URL; `extra_args` adds flags (faults, seed, ...) and
+    `port` reuses a known port (for a restart on the same address)."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [
@@ -29,6 +37,7 @@ def start_emulator(
             "batchpipe.emulator",
             *("--port", str(port), "--state-dir", str(state_dir), "--latency", str(latency)),
             *(("--api-key", api_key) if api_key else ()),
+            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -35,7 +35,10 @@ def test_run_without_key_starts_an_emulator_once_and_reuses_it(demo_db: Path) ->
         assert first.returncode == 0, first.stderr
         assert first.stdout.count("using the local Batches API emulator at http://127.0.0.1:") == 1
         assert "started in the background" in first.stdout
-        assert "enriched:     30 rows (30 succeeded, 0 errored, 0 missing)" in first.stdout
+        assert (
+            "enriched:     30 rows (30 succeeded, 0 errored, 0 expired, 0 canceled, 0 missing)"
+            in (first.stdout)
+        )
 
         second = batchpipe("run", "--all", "--date", DAY)
         assert second.returncode == 0, second.stderr
@@ -91,6 +94,7 @@ def test_unknown_pipeline_and_early_date_are_plain_errors(demo_db: Path) -> None
     early = batchpipe("run", "product_descriptions", "--date", "2026-10-01")
     assert early.returncode == 1
     assert "2026-10-01 is before the first partition of product_descriptions" in early.stderr
+    assert not (demo_db / ".batchpipe" / "emulator").exists()  # nothing was started
 
 
 def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str) -> None:

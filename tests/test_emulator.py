@@ -76,6 +76,11 @@ class Emulator:
         assert status == 200
         return json.loads(body)
 
+    def set_faults(self, settings: dict[str, Any]) -> dict[str, Any]:
+        status, _, body = raw("POST", f"{self.url}/_emulator/faults", settings, auth=False)
+        assert status == 200, body
+        return json.loads(body)
+
     def ledger(self) -> list[dict[str, Any]]:
         _, _, body = raw("GET", f"{self.url}/_emulator/ledger", auth=False)
         return json.loads(body)["data"]
@@ -275,7 +280,13 @@ def test_cancel_ends_with_canceled_lines(slow: Emulator) -> None:
 
 def test_unprocessed_batch_expires_then_archives(slow: Emulator) -> None:
     client = slow.client()
-    batch = client.messages.batches.create(requests=[request(f"e{i}", "x") for i in range(4)])
+    # Progress follows the clock: after 25 h a batch due at 1 h would be done, so make the
+    # processing slow enough (one request per 11.6 days) that nothing finishes in 24 h.
+    slow.set_faults({"requests_per_second": 1e-6})
+    try:
+        batch = client.messages.batches.create(requests=[request(f"e{i}", "x") for i in range(4)])
+    finally:
+        slow.set_faults({"requests_per_second": None})
     slow.advance_clock(25 * 3600)
     expired = client.messages.batches.retrieve(batch.id)
     assert expired.processing_status == "ended" and expired.request_counts.expired == 4
@@ -315,10 +326,12 @@ def test_sync_endpoints(client: anthropic.Anthropic) -> None:
     message = client.messages.create(
         model="claude-opus-5-5", max_tokens=1000, messages=[{"role": "user", "content": "Hi"}]
     )
-    assert message.content[0].text == "Emulated reply to: Hi"
+    # Opus 5.5 always thinks: its thinking block comes first, the text after it.
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[1].text == "Emulated reply to: Hi"
     assert message.usage.service_tier == "standard" and message.id.startswith("msg_01")
     cut = client.messages.create(
-        model="claude-opus-5-5", max_tokens=2, messages=[{"role": "user", "content": "long"}]
+        model="claude-haiku-4-5", max_tokens=2, messages=[{"role": "user", "content": "long"}]
     )
     assert cut.stop_reason == "max_tokens" and len(cut.content[0].text) == 8
     with pytest.raises(anthropic.BadRequestError, match="temperature: Extra inputs"):
@@ -375,6 +388,11 @@ def test_ledger_bills_each_succeeded_request_once(emu: Emulator) -> None:
         "model",
         "input_tokens",
         "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "ephemeral_5m_input_tokens",
+        "ephemeral_1h_input_tokens",
+        "usd",
         "billed_at",
     }
     for batch in batches:  # reading again bills nothing more

@@ -20,7 +20,7 @@ from tests.support import ledger, start_emulator
 pytestmark = pytest.mark.slow
 
 DAY = dt.date(2026, 11, 3)
-FAST = BatchpipeResource(poll_seconds=0.1)
+FAST = BatchpipeResource(poll_seconds=0.1, wait=True)
 
 
 def pipeline(name: str = "product_descriptions"):
@@ -143,3 +143,34 @@ def test_an_interrupted_submission_is_adopted_not_sent_again(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_identical_requests_are_sent_once_and_answer_every_row(
+    demo_db: Path, emulator: str
+) -> None:
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute(
+            "UPDATE products SET name = 'Twin Lamp', category = 'home' WHERE product_id IN (2, 12)"
+        )
+    run_partition(pipeline(), DAY, FAST)
+    texts = query(
+        demo_db, "SELECT description FROM product_descriptions WHERE product_id IN (2, 12)"
+    )
+    assert texts[0] == texts[1] and "Twin Lamp (home)" in texts[0][0]
+    (batch_id,) = query(demo_db, "SELECT batch_id FROM batchpipe_batches")[0]
+    assert len([e for e in ledger(emulator) if e["batch_id"] == batch_id]) == 29
+
+
+def test_a_partition_is_split_at_max_batch_requests(demo_db: Path, emulator: str) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "  max_tokens: 200\n", "  max_tokens: 200\n  max_batch_requests: 7\n"
+        )
+    )
+    run_partition(pipeline(), DAY, FAST)
+    sizes = query(demo_db, "SELECT request_count FROM batchpipe_batches ORDER BY request_count")
+    assert sorted(s for (s,) in sizes) == [2, 7, 7, 7, 7]
+    assert query(
+        demo_db, "SELECT count(*) FROM product_descriptions WHERE result_status = 'succeeded'"
+    ) == [(30,)]

@@ -69,7 +69,7 @@ def test_null_column_renders_as_empty_text(demo_db: Path) -> None:
         con.execute("UPDATE products SET category = NULL WHERE product_id = 2")
     _, rows = build(demo_db)
     params = json.loads(dict(rows)["2"])
-    assert params["messages"][0]["content"].endswith(": Cinder Lamp ()")
+    assert params["messages"][0]["content"].endswith(": Cinder Lamp Mk 1 ()")
 
 
 def test_duplicate_keys_are_refused_with_examples(demo_db: Path) -> None:

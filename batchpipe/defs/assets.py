@@ -62,12 +62,19 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def batch_status(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        summary = steps.submit_and_wait(
-            pf, _date(context), batchpipe.client(), batchpipe.poll_interval(), context.log.info
+        summary = steps.submit(
+            pf,
+            _date(context),
+            batchpipe.client(),
+            context.log.info,
+            wait=batchpipe.waits(pf.pipeline.request.wait),
+            poll_seconds=batchpipe.poll_interval(),
         )
         return dg.MaterializeResult(
             metadata={
+                "batchpipe/sent_now": summary.sent_now,
                 "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
+                specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
                 "batchpipe/requests": summary.requests,
                 "batchpipe/succeeded": summary.succeeded,
                 "batchpipe/errored": summary.errored,
@@ -87,11 +94,20 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def results(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        summary = steps.load_results(pf, _date(context), batchpipe.client(), context.log.info)
+        summary = steps.load_results(
+            pf,
+            _date(context),
+            batchpipe.client(),
+            context.log.info,
+            wait=batchpipe.waits(pf.pipeline.request.wait),
+            poll_seconds=batchpipe.poll_interval(),
+        )
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/batches_loaded": summary.batches_loaded,
                 "batchpipe/results_loaded": summary.lines_loaded,
+                "batchpipe/retried": summary.retried,
+                specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
             }
         )
 
@@ -100,20 +116,46 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
         deps=[results],
         description=specs.description(pf, "enriched"),
         metadata={**reference, "dagster/table_name": pf.pipeline.output.table},
+        check_specs=[
+            dg.AssetCheckSpec("every_row_final", asset=specs.asset_key(pf, "enriched")),
+            dg.AssetCheckSpec("error_rate", asset=specs.asset_key(pf, "enriched")),
+        ],
         **common,
     )
-    def enriched(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def enriched(context: dg.AssetExecutionContext):
         summary = steps.write_enriched(pf, _date(context), context.log.info)
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": summary.rows,
                 "batchpipe/succeeded": summary.succeeded,
                 "batchpipe/errored": summary.errored,
+                "batchpipe/expired": summary.expired,
+                "batchpipe/canceled": summary.canceled,
                 "batchpipe/missing": summary.missing,
+                "batchpipe/input_tokens": summary.input_tokens,
+                "batchpipe/output_tokens": summary.output_tokens,
+                "batchpipe/cache_creation_input_tokens": summary.cache_creation_input_tokens,
+                "batchpipe/cache_read_input_tokens": summary.cache_read_input_tokens,
                 "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
                 "batchpipe/cost_usd": _usd(summary.cost_usd),
                 "batchpipe/standard_cost_usd": _usd(summary.standard_cost_usd),
+                "batchpipe/preview": dg.MetadataValue.md(summary.preview),
             }
+        )
+        unfinished = summary.unfinished
+        yield dg.AssetCheckResult(
+            check_name="every_row_final",
+            passed=unfinished == 0,
+            metadata={"rows": summary.rows, "without_result": unfinished},
+            description="Every source row of the partition has a result.",
+        )
+        rate = summary.errored / summary.rows if summary.rows else 0.0
+        limit = pf.pipeline.output.max_error_rate
+        yield dg.AssetCheckResult(
+            check_name="error_rate",
+            passed=rate <= limit,
+            metadata={"error_rate": dg.MetadataValue.float(rate), "max_error_rate": limit},
+            description=f"At most {limit:.0%} of rows errored.",
         )
 
     return [requests, batch_status, results, enriched]

@@ -1,4 +1,4 @@
-"""The one resource the assets share: how to reach the Batches API and how often to poll."""
+"""The one resource the assets share: how to reach the Batches API and how to wait."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class BatchpipeResource(dg.ConfigurableResource):
     so it never appears in Dagster's config, run records or UI."""
 
     poll_seconds: float | None = None  # None: 1 s against the emulator, 30 s against Anthropic
+    wait: bool | None = None  # None: the file's request.wait; `batchpipe run` sets True
 
     def client(self) -> anthropic.Anthropic:
         return batches.client()
@@ -21,3 +22,6 @@ class BatchpipeResource(dg.ConfigurableResource):
         if self.poll_seconds is not None:
             return self.poll_seconds
         return 1.0 if batches.using_emulator() else 30.0
+
+    def waits(self, file_wait: bool) -> bool:
+        return file_wait if self.wait is None else self.wait

@@ -10,6 +10,8 @@ import dagster as dg
 from batchpipe.loader import PipelineFile
 
 STEPS = ("requests", "batch_status", "results", "enriched")
+# Metadata key of the batch ids still open after a step; the sensor watches these.
+OPEN_BATCHES = "batchpipe/open_batch_ids"
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
 
 

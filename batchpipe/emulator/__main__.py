@@ -10,9 +10,24 @@ import argparse
 import os
 from pathlib import Path
 
+from batchpipe.emulator.faults import FaultSettings
 from batchpipe.emulator.server import serve
 
 LATENCY_ENV = "BATCHPIPE_EMULATOR_LATENCY"
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +38,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency",
         type=float,
         default=float(os.environ.get(LATENCY_ENV, "2.0")),
-        help=f"seconds before a batch ends (default ${LATENCY_ENV} or 2.0)",
+        help=f"seconds before a batch starts completing (default ${LATENCY_ENV} or 2.0)",
     )
     parser.add_argument("--api-key", default=None, help="if set, only this key is accepted")
+    parser.add_argument("--public", action="store_true", help="allow a --host that is not loopback")
+    faults = parser.add_argument_group(
+        "faults", "all off by default; change at run time with POST /_emulator/faults"
+    )
+    faults.add_argument("--seed", type=int, default=0, help="seed of every fault decision")
+    faults.add_argument(
+        "--http-error-rate",
+        type=_rate,
+        default=0.0,
+        help="fraction of /v1 calls answered 429/500/529",
+    )
+    faults.add_argument(
+        "--stream-cut-rate", type=_rate, default=0.0, help="fraction of results downloads cut"
+    )
+    faults.add_argument(
+        "--errored-rate", type=_rate, default=0.0, help="fraction of batch lines errored"
+    )
+    faults.add_argument(
+        "--expired-rate", type=_rate, default=0.0, help="fraction of batch lines expired"
+    )
+    faults.add_argument(
+        "--requests-per-second",
+        type=_positive,
+        default=None,
+        help="batch processing speed once the latency has passed (default: unlimited)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
-    serve(args.host, args.port, args.state_dir, args.latency, args.api_key)
+    faults = FaultSettings(
+        http_error_rate=args.http_error_rate,
+        stream_cut_rate=args.stream_cut_rate,
+        errored_rate=args.errored_rate,
+        expired_rate=args.expired_rate,
+        requests_per_second=args.requests_per_second,
+    )
+    serve(
+        args.host,
+        args.port,
+        args.state_dir,
+        args.latency,
+        args.api_key,
+        faults=faults,
+        seed=args.seed,
+        public=args.public,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

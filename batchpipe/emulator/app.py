@@ -2,12 +2,13 @@
 
 Wire details (headers, status codes, error strings, JSONL framing) follow the research
 file, because the point of the emulator is that code passing against it also works
-against api.anthropic.com through the official SDK.
+against api.anthropic.com through the official SDK. The controls (health, clock, ledger,
+faults, reset) are never faulted and need no API key: they belong to the test harness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchpipe.emulator import lifecycle
+from batchpipe.emulator.faults import Faults, FaultSettings
 from batchpipe.emulator.protocol import (
     ApiMiddleware,
+    ResultsBody,
     int_param,
     on_api_error,
     on_crash,
     on_http_error,
+    paged,
     read_json,
+    validate_create,
     version_and_betas,
 )
 from batchpipe.emulator.responders import MODELS, check_model, count_input_tokens, respond
@@ -35,37 +40,35 @@ from batchpipe.emulator.wire import ApiError, invalid, not_found, rfc3339
 
 MAX_BATCH_BODY = 256 * 1024 * 1024  # research §1.5: Cloudflare answers 413 above this
 MAX_MESSAGES_BODY = 32 * 1024 * 1024
-CHUNK = 64 * 1024
-
-
-def paged(request: Request, items: list[dict[str, Any]], limit: int) -> JSONResponse:
-    """The list envelope the SDK's SyncPage reads, cut at the request's cursors."""
-    data, has_more = lifecycle.page(
-        items,
-        [item["id"] for item in items],
-        limit,
-        request.query_params.get("before_id"),
-        request.query_params.get("after_id"),
-    )
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    return JSONResponse({"data": data, "has_more": has_more, "first_id": first, "last_id": last})
+MAX_CONTROL_BODY = 1024 * 1024
 
 
 def create_app(
-    state_dir: Path, latency_seconds: float = 2.0, api_key: str | None = None
+    state_dir: Path,
+    latency_seconds: float = 2.0,
+    api_key: str | None = None,
+    *,
+    faults: FaultSettings | None = None,
+    seed: int = 0,
 ) -> Starlette:
-    """The emulator as an ASGI app; batches end `latency_seconds` after creation."""
+    """The emulator as an ASGI app; batches start completing `latency_seconds` after
+    creation, at `faults.requests_per_second` (all at once by default). `faults` and
+    `seed` are the startup settings that `POST /_emulator/reset` returns to."""
     store = Store(Path(state_dir))
     latency = latency_seconds
+    injector = Faults(faults or FaultSettings(), seed)
 
     def base(request: Request) -> str:
         return str(request.base_url)
 
     async def create_batch(request: Request) -> Response:
         body = await read_json(request, MAX_BATCH_BODY)
-        requests = lifecycle.validate_create(body)
+        requests = validate_create(body)
         version, betas = version_and_betas(request)
-        record = await run_in_threadpool(lifecycle.create, store, requests, version, betas)
+        line_faults = injector.for_new_batch()
+        record = await run_in_threadpool(
+            lifecycle.create, store, requests, version, betas, line_faults
+        )
         return JSONResponse(lifecycle.batch_json(record, base(request)))
 
     async def list_batches(request: Request) -> Response:
@@ -95,24 +98,32 @@ def create_app(
 
     async def batch_results(request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
-        record = await run_in_threadpool(lifecycle.get, store, batch_id, latency)
-        if record.processing_status != "ended" or record.archived_at is not None:
-            raise not_found(f"Message Batch {batch_id} has no available results.")
-        handle = store.results_path(batch_id).open("rb")  # open now: a delete may follow
 
-        def chunks() -> Iterator[bytes]:
-            with handle:
-                while chunk := handle.read(CHUNK):
-                    yield chunk
+        def open_results() -> Any:
+            with store.lock:  # open under the lock: a delete or reset may follow at once
+                record = lifecycle.get(store, batch_id, latency)
+                if record.processing_status != "ended" or record.archived_at is not None:
+                    raise not_found(f"Message Batch {batch_id} has no available results.")
+                return store.results_path(batch_id).open("rb")
 
-        return StreamingResponse(chunks(), media_type="application/x-jsonl")
+        handle = await run_in_threadpool(open_results)
+        size = os.fstat(handle.fileno()).st_size
+        return ResultsBody(handle, size, injector.stream_cut(size))
 
     async def create_message(request: Request) -> Response:
         params = await read_json(request, MAX_MESSAGES_BODY)
         if isinstance(params, dict) and params.get("stream") is True:
             raise invalid("stream: streaming responses are not supported by the emulator")
         version, betas = version_and_betas(request)
-        answer = respond(params, api_version=version, betas=betas, batch=False)
+        answer = respond(
+            params,
+            api_version=version,
+            betas=betas,
+            batch=False,
+            seed=injector.seed,
+            cache=store.prompt_cache,
+            now=store.clock.now(),
+        )
         if isinstance(answer, ApiError):
             raise answer
         return JSONResponse(answer)
@@ -151,7 +162,7 @@ def create_app(
         return JSONResponse({"ok": True})
 
     async def advance_clock(request: Request) -> Response:
-        body = await read_json(request, 1024 * 1024)
+        body = await read_json(request, MAX_CONTROL_BODY)
         seconds = body.get("advance_seconds") if isinstance(body, dict) else None
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
             raise invalid("advance_seconds: Input should be a number >= 0")
@@ -159,7 +170,20 @@ def create_app(
         return JSONResponse({"now": rfc3339(now), "offset_seconds": store.clock.offset_seconds})
 
     async def ledger(request: Request) -> Response:
-        return JSONResponse({"data": await run_in_threadpool(store.ledger)})
+        batch_id = request.query_params.get("batch_id")
+        return JSONResponse(await run_in_threadpool(store.ledger.report, batch_id))
+
+    async def get_faults(request: Request) -> Response:
+        return JSONResponse(injector.to_json())
+
+    async def set_faults(request: Request) -> Response:
+        injector.update(await read_json(request, MAX_CONTROL_BODY))
+        return JSONResponse(injector.to_json())
+
+    async def reset(request: Request) -> Response:
+        await run_in_threadpool(store.reset)
+        injector.reset()
+        return JSONResponse({"ok": True})
 
     batch = "/v1/messages/batches/{batch_id}"
     routes = [
@@ -176,10 +200,13 @@ def create_app(
         Route("/_emulator/health", health, methods=["GET"]),
         Route("/_emulator/clock", advance_clock, methods=["POST"]),
         Route("/_emulator/ledger", ledger, methods=["GET"]),
+        Route("/_emulator/faults", get_faults, methods=["GET"]),
+        Route("/_emulator/faults", set_faults, methods=["POST"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ApiMiddleware, api_key=api_key)],
+        middleware=[Middleware(ApiMiddleware, api_key=api_key, faults=injector)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,

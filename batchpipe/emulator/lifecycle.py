@@ -1,84 +1,56 @@
 """The batch state machine: in_progress -> (canceling) -> ended, then archived.
 
-There is no background worker. Every access to a batch first calls `refresh`, which
-applies whatever should have happened by now on the (advanceable) clock:
+There is no background worker: progress is a pure function of the (advanceable) clock,
+and every access to a batch first calls `refresh`, which catches up with it:
 
-* not yet ended and the clock is past `expires_at` -> every line `expired`;
-* `canceling` and `created_at + latency` reached -> every line `canceled`;
-* `in_progress` and `created_at + latency` reached -> every line answered by the
-  responder, results written, succeeded lines billed once;
+* Once `created_at + latency` has passed, requests complete in request order, at
+  `requests_per_second` (unlimited by default: all at once). At time t,
+  min(M, floor((t - created_at - latency) * rps)) of the batch's M processable requests
+  are done; `request_counts` show that on every retrieve.
+* Requests that became done since the last access are answered by the responder exactly
+  once, appended to the batch's progress file and billed (succeeded ones only).
+* The batch ends when all processable requests are done; when canceled (at the latency,
+  or at once if it has already passed; requests done by then keep their results, the
+  rest are `canceled`); or at `expires_at` (the rest `expired`). Then the results file is
+  written and any succeeded line a crash left unbilled is billed.
 * 29 days after `created_at` -> `archived_at` set; results are no longer served.
 
-This keeps the emulator deterministic and lets tests jump through 24 h or 29 days.
+The answers are appended before the record is saved, and the progress file wins on load
+(state.Store._reconcile), so a killed emulator neither answers nor bills a request twice.
+Progress is computed from timestamps rather than ticks, so tests can jump through 24 h.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from batchpipe.emulator import ledger
+from batchpipe.emulator.faults import (
+    LineFaults,
+    line_error,
+    never_processed,
+    worker_request_id,
+)
 from batchpipe.emulator.responders import respond
-from batchpipe.emulator.state import BatchRecord, Store
+from batchpipe.emulator.state import BatchRecord, Store, tally
 from batchpipe.emulator.wire import ApiError, invalid, new_batch_id, not_found, rfc3339
 
-MAX_REQUESTS = 100_000
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 EXPIRY = dt.timedelta(hours=24)
 RETENTION = dt.timedelta(days=29)
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
 
 
-def validate_create(body: Any) -> list[dict[str, Any]]:
-    """The synchronous 400s of `POST /v1/messages/batches` (research §1.5). Params are
-    deliberately not looked at: the real API validates them later, per line."""
-    if not isinstance(body, dict):
-        raise invalid("Input should be a valid dictionary")
-    if "requests" not in body:
-        raise invalid("requests: Field required")
-    requests = body["requests"]
-    if not isinstance(requests, list):
-        raise invalid("requests: Input should be a valid list")
-    if not requests:
-        raise invalid("requests: List should have at least 1 item after validation, not 0")
-    if len(requests) > MAX_REQUESTS:
-        raise invalid(
-            f"requests: List should have at most {MAX_REQUESTS} items after validation, "
-            f"not {len(requests)}"
-        )
-    seen: set[str] = set()
-    cleaned = []
-    for index, request in enumerate(requests):
-        where = f"requests.{index}"
-        if not isinstance(request, dict):
-            raise invalid(f"{where}: Input should be a valid dictionary")
-        if "custom_id" not in request:
-            raise invalid(f"{where}.custom_id: Field required")
-        custom_id = request["custom_id"]
-        if not isinstance(custom_id, str):
-            raise invalid(f"{where}.custom_id: Input should be a valid string")
-        if len(custom_id) > 64:
-            raise invalid(f"{where}.custom_id: String should have at most 64 characters")
-        if not CUSTOM_ID.match(custom_id):
-            raise invalid(f"{where}.custom_id: String should match pattern '{CUSTOM_ID.pattern}'")
-        if "params" not in request:
-            raise invalid(f"{where}.params: Field required")
-        if not isinstance(request["params"], dict):
-            raise invalid(f"{where}.params: Input should be a valid dictionary")
-        if custom_id in seen:
-            raise invalid(
-                "requests: custom_id's must be unique within a batch. "
-                f"Duplicate custom_id found: {custom_id}"
-            )
-        seen.add(custom_id)
-        cleaned.append({"custom_id": custom_id, "params": request["params"]})
-    return cleaned
-
-
 def create(
-    store: Store, requests: list[dict[str, Any]], api_version: str, betas: Sequence[str]
+    store: Store,
+    requests: list[dict[str, Any]],
+    api_version: str,
+    betas: Sequence[str],
+    faults: LineFaults | None = None,
 ) -> BatchRecord:
     with store.lock:
         now = store.clock.now()
@@ -90,9 +62,119 @@ def create(
             api_version=api_version,
             betas=list(betas),
             request_counts={key: 0 for key in COUNT_KEYS} | {"processing": len(requests)},
+            faults=faults or LineFaults(),
         )
         store.create(record, requests)
         return record
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each processable request of a batch completes: `order` holds their indexes
+    in processing order, the first at `due` + 1/rps, the last at `end`."""
+
+    due: dt.datetime
+    order: list[int]
+    rps: float | None
+
+    def finished_at(self, position: int) -> dt.datetime:
+        if self.rps is None:
+            return self.due
+        return self.due + dt.timedelta(seconds=(position + 1) / self.rps)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.finished_at(len(self.order) - 1) if self.order else self.due
+
+    def done_by(self, moment: dt.datetime) -> int:
+        if moment < self.due:
+            return 0
+        if self.rps is None or moment >= self.end:  # no float rounding at the very end
+            return len(self.order)
+        elapsed = (moment - self.due).total_seconds()
+        return min(len(self.order), math.floor(elapsed * self.rps))
+
+
+def _requests(store: Store, record: BatchRecord) -> list[dict[str, Any]]:
+    return store.memo(record.id, "requests", lambda: store.read_requests(record.id))
+
+
+def _schedule(store: Store, record: BatchRecord, latency: float) -> Schedule:
+    def order() -> list[int]:
+        requests = _requests(store, record)
+        return [
+            index
+            for index, request in enumerate(requests)
+            if not never_processed(record.faults, record.seq, request["custom_id"])
+        ]
+
+    due = record.created_at + dt.timedelta(seconds=latency)
+    return Schedule(due, store.memo(record.id, "order", order), record.faults.requests_per_second)
+
+
+def _answer(
+    store: Store, record: BatchRecord, request: dict[str, Any], moment: dt.datetime
+) -> dict[str, Any]:
+    """One request's result: an injected failure, the responder's error, or its Message.
+    `moment` is when the request completes on the emulated clock (what a prompt cache's
+    TTLs should be judged against), and `record.faults.seed` the batch's seed."""
+    custom_id = request["custom_id"]
+    error = line_error(record.faults, record.seq, custom_id)
+    request_id = None  # the real API gives null for validation errors...
+    if error is None:
+        answer = respond(
+            request["params"],
+            api_version=record.api_version,
+            betas=record.betas,
+            batch=True,
+            seed=record.faults.seed,
+            cache=store.prompt_cache,
+            now=moment,
+        )
+        if not isinstance(answer, ApiError):
+            return {"type": "succeeded", "message": answer}
+        error = answer
+    else:  # ...and a worker request id for failures while executing
+        request_id = worker_request_id(record.faults, record.seq, custom_id)
+    inner = {"type": error.type, "message": error.message}
+    return {"type": "errored", "error": {"type": "error", "error": inner, "request_id": request_id}}
+
+
+def _bills(
+    record: BatchRecord, schedule: Schedule, lines: list[dict[str, Any]], first: int
+) -> list[dict[str, Any]]:
+    """Ledger rows for the succeeded ones among `lines`, the `first`-th processed onwards."""
+    return [
+        ledger.entry(
+            record.id,
+            line["custom_id"],
+            line["result"]["message"],
+            rfc3339(schedule.finished_at(at)),
+        )
+        for at, line in enumerate(lines, first)
+        if line["result"]["type"] == "succeeded"
+    ]
+
+
+def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int) -> None:
+    """Answer, record and bill the requests that became done since the last access."""
+    if target <= record.done:
+        return
+    requests = _requests(store, record)
+    lines = [
+        {
+            "custom_id": requests[index]["custom_id"],
+            "result": _answer(store, record, requests[index], schedule.finished_at(position)),
+        }
+        for position, index in enumerate(schedule.order[record.done : target], record.done)
+    ]
+    store.append_progress(record.id, lines)
+    store.ledger.bill(_bills(record, schedule, lines, record.done))
+    record.done = target
+    for line in lines:
+        record.request_counts[line["result"]["type"]] += 1
+    record.request_counts["processing"] -= len(lines)
+    store.save(record)
 
 
 def _result_order(line: dict[str, Any]) -> str:
@@ -101,63 +183,45 @@ def _result_order(line: dict[str, Any]) -> str:
     return hashlib.sha1(line["custom_id"].encode()).hexdigest()
 
 
-def _finish(store: Store, record: BatchRecord, outcome: str, ended_at: dt.datetime) -> None:
-    """End the batch: every line gets `outcome` (canceled/expired) or, for "process", the
-    responder's answer. Order: results, ledger, record - so a crash re-runs cleanly."""
-    requests = store.read_requests(record.id)
-    lines: list[dict[str, Any]] = []
-    bills: list[dict[str, Any]] = []
-    counts = dict.fromkeys(COUNT_KEYS, 0)
-    for request in requests:
-        custom_id = request["custom_id"]
-        if outcome != "process":
-            result: dict[str, Any] = {"type": outcome}
-            counts[outcome] += 1
-        else:
-            answer = respond(
-                request["params"], api_version=record.api_version, betas=record.betas, batch=True
-            )
-            if isinstance(answer, ApiError):
-                inner = {"type": answer.type, "message": answer.message}
-                error = {"type": "error", "error": inner, "request_id": None}
-                result = {"type": "errored", "error": error}
-                counts["errored"] += 1
-            else:
-                result = {"type": "succeeded", "message": answer}
-                counts["succeeded"] += 1
-                usage = answer["usage"]
-                bills.append(
-                    {
-                        "batch_id": record.id,
-                        "custom_id": custom_id,
-                        "model": answer["model"],
-                        "input_tokens": usage["input_tokens"],
-                        "output_tokens": usage["output_tokens"],
-                        "billed_at": rfc3339(ended_at),
-                    }
-                )
-        lines.append({"custom_id": custom_id, "result": result})
-    lines.sort(key=_result_order)
+def _finish(
+    store: Store, record: BatchRecord, schedule: Schedule, outcome: str, ended_at: dt.datetime
+) -> None:
+    """End the batch: done requests keep their results, the rest get `outcome`. Order:
+    results, ledger, record, then the progress file - so a crash anywhere re-runs this."""
+    progress = store.read_progress(record.id)
+    done = {line["custom_id"] for line in progress}
+    requests = _requests(store, record)
+    rest = [
+        {"custom_id": request["custom_id"], "result": {"type": outcome}}
+        for request in requests
+        if request["custom_id"] not in done
+    ]
+    lines = sorted(progress + rest, key=_result_order)
     store.write_results(record.id, lines)
-    store.bill(record.id, bills)
+    store.ledger.bill(_bills(record, schedule, progress, 0))
     record.processing_status = "ended"
-    record.request_counts = counts
+    record.request_counts = tally(len(requests), lines)
     record.ended_at = ended_at
+    record.done = len(progress)
     store.save(record)
+    store.drop_progress(record.id)
 
 
 def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
     """Bring one batch up to date with the clock (see the module docstring)."""
     with store.lock:
         now = store.clock.now()
-        due = record.created_at + dt.timedelta(seconds=latency)
         if record.processing_status != "ended":
-            if now >= record.expires_at:
-                outcome = "canceled" if record.processing_status == "canceling" else "expired"
-                _finish(store, record, outcome, record.expires_at)
-            elif now >= due:
-                outcome = "canceled" if record.processing_status == "canceling" else "process"
-                _finish(store, record, outcome, now)
+            schedule = _schedule(store, record, latency)
+            stop = record.cancel_initiated_at or record.expires_at  # nothing runs after
+            _advance(store, record, schedule, schedule.done_by(min(now, stop)))
+            if record.cancel_initiated_at is not None:
+                end = min(max(schedule.due, record.cancel_initiated_at), record.expires_at)
+                outcome = "canceled"
+            else:
+                end, outcome = min(schedule.end, record.expires_at), "expired"
+            if now >= end:
+                _finish(store, record, schedule, outcome, end)
         if record.archived_at is None and now >= record.created_at + RETENTION:
             record.archived_at = record.created_at + RETENTION
             store.save(record)
@@ -166,10 +230,11 @@ def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
 
 def get(store: Store, batch_id: str, latency: float) -> BatchRecord:
     """The refreshed batch, or the real API's 404."""
-    record = store.get(batch_id)
-    if record is None:
-        raise not_found(f"Message Batch {batch_id} not found.")
-    return refresh(store, record, latency)
+    with store.lock:
+        record = store.get(batch_id)
+        if record is None:
+            raise not_found(f"Message Batch {batch_id} not found.")
+        return refresh(store, record, latency)
 
 
 def cancel(store: Store, batch_id: str, latency: float) -> BatchRecord:
@@ -213,25 +278,3 @@ def batch_json(record: BatchRecord, base_url: str) -> dict[str, Any]:
         "cancel_initiated_at": stamp(record.cancel_initiated_at),
         "results_url": f"{base_url}v1/messages/batches/{record.id}/results" if ended else None,
     }
-
-
-def page(
-    items: list[Any], ids: list[str], limit: int, before_id: str | None, after_id: str | None
-) -> tuple[list[Any], bool]:
-    """One page of a newest-first list: `after_id` walks to older items, `before_id` to
-    newer ones; `has_more` is about the direction walked. An unknown cursor gives an
-    empty page."""
-    start, stop = 0, len(items)
-    for cursor, is_after in ((after_id, True), (before_id, False)):
-        if cursor is None:
-            continue
-        if cursor not in ids:
-            return [], False
-        if is_after:
-            start = max(start, ids.index(cursor) + 1)
-        else:
-            stop = min(stop, ids.index(cursor))
-    window = items[start:stop]
-    if before_id is not None and after_id is None:
-        return window[-limit:], len(window) > limit
-    return window[:limit], len(window) > limit

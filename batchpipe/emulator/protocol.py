@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every endpoint: auth and version checks, `request-id` headers,
-the error envelope, and body/query parsing with the real API's error strings.
+the error envelope, injected HTTP faults, body/query parsing and create validation with
+the real API's error strings, list paging, and the (possibly cut) results body.
 
 Kept apart from app.py so that module reads as a plain list of endpoints.
 """
@@ -7,20 +8,33 @@ Kept apart from app.py so that module reads as a plain list of endpoints.
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import IO, Any
 
+import anyio.to_thread
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchpipe.emulator.faults import Faults
 from batchpipe.emulator.wire import ERROR_TYPES, ApiError, error_body, invalid, new_request_id
 
+MAX_REQUESTS = 100_000
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CHUNK = 64 * 1024
 
-def error_response(error: ApiError, request_id: str | None) -> JSONResponse:
-    headers = {"request-id": request_id} if request_id else None
+
+def error_response(
+    error: ApiError, request_id: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {}) | ({"request-id": request_id} if request_id else {})
     return JSONResponse(error_body(error, request_id), status_code=error.status, headers=headers)
+
+
+async def _discard(message: Message) -> None:
+    """Where the real response goes when an injected fault replaces it."""
 
 
 def check_headers(headers: Headers, api_key: str | None) -> ApiError | None:
@@ -40,11 +54,13 @@ def check_headers(headers: Headers, api_key: str | None) -> ApiError | None:
 
 class ApiMiddleware:
     """Gives every response a `request-id` header and guards `/v1/*` with auth and
-    version checks before any endpoint runs."""
+    version checks, then injected HTTP faults, before any endpoint runs. `/_emulator/*`
+    controls are never faulted, so a test can always turn faults off again."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, faults: Faults | None = None) -> None:
         self.app = app
         self.api_key = api_key
+        self.faults = faults
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +80,13 @@ class ApiMiddleware:
             error = check_headers(Headers(scope=scope), self.api_key)
             if error is not None:
                 await error_response(error, request_id)(scope, receive, send_with_id)
+                return
+            fault = self.faults.http_fault(scope["method"], scope["path"]) if self.faults else None
+            if fault is not None:
+                if fault.after_processing:  # accepted and done, then the response is lost
+                    await self.app(scope, receive, _discard)
+                response = error_response(fault.error, request_id, fault.headers)
+                await response(scope, receive, send_with_id)
                 return
         await self.app(scope, receive, send_with_id)
 
@@ -110,8 +133,11 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def version_and_betas(request: Request) -> tuple[str, list[str]]:
-    betas = request.headers.get("anthropic-beta", "")
-    return request.headers["anthropic-version"], [b.strip() for b in betas.split(",") if b]
+    """anthropic-version, and anthropic-beta split on commas (the SDK joins its `betas`
+    list that way; a repeated header counts too)."""
+    values = request.headers.getlist("anthropic-beta")
+    betas = [beta.strip() for value in values for beta in value.split(",") if beta.strip()]
+    return request.headers["anthropic-version"], betas
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -129,3 +155,113 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     if value > high:
         raise invalid(f"{name}: Input should be less than or equal to {high}")
     return value
+
+
+def validate_create(body: Any) -> list[dict[str, Any]]:
+    """The synchronous 400s of `POST /v1/messages/batches` (research §1.5). Params are
+    deliberately not looked at: the real API validates them later, per line."""
+    if not isinstance(body, dict):
+        raise invalid("Input should be a valid dictionary")
+    if "requests" not in body:
+        raise invalid("requests: Field required")
+    requests = body["requests"]
+    if not isinstance(requests, list):
+        raise invalid("requests: Input should be a valid list")
+    if not requests:
+        raise invalid("requests: List should have at least 1 item after validation, not 0")
+    if len(requests) > MAX_REQUESTS:
+        raise invalid(
+            f"requests: List should have at most {MAX_REQUESTS} items after validation, "
+            f"not {len(requests)}"
+        )
+    seen: set[str] = set()
+    cleaned = []
+    for index, request in enumerate(requests):
+        where = f"requests.{index}"
+        if not isinstance(request, dict):
+            raise invalid(f"{where}: Input should be a valid dictionary")
+        if "custom_id" not in request:
+            raise invalid(f"{where}.custom_id: Field required")
+        custom_id = request["custom_id"]
+        if not isinstance(custom_id, str):
+            raise invalid(f"{where}.custom_id: Input should be a valid string")
+        if len(custom_id) > 64:
+            raise invalid(f"{where}.custom_id: String should have at most 64 characters")
+        if not CUSTOM_ID.match(custom_id):
+            raise invalid(f"{where}.custom_id: String should match pattern '{CUSTOM_ID.pattern}'")
+        if "params" not in request:
+            raise invalid(f"{where}.params: Field required")
+        if not isinstance(request["params"], dict):
+            raise invalid(f"{where}.params: Input should be a valid dictionary")
+        if custom_id in seen:
+            raise invalid(
+                "requests: custom_id's must be unique within a batch. "
+                f"Duplicate custom_id found: {custom_id}"
+            )
+        seen.add(custom_id)
+        cleaned.append({"custom_id": custom_id, "params": request["params"]})
+    return cleaned
+
+
+def page(
+    items: list[Any], ids: list[str], limit: int, before_id: str | None, after_id: str | None
+) -> tuple[list[Any], bool]:
+    """One page of a newest-first list: `after_id` walks to older items, `before_id` to
+    newer ones; `has_more` is about the direction walked. An unknown cursor gives an
+    empty page."""
+    start, stop = 0, len(items)
+    for cursor, is_after in ((after_id, True), (before_id, False)):
+        if cursor is None:
+            continue
+        if cursor not in ids:
+            return [], False
+        if is_after:
+            start = max(start, ids.index(cursor) + 1)
+        else:
+            stop = min(stop, ids.index(cursor))
+    window = items[start:stop]
+    if before_id is not None and after_id is None:
+        return window[-limit:], len(window) > limit
+    return window[:limit], len(window) > limit
+
+
+def paged(request: Request, items: list[dict[str, Any]], limit: int) -> JSONResponse:
+    """The list envelope the SDK's SyncPage reads, cut at the request's cursors."""
+    data, has_more = page(
+        items,
+        [item["id"] for item in items],
+        limit,
+        request.query_params.get("before_id"),
+        request.query_params.get("after_id"),
+    )
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return JSONResponse({"data": data, "has_more": has_more, "first_id": first, "last_id": last})
+
+
+class ResultsBody(Response):
+    """A results file with its exact Content-Length. With `cut`, only that many bytes are
+    sent and the connection is closed: the client sees a body shorter than announced,
+    the way a dropped download looks, and must fetch again."""
+
+    def __init__(self, handle: IO[bytes], size: int, cut: int | None = None) -> None:
+        super().__init__(media_type="application/x-jsonl", headers={"content-length": str(size)})
+        self.handle, self.cut = handle, cut
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await send(start)
+        remaining = self.cut
+        try:
+            while remaining is None or remaining > 0:
+                size = CHUNK if remaining is None else min(CHUNK, remaining)
+                chunk = await anyio.to_thread.run_sync(self.handle.read, size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self.handle.close()
+        if self.cut is None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # else: return without the last message; the server then closes the connection.

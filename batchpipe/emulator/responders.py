@@ -1,101 +1,48 @@
 """The deterministic "model": Messages params in, a Message dict or an ApiError out.
 
-The reply visibly derives from the prompt (`Emulated reply to: <last user text>`) so a
-pipeline test can check that each output row got the answer to its own input. Token
-counts are a fixed function of the text, so cost assertions are exact. Validation follows
-the real API's deferred checks and error strings (research §3, §5), because the pipeline
-must handle those errored lines the way it would in production.
+The reply visibly derives from the prompt (`Emulated reply to: <last user text>`, or a
+schema-valid JSON value built from it) so a pipeline test can check that each output row
+got the answer to its own input. Content and usage are a pure function of (seed, params)
+plus the prompt cache's state, so cost assertions are exact. Validation follows the real
+API's deferred checks and error strings (research §3, §5, §7), because the pipeline must
+handle those errored lines the way it would in production.
+
+The pieces live in focused modules: `models` (what each model allows), `tokens` (the
+tokenizer approximation), `caching` (prompt caching), `schema_values` and `replies`
+(the content). This module validates and assembles the Message.
 """
 
 from __future__ import annotations
 
-import math
+import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from batchpipe.emulator.caching import PromptCache, find_breakpoints, input_usage
+from batchpipe.emulator.models import EPOCH, MODELS, ModelSpec
+from batchpipe.emulator.replies import compose, forced_tool, thinks
+from batchpipe.emulator.tokens import count_input_tokens, extra_input_tokens, prompt_blocks
 from batchpipe.emulator.wire import ApiError, invalid, new_message_id, not_found
+
+__all__ = [
+    "EPOCH",
+    "MODELS",
+    "ModelSpec",
+    "PromptCache",
+    "check_model",
+    "count_input_tokens",
+    "respond",
+    "validate",
+]
 
 NEW_API_VERSION = "2026-10-21"
 OUTPUT_300K_BETA = "output-300k-2026-03-24"
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
-EPOCH = "1970-01-01T00:00:00Z"  # what /v1/models uses when a release date is unknown
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    id: str
-    display_name: str
-    created_at: str
-    max_output: int = 128_000
-    output_300k: bool = False  # 300k max_tokens in batches with the beta (research §5)
-
-
-def _spec(model_id: str, created: str = EPOCH, **kwargs: Any) -> ModelSpec:
-    words = model_id.removeprefix("claude-").split("-")
-    family = words[0].capitalize()
-    version = ".".join(word for word in words[1:] if word.isdigit() and len(word) < 8)
-    rest = " ".join(word.capitalize() for word in words[1:] if not word.isdigit())
-    name = " ".join(part for part in ("Claude", family, version, rest) if part)
-    return ModelSpec(model_id, name, created, **kwargs)
-
-
-# The SDK's Model literal (research §7.4); dated ids are aliases of the same model.
-MODELS: dict[str, ModelSpec] = {
-    spec.id: spec
-    for spec in [
-        _spec("claude-fable-5-2", "2026-11-09T00:00:00Z"),
-        _spec("claude-mythos-5-2"),
-        _spec("claude-haiku-5-5", "2026-10-07T00:00:00Z"),
-        _spec("claude-sonnet-5-5"),
-        _spec("claude-opus-5-5", "2026-09-22T00:00:00Z", output_300k=True),
-        _spec("claude-fable-5-1"),
-        _spec("claude-mythos-5-1"),
-        _spec("claude-sonnet-5", output_300k=True),
-        _spec("claude-fable-5"),
-        _spec("claude-mythos-5"),
-        _spec("claude-opus-5", output_300k=True),
-        _spec("claude-opus-4-8", output_300k=True),
-        _spec("claude-opus-4-7", output_300k=True),
-        _spec("claude-mythos-preview"),
-        _spec("claude-opus-4-6", output_300k=True),
-        _spec("claude-sonnet-4-6", output_300k=True),
-        _spec("claude-haiku-4-5", "2025-10-01T00:00:00Z", max_output=64_000),
-        _spec("claude-haiku-4-5-20251001", "2025-10-01T00:00:00Z", max_output=64_000),
-        _spec("claude-opus-4-5", "2025-11-01T00:00:00Z"),
-        _spec("claude-opus-4-5-20251101", "2025-11-01T00:00:00Z"),
-        _spec("claude-sonnet-4-5", "2025-09-29T00:00:00Z"),
-        _spec("claude-sonnet-4-5-20250929", "2025-09-29T00:00:00Z"),
-    ]
-}
-
-
-def _text_of(content: Any) -> str:
-    """String content as is; a list of blocks as its text blocks concatenated."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            block.get("text", "")
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
-    return ""
-
-
-def count_input_tokens(params: dict[str, Any]) -> int:
-    """ceil(characters of system + all messages / 4) + 3 per message."""
-    messages = params.get("messages") or []
-    chars = len(_text_of(params.get("system")))
-    chars += sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
-    return math.ceil(chars / 4) + 3 * len(messages)
-
-
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
+THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+# The API's answer to forced tool_choice while thinking (research §7.2); the wording is the
+# long-standing extended-thinking error, which models that always think share.
+FORCED_TOOL_WITH_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
 
 
 def _check_messages(params: dict[str, Any]) -> None:
@@ -127,6 +74,67 @@ def check_model(params: dict[str, Any]) -> ModelSpec:
     return MODELS[model]
 
 
+def _check_thinking(params: dict[str, Any], spec: ModelSpec) -> None:
+    if params.get("thinking") is None:
+        return
+    thinking = params["thinking"]
+    if not isinstance(thinking, dict) or thinking.get("type") not in THINKING_TYPES:
+        raise invalid(
+            "thinking.type: Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools'"
+        )
+    kind = thinking["type"]
+    if spec.adaptive_only and kind in ("enabled", "disabled"):
+        raise invalid(
+            f'"thinking.type.{kind}" is not supported for this model. '
+            'Use "thinking.type.adaptive" and "output_config.effort"'
+        )
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise invalid("thinking.enabled.budget_tokens: Field required")
+        if budget < 1024:
+            raise invalid(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if budget >= params["max_tokens"]:
+            raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`")
+
+
+def _check_output_config(params: dict[str, Any]) -> None:
+    config = params.get("output_config")
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise invalid("output_config: Input should be a valid dictionary")
+    if config.get("effort") is not None and config["effort"] not in EFFORTS:
+        raise invalid(
+            "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+        )
+    output_format = config.get("format")
+    if output_format is None:
+        return
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
+        raise invalid("output_config.format.type: Input should be 'json_schema'")
+    if not isinstance(output_format.get("schema"), dict):
+        raise invalid("output_config.format.schema: Field required")
+
+
+def _check_extras(params: dict[str, Any], spec: ModelSpec) -> None:
+    """Thinking, tools, structured output and stop sequences, in the API's field order."""
+    _check_thinking(params, spec)
+    tools = params.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise invalid("tools: Input should be a valid list")
+    if forced_tool(params) is not None and thinks(params, spec):
+        raise invalid(FORCED_TOOL_WITH_THINKING)
+    _check_output_config(params)
+    stops = params.get("stop_sequences")
+    if stops is not None and not (
+        isinstance(stops, list) and all(isinstance(stop, str) for stop in stops)
+    ):
+        raise invalid("stop_sequences: Input should be a valid list of strings")
+
+
 def validate(
     params: dict[str, Any], *, api_version: str, betas: Sequence[str], batch: bool
 ) -> ModelSpec:
@@ -156,42 +164,61 @@ def validate(
             f"max_tokens: {max_tokens} > {cap}, which is the maximum allowed number of "
             f"output tokens for {spec.id}"
         )
+    _check_extras(params, spec)
     return spec
 
 
 def respond(
-    params: dict[str, Any], *, api_version: str, betas: Sequence[str] = (), batch: bool
+    params: dict[str, Any],
+    *,
+    api_version: str,
+    betas: Sequence[str] = (),
+    batch: bool,
+    seed: int = 0,
+    cache: PromptCache | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any] | ApiError:
-    """The Message for `params`, or the ApiError the real API would give for them."""
+    """The Message for `params`, or the ApiError the real API would give for them.
+
+    `cache` None means no prompt caching (all input is `input_tokens`); with a cache,
+    calls in order see each other's writes, which is how lines of one batch share a
+    prefix. `now` is the emulator's clock, for cache TTLs.
+    """
     try:
         spec = validate(params, api_version=api_version, betas=betas, batch=batch)
+        blocks = prompt_blocks(params)
+        breakpoints = find_breakpoints(params, blocks)
+        reply = compose(params, spec, seed)
     except ApiError as error:
         return error
-    limit = params["max_tokens"] * 4
-    text = f"Emulated reply to: {_last_user_text(params['messages'])}"
-    truncated = len(text) > limit
-    text = text[:limit]
+    split = input_usage(
+        blocks,
+        breakpoints,
+        extra_tokens=extra_input_tokens(params),
+        model=spec.id,
+        cache=cache,
+        now=now or dt.datetime.now(dt.UTC),
+    )
+    geo = params.get("inference_geo")
+    details = None if reply.thinking_tokens is None else {"thinking_tokens": reply.thinking_tokens}
     return {
         "id": new_message_id(),
         "type": "message",
         "role": "assistant",
         "model": spec.id,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if truncated else "end_turn",
-        "stop_sequence": None,
+        "content": reply.content,
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": reply.stop_sequence,
         "stop_details": None,
         "container": None,
         "diagnostics": None,
         "usage": {
-            "input_tokens": count_input_tokens(params),
-            "output_tokens": max(1, math.ceil(len(text) / 4)),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            **split.usage_fields(),
+            "output_tokens": reply.output_tokens,
             "server_tool_use": None,
             "service_tier": "batch" if batch else "standard",
-            "inference_geo": "not_available",
-            "output_tokens_details": None,
+            "inference_geo": geo if isinstance(geo, str) and geo else "not_available",
+            "output_tokens_details": details,
             "speed": None,
         },
     }

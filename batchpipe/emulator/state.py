@@ -1,14 +1,18 @@
-"""Durable emulator state: batches, their request and result files, the clock, the ledger.
+"""Durable emulator state: batches, their request, progress and result files, the clock,
+the ledger.
 
-Everything lives under one `state_dir` so the emulator can be stopped and started again
-(as a pipeline test does to simulate a crash) without losing batches or double billing.
-Files are replaced atomically (temp file + os.replace), so a killed process never leaves
-half a batch behind. Layout:
+Everything lives under one `state_dir` so the emulator can be stopped (or killed) and
+started again without losing batches or billing twice. Whole files are replaced
+atomically (temp file + os.replace); the two append-only files (progress, ledger) are
+fsynced per append and a torn last line is cut off on load. Layout:
 
     state_dir/clock.json                    {"offset_seconds": float}
     state_dir/ledger.jsonl                  one line per billed (succeeded) batch request
+    state_dir/prompt_cache.json             the responders' prompt cache, if they keep one
     state_dir/batches/<id>.json             the batch record (BatchRecord)
     state_dir/batches/<id>.requests.jsonl   {"custom_id", "params"} per line, request order
+    state_dir/batches/<id>.progress.jsonl   result lines of the requests processed so far,
+                                            in processing order (deleted once ended)
     state_dir/batches/<id>.results.jsonl    the results body, exactly as served
 """
 
@@ -19,13 +23,18 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from batchpipe.emulator.wire import dumps_line
+from batchpipe.emulator.caching import PromptCache
+from batchpipe.emulator.faults import LineFaults
+from batchpipe.emulator.ledger import Ledger
+from batchpipe.emulator.wire import append_jsonl, dumps_line, load_jsonl
+
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -74,6 +83,13 @@ class Clock:
             atomic_write(self._path, json.dumps({"offset_seconds": self._offset}))
         return self.now()
 
+    def reset(self) -> None:
+        """Back to wall-clock time; only `POST /_emulator/reset` does this, with no
+        batches left that could un-expire."""
+        with self._lock:
+            self._offset = 0.0
+            self._path.unlink(missing_ok=True)
+
 
 class BatchRecord(BaseModel):
     """What the emulator remembers about a batch. The public MessageBatch JSON is derived
@@ -91,13 +107,24 @@ class BatchRecord(BaseModel):
     ended_at: dt.datetime | None = None
     cancel_initiated_at: dt.datetime | None = None
     archived_at: dt.datetime | None = None
+    done: int = Field(0, description="Requests processed so far (lines in the progress file).")
+    faults: LineFaults = Field(default_factory=LineFaults, description="Frozen at create.")
+
+
+def tally(total: int, lines: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """request_counts for `total` requests of which `lines` are the finished results."""
+    counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+    for line in lines:
+        counts[line["result"]["type"]] += 1
+    counts["processing"] = total - sum(counts.values())
+    return counts
 
 
 class Store:
     """The batches in memory, written through to disk on every change.
 
-    `lock` serialises every read-modify-write of a batch and of the ledger, because the
-    HTTP handlers run in a thread pool.
+    `lock` serialises every read-modify-write of a batch (refresh included) and billing,
+    because the HTTP handlers run in a thread pool and several clients poll at once.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -106,14 +133,25 @@ class Store:
         self.batch_dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self.clock = Clock(state_dir / "clock.json")
-        self.ledger_path = state_dir / "ledger.jsonl"
+        self.ledger = Ledger(state_dir / "ledger.jsonl")
+        self.cache_path = state_dir / "prompt_cache.json"
+        self.prompt_cache = PromptCache(self.cache_path)
         self._batches: dict[str, BatchRecord] = {}
+        self._memo: dict[tuple[str, str], Any] = {}
         for path in self.batch_dir.glob("*.json"):
             record = BatchRecord.model_validate_json(path.read_text(encoding="utf-8"))
             self._batches[record.id] = record
-        # Batches already billed, so processing a batch again after a crash between
-        # "ledger appended" and "record saved" never bills it twice.
-        self._billed = {row["batch_id"] for row in self.ledger()}
+            if record.processing_status != "ended":
+                self._reconcile(record)
+
+    def _reconcile(self, record: BatchRecord) -> None:
+        """After a crash between "progress appended" and "record saved", the progress
+        file is the truth: those lines were answered (and maybe billed) already."""
+        lines = self.read_progress(record.id)
+        if len(lines) != record.done:
+            record.done = len(lines)
+            record.request_counts = tally(sum(record.request_counts.values()), lines)
+            self.save(record)
 
     def _path(self, batch_id: str, suffix: str) -> Path:
         return self.batch_dir / f"{batch_id}{suffix}"
@@ -137,9 +175,31 @@ class Store:
         atomic_write(self._path(record.id, ".requests.jsonl"), _jsonl(requests))
         self.save(record)
 
+    def memo(self, batch_id: str, name: str, make: Callable[[], T]) -> T:
+        """A per-batch value kept in memory while the batch is processed (its parsed
+        requests, its schedule), so polling a big batch does not re-read it each time."""
+        key = (batch_id, name)
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def forget(self, batch_id: str) -> None:
+        for key in [key for key in self._memo if key[0] == batch_id]:
+            del self._memo[key]
+
     def read_requests(self, batch_id: str) -> list[dict[str, Any]]:
         text = self._path(batch_id, ".requests.jsonl").read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line]
+
+    def append_progress(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
+        append_jsonl(self._path(batch_id, ".progress.jsonl"), lines)
+
+    def read_progress(self, batch_id: str) -> list[dict[str, Any]]:
+        return load_jsonl(self._path(batch_id, ".progress.jsonl"))
+
+    def drop_progress(self, batch_id: str) -> None:
+        self._path(batch_id, ".progress.jsonl").unlink(missing_ok=True)
+        self.forget(batch_id)
 
     def write_results(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
         atomic_write(self.results_path(batch_id), _jsonl(lines))
@@ -151,23 +211,18 @@ class Store:
         """Record first, so an interrupted delete leaves stray files, not a broken batch."""
         self._path(batch_id, ".json").unlink(missing_ok=True)
         self._batches.pop(batch_id, None)
-        for suffix in (".requests.jsonl", ".results.jsonl"):
+        for suffix in (".requests.jsonl", ".progress.jsonl", ".results.jsonl"):
             self._path(batch_id, suffix).unlink(missing_ok=True)
+        self.forget(batch_id)
 
-    def bill(self, batch_id: str, rows: list[dict[str, Any]]) -> None:
-        """Append one ledger line per succeeded request of a batch, at most once per batch."""
+    def reset(self) -> None:
+        """Forget everything: batches, ledger, clock offset, prompt cache file."""
         with self.lock:
-            if batch_id in self._billed:
-                return
-            if rows:
-                with self.ledger_path.open("a", encoding="utf-8", newline="\n") as handle:
-                    handle.write(_jsonl(rows))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            self._billed.add(batch_id)
-
-    def ledger(self) -> list[dict[str, Any]]:
-        if not self.ledger_path.exists():
-            return []
-        text = self.ledger_path.read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line]
+            for batch_id in list(self._batches):
+                self.delete(batch_id)
+            for stray in self.batch_dir.iterdir():
+                stray.unlink(missing_ok=True)
+            self._memo.clear()
+            self.ledger.reset()
+            self.clock.reset()
+            self.prompt_cache.clear()

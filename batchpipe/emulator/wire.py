@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import secrets
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -93,3 +95,27 @@ def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
 def dumps_line(obj: Any) -> str:
     """Compact JSON with no newline inside, so it can be one JSONL line."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of an append-only JSONL file. A crash mid-append can leave a
+    torn last line without its newline: it is cut off the file, so the next append
+    starts on a clean line and the lost entry is simply written again."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(whole))
+    return [json.loads(line) for line in whole.decode("utf-8").splitlines() if line]
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as compact lines in one write, fsynced before returning."""
+    if not rows:
+        return
+    with path.open("a", encoding="utf-8", newline="\n") as handle:
+        handle.write("".join(dumps_line(row) + "\n" for row in rows))
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,113 @@
+"""What the emulator billed: one line per succeeded batch request, priced at batch rates.
+
+Money is the thing a pipeline must never get wrong (pay twice, or lose a paid result), so
+tests compare the pipeline's own cost accounting against this independent record. Only
+succeeded lines are billed; errored, canceled and expired ones cost nothing (research §3).
+Each (batch_id, custom_id) is billed at most once, whatever crashes or repeated
+processing happen, because `bill` skips pairs already in the file.
+
+The file is append-only JSONL. A crash can leave a torn last line; it is cut off on load,
+and the pair it was about is billed again by the next `bill` for its batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from batchpipe import pricing
+from batchpipe.emulator.wire import append_jsonl, load_jsonl
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+USD_DIGITS = 12  # round away float noise so totals compare equal across summation orders
+
+
+def line_cost(model: str, usage: dict[str, Any]) -> float:
+    """USD for one request's usage at batch prices; 0 for a model pricing does not know."""
+    try:
+        price = pricing.price(model)
+    except ValueError:
+        return 0.0
+    split = usage.get("cache_creation") or {}
+    writes = usage.get("cache_creation_input_tokens") or 0
+    write_1h = split.get("ephemeral_1h_input_tokens") or 0
+    write_5m = split.get("ephemeral_5m_input_tokens", writes - write_1h) or 0
+    standard = (
+        (usage.get("input_tokens") or 0) * price.input
+        + write_5m * price.cache_write_5m
+        + write_1h * price.cache_write_1h
+        + (usage.get("cache_read_input_tokens") or 0) * price.cache_read
+        + (usage.get("output_tokens") or 0) * price.output
+    )
+    return round(standard * pricing.price_list().batch_discount / 1e6, USD_DIGITS)
+
+
+def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> dict:
+    """The ledger line for one succeeded result's message."""
+    usage = message.get("usage") or {}
+    split = usage.get("cache_creation") or {}
+    row: dict[str, Any] = {"batch_id": batch_id, "custom_id": custom_id, "model": message["model"]}
+    row |= {name: usage.get(name) or 0 for name in TOKEN_FIELDS}
+    row["ephemeral_5m_input_tokens"] = split.get("ephemeral_5m_input_tokens") or 0
+    row["ephemeral_1h_input_tokens"] = split.get("ephemeral_1h_input_tokens") or 0
+    row["usd"] = line_cost(message["model"], usage)
+    row["billed_at"] = billed_at
+    return row
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {"requests_billed": len(rows)}
+    totals |= {name: sum(row.get(name, 0) for row in rows) for name in TOKEN_FIELDS}
+    totals["usd"] = round(sum(row.get("usd", 0.0) for row in rows), USD_DIGITS)
+    return totals
+
+
+class Ledger:
+    """The billed lines in memory, appended through to `path` (fsynced) on every bill."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._billed: set[tuple[str, str]] = set()
+        self._load()
+
+    def _load(self) -> None:
+        for row in load_jsonl(self.path):
+            row.setdefault("usd", line_cost(row["model"], row))  # lines from older versions
+            self._rows.append(row)
+            self._billed.add((row["batch_id"], row["custom_id"]))
+
+    def bill(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Append the rows whose (batch_id, custom_id) was never billed; how many were."""
+        with self._lock:
+            new = []
+            for row in rows:
+                key = (row["batch_id"], row["custom_id"])
+                if key not in self._billed:
+                    self._billed.add(key)
+                    new.append(row)
+            append_jsonl(self.path, new)
+            self._rows.extend(new)
+            return len(new)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.path.unlink(missing_ok=True)
+            self._rows.clear()
+            self._billed.clear()
+
+    def report(self, batch_id: str | None = None) -> dict[str, Any]:
+        """`GET /_emulator/ledger`: totals, totals by model, and every billed line."""
+        with self._lock:
+            rows = [r for r in self._rows if batch_id is None or r["batch_id"] == batch_id]
+        models = sorted({row["model"] for row in rows})
+        by_model = {m: _totals([row for row in rows if row["model"] == m]) for m in models}
+        return _totals(rows) | {"by_model": by_model, "data": rows}

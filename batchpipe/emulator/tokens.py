@@ -1,0 +1,172 @@
+"""A deterministic tokenizer approximation and the token layout of a Messages request.
+
+Real token counts need the real tokenizer; tests need counts that are exact and stable
+instead. So a text costs ceil(len/4) tokens per word or punctuation run (roughly 1 token
+per 4 characters of English), and a request is cut into the blocks prompt caching works
+on (tools, then system, then messages), each with its own count, so cache arithmetic can
+be asserted to the token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_PIECE = re.compile(r"\w+|[^\w\s]+")
+MESSAGE_OVERHEAD = 3  # role markers around every message
+MEDIA_TOKENS = 1500  # an image or binary document, whatever its size: good enough for costs
+
+
+def count_tokens(text: str) -> int:
+    """ceil(len/4) tokens for each word or punctuation run; whitespace is free."""
+    return sum(math.ceil(len(piece) / 4) for piece in _PIECE.findall(text))
+
+
+def truncate_to_tokens(text: str, limit: int) -> str:
+    """The longest prefix of `text` costing at most `limit` tokens.
+
+    A run that does not fit is cut inside (4 characters per token), so a truncated
+    text costs exactly `limit`: the API reports `output_tokens == max_tokens` then.
+    """
+    used, end = 0, 0
+    for match in _PIECE.finditer(text):
+        cost = math.ceil(len(match.group()) / 4)
+        if used + cost > limit:
+            return text[: match.start() + 4 * (limit - used)] if used < limit else text[:end]
+        used, end = used + cost, match.end()
+    return text
+
+
+@dataclass(frozen=True)
+class PromptBlock:
+    """One cacheable unit of the prompt, in cache order (tools, system, messages)."""
+
+    location: str  # the request path the API names in errors, e.g. "messages.0.content.1"
+    tokens: int
+    identity: str  # canonical JSON of what the block contributes, for prefix hashing
+    cache_control: Any  # the block's own `cache_control`, None when absent
+    cacheable: bool = True  # thinking blocks cannot carry a breakpoint
+
+
+def _without_cache_control(block: Any) -> Any:
+    if isinstance(block, dict):
+        return {key: value for key, value in block.items() if key != "cache_control"}
+    return block
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def block_text(block: Any) -> str:
+    """The text a content block puts in front of the model, for counting."""
+    if isinstance(block, str):
+        return block
+    if not isinstance(block, dict):
+        return _canonical(block)
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "thinking":
+        return str(block.get("thinking", ""))
+    if kind in ("tool_use", "server_tool_use"):
+        return f"{block.get('name', '')} {_canonical(block.get('input', {}))}"
+    if kind == "tool_result":
+        content = block.get("content", "")
+        if isinstance(content, list):
+            return " ".join(block_text(part) for part in content)
+        return str(content)
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "text":
+        return str(source.get("data", ""))
+    return _canonical(_without_cache_control(block))
+
+
+def _block_tokens(block: Any) -> int:
+    if isinstance(block, dict) and block.get("type") in ("image", "document"):
+        source = block.get("source")
+        if not (isinstance(source, dict) and source.get("type") == "text"):
+            return MEDIA_TOKENS
+    return count_tokens(block_text(block))
+
+
+def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
+    """The request's blocks in cache order; each message's overhead rides on its first."""
+    blocks: list[PromptBlock] = []
+    for index, tool in enumerate(params.get("tools") or []):
+        body = _without_cache_control(tool)
+        control = tool.get("cache_control") if isinstance(tool, dict) else None
+        blocks.append(
+            PromptBlock(
+                f"tools.{index}",
+                count_tokens(_canonical(body)),
+                _canonical(["tool", body]),
+                control,
+            )
+        )
+    system = params.get("system")
+    if isinstance(system, str) and system:
+        blocks.append(
+            PromptBlock("system", count_tokens(system), _canonical(["system", system]), None)
+        )
+    elif isinstance(system, list):
+        for index, block in enumerate(system):
+            control = block.get("cache_control") if isinstance(block, dict) else None
+            identity = _canonical(["system", _without_cache_control(block)])
+            blocks.append(PromptBlock(f"system.{index}", _block_tokens(block), identity, control))
+    for m_index, message in enumerate(params.get("messages") or []):
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else content
+        parts = parts if isinstance(parts, list) else []
+        role = message.get("role")
+        if not parts:
+            parts_identity = _canonical(["message", m_index, role, []])
+            blocks.append(
+                PromptBlock(f"messages.{m_index}", MESSAGE_OVERHEAD, parts_identity, None, False)
+            )
+            continue
+        for b_index, block in enumerate(parts):
+            where = f"messages.{m_index}.content"
+            where += "" if isinstance(content, str) else f".{b_index}"
+            overhead = MESSAGE_OVERHEAD if b_index == 0 else 0
+            control = block.get("cache_control") if isinstance(block, dict) else None
+            kind = block.get("type") if isinstance(block, dict) else "text"
+            identity = _canonical(["message", m_index, role, _without_cache_control(block)])
+            blocks.append(
+                PromptBlock(
+                    where,
+                    _block_tokens(block) + overhead,
+                    identity,
+                    control,
+                    kind not in ("thinking", "redacted_thinking"),
+                )
+            )
+    return blocks
+
+
+def output_format_schema(params: dict[str, Any]) -> dict[str, Any] | None:
+    """`output_config.format.schema` when structured output is requested, else None."""
+    config = params.get("output_config")
+    if not isinstance(config, dict):
+        return None
+    output_format = config.get("format")
+    if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+        schema = output_format.get("schema")
+        return schema if isinstance(schema, dict) else None
+    return None
+
+
+def extra_input_tokens(params: dict[str, Any]) -> int:
+    """Input outside the cacheable blocks: the structured-output schema the API compiles."""
+    schema = output_format_schema(params)
+    return count_tokens(_canonical(schema)) if schema is not None else 0
+
+
+def count_input_tokens(params: dict[str, Any]) -> int:
+    """All input tokens of a request: tools, system, messages and the output schema."""
+    return sum(block.tokens for block in prompt_blocks(params)) + extra_input_tokens(params)
