@@ -6,12 +6,15 @@ import datetime as dt
 import json
 import math
 import re
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 
+from batchpipe import pricing
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.responders import MODELS, count_input_tokens, respond
 from batchpipe.emulator.tokens import count_tokens, truncate_to_tokens
@@ -409,3 +412,61 @@ def test_structured_output_through_http(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_batch_sharing_a_cached_system_prompt_writes_once_then_reads(tmp_path: Path) -> None:
+    """Caching through the real server: the first line writes the prefix, later lines read
+    it, and the ledger bills the write and the reads at their multipliers."""
+    process, url = start_emulator(tmp_path / "state", latency=0.1)
+    try:
+        client = anthropic.Anthropic(api_key="x", base_url=url)
+        system = [
+            {
+                "type": "text",
+                "text": "You write product copy. " * 400,  # well over 1,024 tokens
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ]
+        batch = client.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": f"c{i}",
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 50,
+                        "system": system,
+                        "messages": [{"role": "user", "content": f"item {i}"}],
+                    },
+                }
+                for i in range(3)
+            ]
+        )
+        while client.messages.batches.retrieve(batch.id).processing_status != "ended":
+            time.sleep(0.05)
+        usage = {
+            line.custom_id: line.result.message.usage
+            for line in client.messages.batches.results(batch.id)
+        }
+        with urllib.request.urlopen(f"{url}/_emulator/ledger") as response:
+            ledger = json.loads(response.read())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    written = usage["c0"].cache_creation_input_tokens
+    assert written > 1024 and usage["c0"].cache_creation.ephemeral_1h_input_tokens == written
+    assert [usage[c].cache_read_input_tokens for c in ("c1", "c2")] == [written, written]
+    assert usage["c1"].cache_creation_input_tokens == 0
+    p = pricing.price("claude-haiku-4-5")
+    expected = (
+        sum(
+            (u.input_tokens * p.input + u.output_tokens * p.output)
+            + u.cache_creation.ephemeral_1h_input_tokens * p.cache_write_1h
+            + u.cache_read_input_tokens * p.cache_read
+            for u in usage.values()
+        )
+        * pricing.price_list().batch_discount
+        / 1e6
+    )
+    assert ledger["usd"] == pytest.approx(expected)
+    assert ledger["cache_read_input_tokens"] == 2 * written
