@@ -59,7 +59,14 @@ def not_found(message: str) -> ApiError:
 
 
 def _base62(length: int) -> str:
-    return "".join(secrets.choice(BASE62) for _ in range(length))
+    """Random base62 text. One draw of random bits, not one per character: ids are made
+    for every result line, and per-character draws were half the cost of a reply."""
+    number = int.from_bytes(secrets.token_bytes(length), "big")  # 8 bits per 5.95 needed
+    chars = []
+    for _ in range(length):
+        number, digit = divmod(number, 62)
+        chars.append(BASE62[digit])
+    return "".join(chars)
 
 
 def new_batch_id() -> str:
