@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anthropic
 import duckdb
+import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import warehouse
 from batchpipe.errors import BatchApiError
@@ -27,6 +28,7 @@ from batchpipe.errors import BatchApiError
 MAX_REQUESTS_PER_BATCH = 100_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
 CREATE_ATTEMPTS = 4
+DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
 OPEN_STATES = ("submitting", "submitted", "ended")
 
@@ -334,11 +336,14 @@ def record_status(
     )
 
 
-def download_results(api: anthropic.Anthropic, batch_id: str, expected_lines: int) -> Path:
+def download_results(
+    api: anthropic.Anthropic, batch_id: str, expected_lines: int, log: Log = print
+) -> Path:
     """Stream a batch's results to a file, complete or not at all.
 
     The file is written under a temporary name and renamed only once it holds
-    one line per request, so a cut stream is never loaded as if whole.
+    one line per request, so a cut stream is never loaded as if whole; a cut or
+    failed download is tried again from the start, a bounded number of times.
     """
     directory = warehouse.state_dir() / "results"
     directory.mkdir(parents=True, exist_ok=True)
@@ -346,22 +351,35 @@ def download_results(api: anthropic.Anthropic, batch_id: str, expected_lines: in
     if final.exists() and _line_count(final) == expected_lines:
         return final
     partial = final.with_suffix(".jsonl.part")
+    problem = ""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            _stream_to(api, batch_id, partial)
+        except (anthropic.APIError, httpx2.TransportError) as err:
+            problem = f"{type(err).__name__}: {err}"
+        else:
+            lines = _line_count(partial)
+            if lines == expected_lines:
+                partial.replace(final)
+                return final
+            problem = f"the stream was cut short: {lines} of {expected_lines} lines"
+        log(f"downloading the results of {batch_id} failed ({problem}); attempt {attempt}")
+        time.sleep(min(2**attempt * 0.25, 10))
+    raise BatchApiError(
+        f"could not download the results of {batch_id} after {DOWNLOAD_ATTEMPTS} attempts "
+        f"({problem}). They stay upstream for 29 days: run again to retry."
+    )
+
+
+def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
     with (
         api.messages.batches.with_streaming_response.results(batch_id) as response,
-        partial.open("wb") as out,
+        path.open("wb") as out,
     ):
         for chunk in response.iter_bytes():
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
-    lines = _line_count(partial)
-    if lines != expected_lines:
-        raise BatchApiError(
-            f"the results of {batch_id} were cut short: {lines} of {expected_lines} lines. "
-            "Run again to download them again."
-        )
-    partial.replace(final)
-    return final
 
 
 def _line_count(path: Path) -> int:

@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=5, help="rows to print (default 5)")
     show.set_defaults(handler=_show)
 
+    status = sub.add_parser("status", help="open and recent batches: counts, age, cost so far")
+    status.add_argument("names", nargs="*", metavar="NAME")
+    status.set_defaults(handler=_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a partition's open batches")
+    cancel.add_argument("names", nargs=1, metavar="NAME")
+    cancel.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
+    cancel.set_defaults(handler=_cancel, all=False)
+
     validate = sub.add_parser(
         "validate", help="check pipeline files against the warehouse; sends nothing"
     )
@@ -139,6 +148,31 @@ def _show(args: argparse.Namespace) -> int:
 
     for pf in _select(args):
         show_partition(pf, args.date, args.limit)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import anthropic
+
+    from batchpipe import batches
+    from batchpipe.emulator.launcher import running_emulator
+    from batchpipe.report import batch_status_lines
+
+    api = None  # never start an emulator just to look
+    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        api = batches.client()
+    elif url := running_emulator():
+        api = anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
+    for line in batch_status_lines(args.names or None, api):
+        print(line)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from batchpipe import batches, steps
+
+    (pf,) = _select(args)
+    steps.cancel(pf, args.date, batches.client(), print)
     return 0
 
 

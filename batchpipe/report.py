@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import anthropic
+
 from batchpipe import warehouse
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
@@ -40,3 +42,69 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
         f"have cost ${standard:.4f}\n",
         flush=True,
     )
+
+
+def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None) -> list[str]:
+    """Open and recent batches, newest first, with counts, age and cost so far.
+
+    Counts of open batches come live from the API when it answers (read-only: the
+    warehouse is not written), else from the last poll recorded in DuckDB.
+    """
+    with warehouse.connect(read_only=True) as con:
+        rows = con.execute(
+            """
+            SELECT b.pipeline, b.partition_date, coalesce(b.batch_id, '(not sent)'), b.state,
+                   b.request_count, coalesce(b.succeeded, 0), coalesce(b.errored, 0),
+                   coalesce(b.canceled, 0), coalesce(b.expired, 0), b.intent_at,
+                   coalesce(sum(r.cost_usd), 0), b.estimated_usd
+            FROM batchpipe_batches b LEFT JOIN batchpipe_results r ON r.batch_id = b.batch_id
+            WHERE ($names IS NULL OR list_contains($names, b.pipeline))
+              AND (b.state IN ('submitting', 'submitted', 'ended')
+                   OR b.intent_at > now()::TIMESTAMP - INTERVAL 7 DAY)
+            GROUP BY ALL ORDER BY b.intent_at DESC LIMIT 50
+            """,
+            {"names": names or None},
+        ).fetchall()
+    if not rows:
+        return ["no open or recent batches"]
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    lines = [
+        f"{'pipeline':<22} {'date':<10} {'batch':<34} {'state':<10} {'requests':>8} "
+        f"{'done':>6} {'errored':>7} {'age':>6} {'cost $':>9}"
+    ]
+    for (
+        pipeline,
+        day,
+        batch_id,
+        state,
+        count,
+        ok,
+        bad,
+        canceled,
+        expired,
+        at,
+        cost,
+        estimate,
+    ) in rows:
+        if state == "submitted" and api is not None:
+            try:
+                c = api.messages.batches.retrieve(batch_id).request_counts
+                ok, bad, canceled, expired = c.succeeded, c.errored, c.canceled, c.expired
+            except anthropic.APIError:
+                pass  # show what was recorded at the last poll
+        done = ok + bad + canceled + expired
+        spent = f"{cost:.4f}" if state == "loaded" else f"~{estimate or 0:.4f}"
+        lines.append(
+            f"{pipeline:<22} {day!s:<10} {batch_id:<34} {state:<10} {count:>8} {done:>6} "
+            f"{bad:>7} {_age(now - at):>6} {spent:>9}"
+        )
+    return lines
+
+
+def _age(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"

@@ -189,7 +189,7 @@ def _load_one(
         "WHERE submission_id = ?",
         [sub.submission_id],
     ).fetchone()
-    path = batches.download_results(api, sub.batch_id, expected)
+    path = batches.download_results(api, sub.batch_id, expected, log)
     count = results.load_results_file(
         con, pf.pipeline.name, pf.pipeline.request.model, sub.submission_id, sub.batch_id, path
     )

@@ -52,6 +52,15 @@ def ensure_emulator(announce: bool = True) -> str:
     return info["url"]
 
 
+def running_emulator() -> str | None:
+    """The URL of the emulator this database started, if it is up; never starts one."""
+    record = warehouse.state_dir() / "emulator" / "server.json"
+    if not record.exists():
+        return None
+    url = json.loads(record.read_text())["url"]
+    return url if healthy(url) else None
+
+
 def healthy(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/_emulator/health", timeout=timeout) as r:

@@ -1,0 +1,136 @@
+"""Production behaviour against a faulty emulator: retries, cancel, status, no double pay."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from batchpipe import steps
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.loader import load_pipelines
+from batchpipe.runs import run_partition
+from tests.support import ledger, start_emulator
+
+pytestmark = pytest.mark.slow
+
+DAY = dt.date(2026, 11, 3)
+
+
+def pipeline(name: str = "product_descriptions"):
+    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
+
+
+def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+@pytest.fixture
+def faulty(demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An emulator of our own, so its ledger holds only this test's charges."""
+    started = []
+
+    def start(*flags: str) -> str:
+        process, url = start_emulator(tmp_path / "emulator", latency=0.2, extra_args=flags)
+        started.append(process)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        return url
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def billed_twice(project: Path, url: str) -> list[str]:
+    """Request hashes the ledger charged more than once."""
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        owner = dict(
+            con.execute(
+                "SELECT b.batch_id || '/' || r.custom_id, r.request_hash "
+                "FROM batchpipe_batch_requests r JOIN batchpipe_batches b USING (submission_id)"
+            ).fetchall()
+        )
+    charges = Counter(owner[f"{e['batch_id']}/{e['custom_id']}"] for e in ledger(url))
+    return [h for h, n in charges.items() if n > 1]
+
+
+def test_a_fault_heavy_run_accounts_for_every_row_and_pays_once(demo_db: Path, faulty) -> None:
+    url = faulty(
+        "--seed", "7", "--http-error-rate", "0.05", "--stream-cut-rate", "0.3",
+        "--errored-rate", "0.1", "--expired-rate", "0.05",
+    )  # fmt: skip
+    resource = BatchpipeResource(poll_seconds=0.05, wait=True)
+    days = [DAY + dt.timedelta(days=n) for n in range(3)]
+    for day in days:
+        run_partition(pipeline(), day, resource)
+
+    statuses = dict(
+        query(demo_db, "SELECT result_status, count(*) FROM product_descriptions GROUP BY 1")
+    )
+    source = query(
+        demo_db, "SELECT count(*) FROM products WHERE added_on BETWEEN ? AND ?", [days[0], days[-1]]
+    )[0][0]
+    assert sum(statuses.values()) == source  # every source row has its row
+    assert "missing" not in statuses
+    # Each request ended answered, with a final error, or with its attempts used up.
+    unsettled = query(
+        demo_db,
+        """
+        WITH latest AS (
+            SELECT request_hash, arg_max(result_type, loaded_at) AS type,
+                   arg_max(error_type, loaded_at) AS error, count(*) AS attempts
+            FROM batchpipe_results GROUP BY 1
+        )
+        SELECT * FROM latest WHERE type <> 'succeeded'
+          AND coalesce(error, '') <> 'invalid_request_error' AND attempts < 3
+        """,
+    )
+    assert unsettled == []
+    assert (
+        query(demo_db, "SELECT count(*) FROM batchpipe_batches WHERE request_count < 30")[0][0] > 0
+    )  # follow-up batches carried the retries
+    assert billed_twice(demo_db, url) == []
+    mismatched = query(
+        demo_db,
+        "SELECT product_id FROM product_descriptions WHERE result_status = 'succeeded' "
+        "AND NOT contains(description, name || ' (' || category || ')')",
+    )
+    assert mismatched == []  # each answer belongs to its own row, whatever the order
+
+
+def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> None:
+    url = faulty("--requests-per-second", "2")
+    pf = pipeline()
+    steps.build_requests(pf, DAY, print)
+    submitted = steps.submit(
+        pf, DAY, __import__("batchpipe").batches.client(), print, wait=False, poll_seconds=0.1
+    )
+    (batch_id,) = submitted.open_batch_ids
+    env = {**os.environ}
+    run = subprocess.run(
+        [sys.executable, "-m", "batchpipe", "cancel", "product_descriptions", "--date", str(DAY)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"asked the API to cancel {batch_id}" in run.stdout
+    outcomes = dict(
+        query(demo_db, "SELECT result_type, count(*) FROM batchpipe_results GROUP BY 1")
+    )
+    assert outcomes.get("canceled", 0) > 0 and sum(outcomes.values()) == 30
+    assert len(ledger(url)) == outcomes.get("succeeded", 0)  # canceled ones cost nothing
+
+    status = subprocess.run(
+        [sys.executable, "-m", "batchpipe", "status"], capture_output=True, text=True, env=env
+    )
+    assert batch_id in status.stdout and "loaded" in status.stdout
