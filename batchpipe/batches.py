@@ -24,6 +24,7 @@ import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the
 
 from batchpipe import warehouse
 from batchpipe.errors import BatchApiError
+from batchpipe.failpoints import kill_point
 
 MAX_REQUESTS_PER_BATCH = 100_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
@@ -177,8 +178,10 @@ def _finish_submission(
         return
     creator = api.with_options(max_retries=0).messages.batches
     for attempt in range(1, CREATE_ATTEMPTS + 1):
+        kill_point("before_create")
         try:
             batch = creator.create(requests=requests)
+            kill_point("after_create")
         except anthropic.RateLimitError as err:
             _wait_before_retry(err, attempt, log)
             continue
@@ -378,6 +381,7 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
     ):
         for chunk in response.iter_bytes():
             out.write(chunk)
+            kill_point("mid_download")
         out.flush()
         os.fsync(out.fileno())
 

@@ -16,6 +16,7 @@ import duckdb
 
 from batchpipe import pricing, warehouse
 from batchpipe.errors import BatchApiError
+from batchpipe.failpoints import kill_point
 from batchpipe.plan import Resolved
 from batchpipe.templates import quote_ident
 
@@ -85,6 +86,7 @@ def load_results_file(
             """,
             [pipeline, batch_id, str(path), submission_id],
         ).fetchone()[0]
+        kill_point("mid_results_load")
         con.execute(
             "UPDATE batchpipe_batches SET state = 'loaded', loaded_at = now()::TIMESTAMP "
             "WHERE submission_id = ?",
@@ -148,6 +150,7 @@ def write_enriched(
         con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
         _add_new_columns(con, out, select, params)
         con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
+        kill_point("mid_enriched_write")
         con.execute(f"INSERT INTO {out} BY NAME {select}", params)
     counts = con.execute(
         "SELECT count(*), "
