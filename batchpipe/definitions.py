@@ -28,6 +28,9 @@ def build_definitions(files: list[PipelineFile] | None = None) -> dg.Definitions
         sensors=[batch_sensor(pf) for pf in files],
         schedules=[s for s in schedules if s is not None],
         resources={"batchpipe": BatchpipeResource()},
+        # A pipeline's steps are a chain and DuckDB takes one writer: one process per run
+        # saves a process start per step and loses no parallelism.
+        executor=dg.in_process_executor,
     )
 
 
