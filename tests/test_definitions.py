@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from pathlib import Path
 
@@ -42,3 +43,30 @@ def test_a_broken_file_fails_the_code_location_with_its_position(tmp_path: Path)
     (tmp_path / "p.yaml").write_text(text.replace("max_tokens: 200", "max_tokens: -1"))
     with pytest.raises(ConfigError, match=r"p\.yaml:10:3: request\.max_tokens: Input should be"):
         build_definitions(load_pipelines(tmp_path))
+
+
+def test_a_schedule_runs_the_day_of_its_tick(tmp_path: Path) -> None:
+    text = (REPO / "pipelines" / "product_descriptions.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(
+        text.replace("  start: 2026-11-01", '  start: 2026-11-01\n  schedule: "0 6 * * *"')
+    )
+    defs = build_definitions(load_pipelines(tmp_path))
+    schedule = defs.resolve_schedule_def("product_descriptions__daily")
+    assert schedule.cron_schedule == "0 6 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    tick = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 11, 7, 6, 0, tzinfo=dt.UTC),
+        repository_def=defs.get_repository_def(),
+    )
+    (request,) = schedule.evaluate_tick(tick).run_requests
+    assert request.partition_key == "2026-11-07"
+    assert defs.resolve_job_def("product_descriptions__job") is not None
+
+
+def test_a_bad_cron_is_a_config_error(tmp_path: Path) -> None:
+    text = (REPO / "pipelines" / "product_descriptions.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(
+        text.replace("  start: 2026-11-01", '  start: 2026-11-01\n  schedule: "at six"')
+    )
+    with pytest.raises(ConfigError, match=r"partitions\.schedule: 'at six' is not a cron"):
+        load_pipelines(tmp_path)

@@ -134,3 +134,26 @@ def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> No
         [sys.executable, "-m", "batchpipe", "status"], capture_output=True, text=True, env=env
     )
     assert batch_id in status.stdout and "loaded" in status.stdout
+
+
+def test_asset_checks_report_coverage_and_the_error_rate(demo_db: Path, faulty) -> None:
+    import dagster as dg
+
+    from batchpipe.defs.assets import pipeline_assets
+    from batchpipe.defs.specs import source_spec
+
+    faulty("--seed", "3", "--errored-rate", "0.5")
+    pf = pipeline()
+    result = dg.materialize(
+        [source_spec(pf), *pipeline_assets(pf)],
+        partition_key=str(DAY),
+        resources={"batchpipe": BatchpipeResource(poll_seconds=0.05, wait=True)},
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["every_row_final"].passed  # errors are final statuses too
+    assert not checks["error_rate"].passed
+    assert checks["error_rate"].metadata["error_rate"].value > 0.05
+    materialized = result.asset_materializations_for_node("product_descriptions__enriched")[0]
+    assert (
+        "| product_id | description | status |" in materialized.metadata["batchpipe/preview"].value
+    )
