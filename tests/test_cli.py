@@ -110,6 +110,9 @@ def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str
             "group:product_descriptions",
             "--partition",
             DAY,
+            # wait inside the run, as `batchpipe run` does; without it the sensor finishes
+            "--config-json",
+            '{"resources": {"batchpipe": {"config": {"wait": true}}}}',
         ],
         capture_output=True,
         text=True,
