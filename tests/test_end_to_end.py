@@ -174,3 +174,26 @@ def test_a_partition_is_split_at_max_batch_requests(demo_db: Path, emulator: str
     assert query(
         demo_db, "SELECT count(*) FROM product_descriptions WHERE result_status = 'succeeded'"
     ) == [(30,)]
+
+
+def test_request_wait_in_the_file_polls_inside_the_run(demo_db: Path, emulator: str) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    path.write_text(
+        path.read_text().replace("  max_tokens: 200\n", "  max_tokens: 200\n  wait: true\n")
+    )
+    lines = run_partition(pipeline(), DAY, BatchpipeResource(poll_seconds=0.1))  # wait unset
+    assert any("30 succeeded, 0 errored, 0 expired" in line for line in lines)
+
+
+def test_without_wait_batch_status_returns_while_the_batch_is_open(
+    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process, url = start_emulator(tmp_path / "slow", latency=60)  # ends long after the run
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    try:
+        lines = run_partition(pipeline(), DAY, BatchpipeResource(poll_seconds=0.1, wait=False))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert any("30 missing" in line for line in lines)  # left for the sensor to finish
+    assert query(demo_db, "SELECT state FROM batchpipe_batches") == [("submitted",)]
