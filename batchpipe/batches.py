@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,7 @@ def submit_partition(
     pending_params: dict,
     log: Log,
     max_requests: int = MAX_REQUESTS_PER_BATCH,
+    betas: Sequence[str] = (),
 ) -> int:
     """Send the partition's pending requests; return how many were sent now.
 
@@ -91,7 +92,7 @@ def submit_partition(
     """
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitting":
-            _finish_submission(con, api, sub, log, interrupted=True)
+            _finish_submission(con, api, sub, log, interrupted=True, betas=betas)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
         f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
@@ -117,7 +118,7 @@ def submit_partition(
         sub = next(
             s for s in open_submissions(con, pipeline, date) if s.submission_id == submission_id
         )
-        _finish_submission(con, api, sub, log, interrupted=False)
+        _finish_submission(con, api, sub, log, interrupted=False, betas=betas)
     con.execute("DROP TABLE pending")
     return total
 
@@ -143,6 +144,7 @@ def _finish_submission(
     log: Log,
     *,
     interrupted: bool,
+    betas: Sequence[str] = (),
 ) -> None:
     """Turn a recorded intent into exactly one batch upstream.
 
@@ -180,7 +182,10 @@ def _finish_submission(
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         kill_point("before_create")
         try:
-            batch = creator.create(requests=requests)
+            batch = creator.create(
+                requests=requests,
+                extra_headers={"anthropic-beta": ",".join(betas)} if betas else None,
+            )
             kill_point("after_create")
         except anthropic.RateLimitError as err:
             _wait_before_retry(err, attempt, log)

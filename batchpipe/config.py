@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from batchpipe.schema import FieldType, OutputField, normalize
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _check_identifier(value: str) -> str:
@@ -73,13 +75,32 @@ class Source(_Strict):
         return [self.key] if isinstance(self.key, str) else list(self.key)
 
 
+class SystemBlock(_Strict):
+    """One block of a system prompt; `cache: true` marks the prompt up to here for caching."""
+
+    text: str = Field(description="Text of the block; {{ column }} inserts a source column.")
+    cache: bool | Literal["5m", "1h"] = Field(
+        False, description="true (5 minutes) or 1h: reuse this prefix across requests."
+    )
+
+
+class Message(_Strict):
+    role: Literal["user", "assistant"]
+    content: str = Field(description="{{ column }} inserts a source column.")
+
+
 class Request(_Strict):
     """What is sent to Claude for each row."""
 
     model: str = Field(description="A Claude model id, e.g. claude-haiku-4-5.")
     max_tokens: Annotated[int, Field(gt=0, description="Upper bound on the reply's tokens.")]
-    system: str | None = Field(None, description="System prompt, the same for every row.")
-    prompt: str = Field(description="The user message; {{ column }} inserts a source column.")
+    system: str | list[SystemBlock] | None = Field(
+        None, description="System prompt: text, or a list of blocks (with cache: true)."
+    )
+    prompt: str | list[Message] = Field(
+        description="The user message, or a list of messages with roles; {{ column }} "
+        "inserts a source column."
+    )
     max_batch_requests: Annotated[
         int,
         Field(
@@ -106,6 +127,33 @@ class Request(_Strict):
     poll_interval: Annotated[
         int, Field(ge=5, description="Seconds between the sensor's polls of open batches.")
     ] = 60
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = Field(
+        None, description="output_config.effort: how much the model thinks."
+    )
+    thinking: dict[str, Any] | None = Field(
+        None,
+        description="Passed as is, e.g. {type: adaptive} or {type: enabled, budget_tokens: 2048}.",
+    )
+    stop_sequences: list[str] | None = None
+    inference_geo: str | None = Field(None, description="Where the request runs, e.g. us.")
+    metadata: dict[str, str] | None = Field(None, description="e.g. {user_id: ...}.")
+    betas: list[str] | None = Field(
+        None, description="anthropic-beta values, e.g. output-300k-2026-03-24."
+    )
+    # Removed from the API in version 2026-10-21: named here so the error says so.
+    temperature: Any = Field(None, exclude=True)
+    top_p: Any = Field(None, exclude=True)
+    top_k: Any = Field(None, exclude=True)
+
+    @field_validator("temperature", "top_p", "top_k")
+    @classmethod
+    def _removed(cls, value: Any, info: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                f"{info.field_name} was removed in API version 2026-10-21, which batchpipe "
+                "uses; delete it (effort and thinking steer the model instead)"
+            )
+        return None
 
 
 class Output(_Strict):
@@ -113,6 +161,16 @@ class Output(_Strict):
 
     table: str = Field(description="Output table, created if missing.")
     column: str = Field("output", description="Column that receives the reply's text.")
+    schema_: dict[str, OutputField | FieldType] | None = Field(
+        None,
+        alias="schema",
+        description="Structured output: field -> type. One typed column per field.",
+    )
+    mode: Literal["replace_partition", "append"] = Field(
+        "replace_partition",
+        description="replace_partition rewrites the run date's rows; append adds the rows "
+        "not already in the table.",
+    )
     max_error_rate: Annotated[
         float,
         Field(ge=0, le=1, description="Largest share of errored rows the asset check accepts."),
@@ -129,6 +187,20 @@ class Output(_Strict):
     @classmethod
     def _column_name(cls, value: str) -> str:
         return _check_identifier(value)
+
+    @field_validator("schema_")
+    @classmethod
+    def _field_names(cls, value: dict | None) -> dict | None:
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one field")
+            for name in value:
+                _check_identifier(name)
+        return value
+
+    @property
+    def fields(self) -> dict[str, OutputField] | None:
+        return normalize(self.schema_) if self.schema_ else None
 
 
 class Partitions(_Strict):

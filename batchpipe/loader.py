@@ -133,13 +133,18 @@ def _message(item: dict, loc: tuple, data: dict) -> str:
     kind = item["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
-        allowed = sorted(model.model_fields) if model else []
+        allowed = sorted(
+            field.alias or name
+            for name, field in (model.model_fields.items() if model else [])
+            if not field.exclude  # removed API options are named only to explain the error
+        )
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         guess = f"; did you mean {hint[0]!r}?" if hint else ""
         return f"unknown key{guess} (expected one of: {', '.join(allowed)})"
     if kind == "missing":
         model = _model_at(loc[:-1])
-        described = model.model_fields[loc[-1]].description if model else None
+        fields = {f.alias or n: f for n, f in model.model_fields.items()} if model else {}
+        described = fields[loc[-1]].description if loc[-1] in fields else None
         return "required key is missing" + (f" ({described})" if described else "")
     message = item["msg"].removeprefix("Value error, ")
     if kind in ("string_type", "str_type") and isinstance(item.get("input"), dict):
@@ -150,9 +155,10 @@ def _message(item: dict, loc: tuple, data: dict) -> str:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Pipeline
     for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
+        fields = {f.alias or n: f for n, f in model.model_fields.items()} if model else {}
+        if model is None or not isinstance(part, str) or part not in fields:
             return None
-        annotation = model.model_fields[part].annotation
+        annotation = fields[part].annotation
         candidates = getattr(annotation, "__args__", (annotation,))
         model = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None

@@ -9,11 +9,13 @@ anything is sent, so a mistake costs nothing.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
-from batchpipe import pricing, templates, warehouse
+from batchpipe import pricing, schema, templates, warehouse
 from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident, sql_string
 
@@ -38,8 +40,8 @@ class Resolved:
     file: PipelineFile
     source_sql: str  # a relation: a table name or a parenthesized query
     columns: dict[str, str]
-    prompt: templates.Template
-    system: templates.Template | None
+    messages: list[tuple[str, templates.Template]]  # (role, content)
+    system: list[tuple[templates.Template, bool | str]] | None  # (text, cache)
 
     @property
     def name(self) -> str:
@@ -66,20 +68,63 @@ class Resolved:
         return self.file.pipeline.source.key_columns
 
     def params_sql(self, relation: str = "s") -> str:
-        """The Messages API params of a row, as one JSON expression."""
+        """The Messages API params of a row, as one JSON expression: the per-row parts
+        (templates) in SQL, the constant parts as one JSON literal merged in."""
         request = self.file.pipeline.request
         fields = [
             f"'model', {sql_string(request.model)}",
             f"'max_tokens', {int(request.max_tokens)}",
         ]
         if self.system is not None:
-            fields.append(f"'system', {templates.to_sql(self.system, relation)}")
-        message = f"json_object('role', 'user', 'content', {self.prompt_sql(relation)})"
-        fields.append(f"'messages', json_array({message})")
+            fields.append(f"'system', {self.system_sql(relation)}")
+        messages = ", ".join(
+            f"json_object('role', {sql_string(role)}, 'content', "
+            f"{templates.to_sql(content, relation)})"
+            for role, content in self.messages
+        )
+        fields.append(f"'messages', json_array({messages})")
+        constant = constant_params(self.file)
+        for key, value in constant.items():
+            fields.append(f"{sql_string(key)}, {sql_string(json.dumps(value))}::JSON")
         return f"json_object({', '.join(fields)})"
 
-    def prompt_sql(self, relation: str = "s") -> str:
-        return templates.to_sql(self.prompt, relation)
+    def system_sql(self, relation: str = "s") -> str:
+        """A plain string when the file gave text, else text blocks with cache_control."""
+        assert self.system is not None
+        if len(self.system) == 1 and isinstance(self.file.pipeline.request.system, str):
+            return templates.to_sql(self.system[0][0], relation)
+        blocks = []
+        for template, cache in self.system:
+            parts = f"'type', 'text', 'text', {templates.to_sql(template, relation)}"
+            if cache:
+                control = {"type": "ephemeral", **({"ttl": cache} if cache == "1h" else {})}
+                parts += f", 'cache_control', {sql_string(json.dumps(control))}::JSON"
+            blocks.append(f"json_object({parts})")
+        return f"json_array({', '.join(blocks)})"
+
+    @property
+    def templates(self) -> list[templates.Template]:
+        return [t for _, t in self.messages] + [t for t, _ in self.system or []]
+
+
+def constant_params(pf: PipelineFile) -> dict[str, Any]:
+    """The request options that are the same for every row, as API version 2026-10-21
+    names them."""
+    request = pf.pipeline.request
+    params: dict[str, Any] = {}
+    output_config: dict[str, Any] = {}
+    fields = pf.pipeline.output.fields
+    if fields:
+        output_config["format"] = {"type": "json_schema", "schema": schema.json_schema(fields)}
+    if request.effort:
+        output_config["effort"] = request.effort
+    if output_config:
+        params["output_config"] = output_config
+    for option in ("thinking", "stop_sequences", "inference_geo", "metadata"):
+        value = getattr(request, option)
+        if value is not None:
+            params[option] = value
+    return params
 
 
 def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
@@ -126,20 +171,33 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
             f"column {source.partition_column!r} is {columns[source.partition_column]}; "
             "expected DATE or TIMESTAMP",
         )
-    clashes = [c for c in (*RESULT_COLUMNS, pipeline.output.column) if c in columns]
+    added = list(pipeline.output.fields or [pipeline.output.column])
+    if pipeline.output.fields:
+        added.append("parse_error")
+    clashes = [c for c in (*RESULT_COLUMNS, *added) if c in columns]
     if clashes:
         raise pf.error(
             ("output", "column"),
             f"the source already has column(s) {', '.join(clashes)}, which the output "
             f"table adds; rename them in a query, or choose another output.column",
         )
-    prompt = _template(pf, ("request", "prompt"), pipeline.request.prompt, available)
-    system = (
-        _template(pf, ("request", "system"), pipeline.request.system, available)
-        if pipeline.request.system is not None
-        else None
-    )
-    return Resolved(pf, source_sql, columns, prompt, system)
+    request = pipeline.request
+    if isinstance(request.prompt, str):
+        messages = [("user", _template(pf, ("request", "prompt"), request.prompt, available))]
+    else:
+        messages = [
+            (m.role, _template(pf, ("request", "prompt", i, "content"), m.content, available))
+            for i, m in enumerate(request.prompt)
+        ]
+    system = None
+    if isinstance(request.system, str):
+        system = [(_template(pf, ("request", "system"), request.system, available), False)]
+    elif request.system is not None:
+        system = [
+            (_template(pf, ("request", "system", i, "text"), b.text, available), b.cache)
+            for i, b in enumerate(request.system)
+        ]
+    return Resolved(pf, source_sql, columns, messages, system)
 
 
 def _template(

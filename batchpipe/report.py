@@ -16,7 +16,11 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
     pipeline = pf.pipeline
     table = ".".join(quote_ident(p) for p in pipeline.output.table.split("."))
     keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
-    column = quote_ident(pipeline.output.column)
+    shown = list(pipeline.output.fields or [pipeline.output.column])[:3]
+    columns = ", ".join(
+        f"left(CAST({quote_ident(c)} AS VARCHAR), {70 // len(shown)}) AS {quote_ident(c)}"
+        for c in shown
+    )
     with warehouse.connect(read_only=True) as con:
         if pipeline.output.table.split(".")[-1] not in warehouse.table_names(con):
             raise BatchpipeError(
@@ -24,7 +28,7 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
                 f"`batchpipe run {pipeline.name} --date {date}` first"
             )
         rows = con.sql(
-            f"SELECT {keys}, left({column}, 70) AS {column}, result_status, "
+            f"SELECT {keys}, {columns}, result_status, "
             f"CAST(cost_usd AS DECIMAL(12, 6)) AS cost_usd FROM {table} WHERE partition_date = ? "
             f"ORDER BY {keys} LIMIT {int(limit)}",
             params=[date],

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe import pricing, warehouse
+from batchpipe import pricing, schema, warehouse
+from batchpipe.config import Pipeline
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.plan import Resolved
@@ -111,6 +112,7 @@ class EnrichedSummary:
     standard_cost_usd: float
     batch_ids: list[str]
     preview: str  # a markdown table of a few rows, for the asset's metadata
+    parse_errors: int = 0  # succeeded replies that do not fit output.schema
     unfinished: int = 0  # rows whose request is still in flight or due for a retry
 
 
@@ -120,7 +122,6 @@ def write_enriched(
     """Replace the partition's rows of the output table in one transaction."""
     pipeline = resolved.file.pipeline
     out = ".".join(quote_ident(p) for p in pipeline.output.table.split("."))
-    column = quote_ident(pipeline.output.column)
     name = resolved.name
     select = f"""
         WITH req AS (
@@ -137,7 +138,7 @@ def write_enriched(
         )
         SELECT s.*,
                CAST(? AS DATE) AS partition_date,
-               res.text AS {column},
+               {_reply_columns(pipeline)},
                coalesce(res.result_type, 'missing') AS result_status,
                res.error_message,
                res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id
@@ -145,6 +146,8 @@ def write_enriched(
         JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
         LEFT JOIN res ON res.request_hash = req.request_hash
     """
+    # The typed fields read the reply once, as valid JSON or NULL.
+    select = select.replace("SELECT * FROM batchpipe_results", _RESULTS_WITH_JSON, 1)
     params = [name, date, name, date, date]
     with warehouse.transaction(con):
         con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
@@ -172,21 +175,47 @@ def write_enriched(
         [name, date],
     ).fetchone()
     keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
+    shown = list(pipeline.output.fields or [pipeline.output.column])[:3]
     preview = con.execute(
-        f"SELECT {keys}, left({column}, 80), result_status FROM {out} "
-        f"WHERE partition_date = ? ORDER BY {keys} LIMIT 5",
+        f"SELECT {keys}, "
+        + ", ".join(f"left(CAST({quote_ident(c)} AS VARCHAR), 80)" for c in shown)
+        + f", result_status FROM {out} WHERE partition_date = ? ORDER BY {keys} LIMIT 5",
         [date],
     ).fetchall()
+    parse_errors = 0
+    if pipeline.output.fields:
+        (parse_errors,) = con.execute(
+            f"SELECT count(*) FROM {out} WHERE partition_date = ? AND parse_error IS NOT NULL",
+            [date],
+        ).fetchone()
     return EnrichedSummary(
         *counts,
         *(int(v) for v in spent[:4]),
         cost_usd=float(spent[4]),
         standard_cost_usd=float(spent[5]),
         batch_ids=list(spent[6] or []),
-        preview=_markdown(
-            [*pipeline.source.key_columns, pipeline.output.column, "status"], preview
-        ),
+        preview=_markdown([*pipeline.source.key_columns, *shown, "status"], preview),
+        parse_errors=parse_errors,
     )
+
+
+_RESULTS_WITH_JSON = (
+    f"SELECT *, {schema.valid_json_sql('text')} AS reply_json FROM batchpipe_results"
+)
+
+
+def _reply_columns(pipeline: Pipeline) -> str:
+    """The reply's text in output.column, or one typed column per field and parse_error."""
+    fields = pipeline.output.fields
+    if not fields:
+        return f"res.text AS {quote_ident(pipeline.output.column)}"
+    columns = [
+        f"{schema.column_sql(name, field, 'res.reply_json')} AS {quote_ident(name)}"
+        for name, field in fields.items()
+    ]
+    error = schema.error_sql(fields, "res.text", "res.reply_json", "res.stop_reason")
+    columns.append(f"CASE WHEN res.result_type = 'succeeded' THEN {error} END AS parse_error")
+    return ",\n               ".join(columns)
 
 
 def _add_new_columns(con: duckdb.DuckDBPyConnection, table: str, select: str, params: list) -> None:

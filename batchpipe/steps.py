@@ -97,6 +97,7 @@ def _send_pending(
         plan.pending_params(pf, date),
         log,
         max_requests=request.max_batch_requests,
+        betas=request.betas or (),
     )
     con.execute(
         "UPDATE batchpipe_batches SET estimated_usd = ? "

@@ -132,6 +132,7 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
                 "batchpipe/expired": summary.expired,
                 "batchpipe/canceled": summary.canceled,
                 "batchpipe/missing": summary.missing,
+                "batchpipe/parse_errors": summary.parse_errors,
                 "batchpipe/input_tokens": summary.input_tokens,
                 "batchpipe/output_tokens": summary.output_tokens,
                 "batchpipe/cache_creation_input_tokens": summary.cache_creation_input_tokens,
@@ -149,13 +150,14 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
             metadata={"rows": summary.rows, "without_result": unfinished},
             description="Every source row of the partition has a result.",
         )
-        rate = summary.errored / summary.rows if summary.rows else 0.0
+        failed = summary.errored + summary.parse_errors
+        rate = failed / summary.rows if summary.rows else 0.0
         limit = pf.pipeline.output.max_error_rate
         yield dg.AssetCheckResult(
             check_name="error_rate",
             passed=rate <= limit,
             metadata={"error_rate": dg.MetadataValue.float(rate), "max_error_rate": limit},
-            description=f"At most {limit:.0%} of rows errored.",
+            description=f"At most {limit:.0%} of rows errored or failed the output schema.",
         )
 
     return [requests, batch_status, results, enriched]
