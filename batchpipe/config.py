@@ -78,10 +78,17 @@ class Source(_Strict):
 class SystemBlock(_Strict):
     """One block of a system prompt; `cache: true` marks the prompt up to here for caching."""
 
-    text: str = Field(description="Text of the block; {{ column }} inserts a source column.")
+    text: str | None = Field(None, description="Text; {{ column }} inserts a source column.")
+    file: str | None = Field(None, description="Or a file beside the pipeline holding the text.")
     cache: bool | Literal["5m", "1h"] = Field(
         False, description="true (5 minutes) or 1h: reuse this prefix across requests."
     )
+
+    @model_validator(mode="after")
+    def _text_or_file(self) -> SystemBlock:
+        if (self.text is None) == (self.file is None):
+            raise ValueError("give a block either text or file")
+        return self
 
 
 class Message(_Strict):
@@ -97,10 +104,13 @@ class Request(_Strict):
     system: str | list[SystemBlock] | None = Field(
         None, description="System prompt: text, or a list of blocks (with cache: true)."
     )
-    prompt: str | list[Message] = Field(
+    prompt: str | list[Message] | None = Field(
+        None,
         description="The user message, or a list of messages with roles; {{ column }} "
-        "inserts a source column."
+        "inserts a source column.",
     )
+    prompt_file: str | None = Field(None, description="Or a file beside the pipeline.")
+    system_file: str | None = Field(None, description="Or a file beside the pipeline.")
     max_batch_requests: Annotated[
         int,
         Field(
@@ -144,6 +154,14 @@ class Request(_Strict):
     temperature: Any = Field(None, exclude=True)
     top_p: Any = Field(None, exclude=True)
     top_k: Any = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Request:
+        if (self.prompt is None) == (self.prompt_file is None):
+            raise ValueError("set exactly one of 'prompt' or 'prompt_file'")
+        if self.system is not None and self.system_file is not None:
+            raise ValueError("set at most one of 'system' or 'system_file'")
+        return self
 
     @field_validator("temperature", "top_p", "top_k")
     @classmethod

@@ -91,7 +91,8 @@ class Resolved:
     def system_sql(self, relation: str = "s") -> str:
         """A plain string when the file gave text, else text blocks with cache_control."""
         assert self.system is not None
-        if len(self.system) == 1 and isinstance(self.file.pipeline.request.system, str):
+        request = self.file.pipeline.request
+        if len(self.system) == 1 and not isinstance(request.system, list):
             return templates.to_sql(self.system[0][0], relation)
         blocks = []
         for template, cache in self.system:
@@ -182,7 +183,10 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
             f"table adds; rename them in a query, or choose another output.column",
         )
     request = pipeline.request
-    if isinstance(request.prompt, str):
+    if request.prompt_file is not None:
+        text = _read(pf, ("request", "prompt_file"), request.prompt_file)
+        messages = [("user", _template(pf, ("request", "prompt_file"), text, available))]
+    elif isinstance(request.prompt, str):
         messages = [("user", _template(pf, ("request", "prompt"), request.prompt, available))]
     else:
         messages = [
@@ -190,14 +194,27 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
             for i, m in enumerate(request.prompt)
         ]
     system = None
-    if isinstance(request.system, str):
+    if request.system_file is not None:
+        text = _read(pf, ("request", "system_file"), request.system_file)
+        system = [(_template(pf, ("request", "system_file"), text, available), False)]
+    elif isinstance(request.system, str):
         system = [(_template(pf, ("request", "system"), request.system, available), False)]
     elif request.system is not None:
-        system = [
-            (_template(pf, ("request", "system", i, "text"), b.text, available), b.cache)
-            for i, b in enumerate(request.system)
-        ]
+        system = []
+        for i, block in enumerate(request.system):
+            where = ("request", "system", i, "text" if block.text is not None else "file")
+            text = block.text if block.text is not None else _read(pf, where, block.file or "")
+            system.append((_template(pf, where, text, available), block.cache))
     return Resolved(pf, source_sql, columns, messages, system)
+
+
+def _read(pf: PipelineFile, key: tuple, name: str) -> str:
+    """A template file, named relative to the pipeline file."""
+    path = pf.path.parent / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise pf.error(key, f"cannot read {path}: {err.strerror}") from None
 
 
 def _template(

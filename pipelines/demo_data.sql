@@ -29,3 +29,18 @@ SELECT
      'The instructions were confusing.'][1 + i % 6] AS body,
     TIMESTAMP '2026-11-01 08:00:00' + INTERVAL (i * 60) MINUTE AS posted_at
 FROM range(1, 241) AS t(i);
+
+-- 90 support tickets, 9 a day from 2026-11-01.
+CREATE OR REPLACE TABLE tickets AS
+SELECT
+    'T-' || lpad(i::VARCHAR, 5, '0') AS ticket_id,
+    ['I was charged twice for my order.',
+     'The app crashes when I open my saved items.',
+     'How do I change the email on my account?',
+     'My parcel has not arrived after two weeks.',
+     'Please delete my account and all my data.',
+     'The discount code from your newsletter does not work.'][1 + i % 6]
+        || ' Order ' || (1000 + i * 13) || '.' AS body,
+    ['web', 'email', 'phone'][1 + i % 3] AS channel,
+    DATE '2026-11-01' + (i % 10)::INTEGER AS opened_on
+FROM range(1, 91) AS t(i);

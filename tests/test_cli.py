@@ -66,7 +66,7 @@ def test_a_bad_file_fails_with_its_location_and_sends_nothing(
     )
 
     assert result.returncode == 1
-    assert f"{path}:12:3: request.prompt: {{{{ colour }}}} is not a column" in result.stderr
+    assert f"{path}:13:3: request.prompt: {{{{ colour }}}} is not a column" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(ledger(emulator_url)) == billed
 

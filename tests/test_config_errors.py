@@ -54,7 +54,12 @@ def resolve_problem(demo_db: Path, text: str) -> str:
 
 def test_the_example_pipelines_load() -> None:
     files = load_pipelines(Path(__file__).parent.parent / "pipelines")
-    assert {pf.pipeline.name for pf in files} == {"product_descriptions", "review_replies"}
+    assert {pf.pipeline.name for pf in files} == {
+        "product_descriptions",
+        "review_replies",
+        "review_sentiment",
+        "ticket_triage",
+    }
 
 
 def test_missing_key_names_file_line_and_key(tmp_path: Path) -> None:

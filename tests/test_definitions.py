@@ -41,7 +41,7 @@ def test_each_pipeline_becomes_four_partitioned_assets_below_its_source() -> Non
 def test_a_broken_file_fails_the_code_location_with_its_position(tmp_path: Path) -> None:
     text = (REPO / "pipelines" / "product_descriptions.yaml").read_text()
     (tmp_path / "p.yaml").write_text(text.replace("max_tokens: 200", "max_tokens: -1"))
-    with pytest.raises(ConfigError, match=r"p\.yaml:10:3: request\.max_tokens: Input should be"):
+    with pytest.raises(ConfigError, match=r"p\.yaml:11:3: request\.max_tokens: Input should be"):
         build_definitions(load_pipelines(tmp_path))
 
 
