@@ -37,12 +37,12 @@ def _usage(field: str) -> str:
 def _cost_sql(model: str, *, batch: bool) -> str:
     p = pricing.price(model)
     f = pricing.price_list().batch_discount if batch else 1.0
+    hour = _usage("cache_creation.ephemeral_1h_input_tokens")
     return (
         f"({_usage('input_tokens')} * {p.input * f} "
         # cache writes: 1-hour ones cost more than 5-minute ones
-        f"+ ({_usage('cache_creation_input_tokens')} - {_usage('cache_creation.ephemeral_1h_input_tokens')}) "
-        f"* {p.cache_write_5m * f} "
-        f"+ {_usage('cache_creation.ephemeral_1h_input_tokens')} * {p.cache_write_1h * f} "
+        f"+ ({_usage('cache_creation_input_tokens')} - {hour}) * {p.cache_write_5m * f} "
+        f"+ {hour} * {p.cache_write_1h * f} "
         f"+ {_usage('cache_read_input_tokens')} * {p.cache_read * f} "
         f"+ {_usage('output_tokens')} * {p.output * f}) / 1e6"
     )
