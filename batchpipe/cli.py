@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=5, help="rows to print (default 5)")
     show.set_defaults(handler=_show)
 
+    plan = sub.add_parser("plan", help="what a partition would send and cost; sends nothing")
+    plan.add_argument("names", nargs=1, metavar="NAME")
+    plan.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
+    plan.set_defaults(handler=_plan, all=False)
+
     status = sub.add_parser("status", help="open and recent batches: counts, age, cost so far")
     status.add_argument("names", nargs="*", metavar="NAME")
     status.set_defaults(handler=_status)
@@ -149,6 +154,30 @@ def _show(args: argparse.Namespace) -> int:
     for pf in _select(args):
         show_partition(pf, args.date, args.limit)
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from batchpipe.forecast import forecast
+
+    (pf,) = _select(args)
+    print(f"plan for {pf.pipeline.name} {args.date} (a dry run)")
+    for line in forecast(pf, args.date, _reachable_api()).lines():
+        print(f"   {line}")
+    return 0
+
+
+def _reachable_api():
+    """A client for an API that is already there; never starts an emulator to look."""
+    import anthropic
+
+    from batchpipe import batches
+    from batchpipe.emulator.launcher import running_emulator
+
+    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        return batches.client()
+    if url := running_emulator():
+        return anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
+    return None
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -243,11 +243,20 @@ class RequestsSummary:
         return self.requests - self.to_send
 
 
+def register_templates(con: duckdb.DuckDBPyConnection, resolved: Resolved) -> None:
+    """Templates that need Jinja render through a function registered on the connection."""
+    register = getattr(templates, "register", None)
+    if register is not None:
+        for template in resolved.templates:
+            register(con, template)
+
+
 def build_requests(
     con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
 ) -> RequestsSummary:
     """Rebuild the partition's requests in one SQL statement, after checking its keys."""
     name = resolved.name
+    register_templates(con, resolved)
     _check_keys(con, resolved, date)
     with warehouse.transaction(con):
         con.execute(

@@ -137,6 +137,21 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+def shadow_missing_state_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """On a read-only connection to a database no run has written yet, stand in empty
+    temporary state tables, so read-only commands (plan, status) work from the start."""
+    existing = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()
+    }
+    for statement in STATE_TABLES.split(";"):
+        name = statement.split("IF NOT EXISTS")[-1].split("(")[0].strip()
+        if "CREATE TABLE" in statement and name not in existing:
+            con.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+
+
 def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
     """Column name -> DuckDB type of a table, view or query."""
     rows = con.execute(f"DESCRIBE {relation_sql}").fetchall()
