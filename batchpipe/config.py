@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from batchpipe.schema import FieldType, OutputField, normalize
 
@@ -151,9 +152,9 @@ class Request(_Strict):
         None, description="anthropic-beta values, e.g. output-300k-2026-03-24."
     )
     # Removed from the API in version 2026-10-21: named here so the error says so.
-    temperature: Any = Field(None, exclude=True)
-    top_p: Any = Field(None, exclude=True)
-    top_k: Any = Field(None, exclude=True)
+    temperature: SkipJsonSchema[Any] = Field(None, exclude=True)
+    top_p: SkipJsonSchema[Any] = Field(None, exclude=True)
+    top_k: SkipJsonSchema[Any] = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Request:

@@ -1,0 +1,157 @@
+"""What an analyst writes, run for real on the emulator: structured output, options,
+template files, the plan, and the mistakes each gets explained."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from batchpipe import plan
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.errors import ConfigError
+from batchpipe.loader import load_file, load_pipelines
+from batchpipe.runs import run_partition
+from tests.support import ledger, start_emulator
+
+DAY = dt.date(2026, 11, 3)
+FAST = BatchpipeResource(poll_seconds=0.05, wait=True)
+
+
+def pipeline(name: str):
+    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
+
+
+def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+@pytest.fixture
+def own_emulator(demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    process, url = start_emulator(tmp_path / "emulator", latency=0.1)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_structured_output_becomes_typed_columns(demo_db: Path, own_emulator: str) -> None:
+    run_partition(pipeline("review_sentiment"), DAY, FAST)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb"), read_only=True) as con:
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'review_sentiment'"
+            ).fetchall()
+        )
+        rows = con.execute(
+            "SELECT label, score, aspects, is_spam, parse_error FROM review_sentiment"
+        ).fetchall()
+    assert types["label"] == "VARCHAR" and types["score"] == "DOUBLE"
+    assert types["aspects"] == "VARCHAR[]" and types["is_spam"] == "BOOLEAN"
+    assert rows and all(label in ("positive", "neutral", "negative") for label, *_ in rows)
+    assert all(isinstance(aspects, list) for _, _, aspects, _, _ in rows)
+    assert {error for *_, error in rows} == {None}
+
+
+@pytest.mark.slow
+def test_a_reply_cut_at_max_tokens_is_a_parse_error_not_a_crash(
+    demo_db: Path, own_emulator: str
+) -> None:
+    path = demo_db / "pipelines" / "review_sentiment.yaml"
+    path.write_text(path.read_text().replace("max_tokens: 300", "max_tokens: 8"))
+    lines = run_partition(pipeline("review_sentiment"), DAY, FAST)
+    errors = query(demo_db, "SELECT DISTINCT parse_error, label FROM review_sentiment")
+    assert errors == [("the reply is not valid JSON (it was cut at max_tokens)", None)]
+    assert any("enriched:" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_plan_sends_nothing_and_its_tokens_match_the_bill(
+    demo_db: Path, own_emulator: str
+) -> None:
+    """The cached example: count_tokens on the emulator gives the plan's input tokens; the
+    run's ledger then bills within 10% of them, and the plan shows the cache saving."""
+    env = {**os.environ}
+    shown = subprocess.run(
+        [sys.executable, "-m", "batchpipe", "plan", "ticket_triage", "--date", str(DAY)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert ledger(own_emulator) == [] and "nothing was sent" in shown.stdout
+    planned = int(shown.stdout.split("input tokens:")[1].split()[0].replace(",", ""))
+    assert "count_tokens on every request" in shown.stdout
+    assert "with prompt caching" in shown.stdout and "cached tokens a request" in shown.stdout
+
+    run_partition(pipeline("ticket_triage"), DAY, FAST)
+    billed = sum(
+        e["input_tokens"] + e["cache_creation_input_tokens"] + e["cache_read_input_tokens"]
+        for e in ledger(own_emulator)
+    )
+    assert abs(billed - planned) <= 0.1 * billed
+    reads = [e["cache_read_input_tokens"] for e in ledger(own_emulator)]
+    assert sum(1 for r in reads if r > 0) == len(reads) - 1  # one write, then reads
+
+
+def test_request_options_reach_the_params(demo_db: Path) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "  max_tokens: 200\n",
+            "  max_tokens: 200\n  effort: low\n  stop_sequences: [END]\n"
+            "  inference_geo: us\n  metadata: {user_id: analyst-7}\n",
+        )
+    )
+    pf = load_file(path)
+    assert plan.constant_params(pf) == {
+        "output_config": {"effort": "low"},
+        "stop_sequences": ["END"],
+        "inference_geo": "us",
+        "metadata": {"user_id": "analyst-7"},
+    }
+
+
+@pytest.mark.parametrize("option", ["temperature: 0.2", "top_p: 0.9", "top_k: 5"])
+def test_removed_sampling_options_are_refused_with_the_reason(demo_db: Path, option: str) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    path.write_text(
+        path.read_text().replace("  max_tokens: 200\n", f"  max_tokens: 200\n  {option}\n")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_file(path)
+    name = option.split(":")[0]
+    assert f"{path}:12:3: request.{name}: {name} was removed in API version 2026-10-21" in str(
+        caught.value
+    )
+
+
+def test_a_missing_template_file_names_the_key(demo_db: Path) -> None:
+    path = demo_db / "pipelines" / "ticket_triage.yaml"
+    path.write_text(path.read_text().replace("file: ticket_triage_policy.md", "file: nope.md"))
+    pf = load_file(path)
+    with (
+        duckdb.connect(str(demo_db / "warehouse.duckdb")) as con,
+        pytest.raises(ConfigError) as caught,
+    ):
+        plan.resolve(pf, con)
+    assert "request.system.0.file: cannot read" in str(caught.value) and "nope.md" in str(
+        caught.value
+    )
+
+
+def test_schema_shipped_with_the_examples_is_current() -> None:
+    from batchpipe.config import json_schema
+
+    shipped = json.loads((Path(__file__).parent.parent / "pipelines" / "schema.json").read_text())
+    assert shipped == json_schema()
