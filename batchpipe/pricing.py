@@ -1,72 +1,166 @@
 """Model prices, estimates before spending, and the cost of a usage record.
 
-Prices live in prices.yaml beside this module so a price change is a data edit.
-Costs of many rows are computed in SQL (`cost_sql`), never row by row in Python.
+Prices live in prices.yaml beside this module (loaded and checked by batchpipe.models) so
+a price change is a data edit. Prices are per model and per prompt size: cache prices are
+not a fixed share of input on every model, and Haiku 5.5 bills a long prompt's whole
+request at a higher tier, so every cost goes through `price_for` with the request's prompt
+size. Costs of many rows are computed in SQL (`cost_sql`), never row by row in Python.
 """
 
 from __future__ import annotations
 
-import difflib
-from functools import cache
-from importlib import resources
+from collections.abc import Mapping
+from typing import Any
 
-import yaml
-from pydantic import BaseModel
+from batchpipe import models as _table
+from batchpipe.models import (
+    Catalog,
+    ModelInfo,
+    Price,
+    Tier,
+    catalog,
+    check_request,
+    max_tokens_cap,
+    model,
+)
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "Catalog",
+    "ModelInfo",
+    "Price",
+    "PriceList",
+    "Tier",
+    "check_request",
+    "cost_sql",
+    "cost_usd",
+    "estimate",
+    "geo_factor",
+    "max_tokens_cap",
+    "model",
+    "price",
+    "price_for",
+    "price_list",
+]
 
 CHARS_PER_TOKEN = 4  # the usual approximation for English text, used only for estimates
 
-
-class Price(BaseModel):
-    """USD per million tokens at the standard (synchronous) price."""
-
-    input: float
-    cache_write_5m: float
-    cache_write_1h: float
-    cache_read: float
-    output: float
+PriceList = Catalog  # the old name of the whole table; `.batch_discount` is unchanged
 
 
-class PriceList(BaseModel):
-    batch_discount: float
-    models: dict[str, Price]
-    aliases: dict[str, str] = {}
+def price_list() -> Catalog:
+    """The whole table: `batch_discount`, `inference_geo` multipliers and every model."""
+    return catalog()
 
 
-@cache
-def price_list() -> PriceList:
-    text = resources.files("batchpipe").joinpath("prices.yaml").read_text(encoding="utf-8")
-    return PriceList.model_validate(yaml.safe_load(text))
+def price(model_id: str) -> Price:
+    """A model's base price (its lowest tier), or a ValueError that names the known ones."""
+    return model(model_id).prices
 
 
-def price(model: str) -> Price:
-    """The price of a model id, or a ValueError that names the known ones."""
-    prices = price_list()
-    resolved = prices.aliases.get(model, model)
-    if resolved not in prices.models:
-        known = sorted(prices.models)
-        close = difflib.get_close_matches(model, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown model {model!r}; {hint}known models: {', '.join(known)}")
-    return prices.models[resolved]
+def price_for(model_id: str, prompt_tokens: int) -> Price:
+    """The price a request with this many prompt tokens pays, on every token it bills.
+
+    Prompt tokens are input plus cache reads and writes. A tier replaces the base price
+    for the whole request, output included, once the prompt is above its bound.
+    """
+    info = model(model_id)
+    chosen: Price = info.prices
+    for tier in info.tiers:
+        if prompt_tokens > tier.above_prompt_tokens:
+            chosen = tier
+    return Price(**{name: getattr(chosen, name) for name in Price.model_fields})
+
+
+def geo_factor(inference_geo: str | None) -> float:
+    """The multiplier on every token category for where a request runs; None is default."""
+    if inference_geo is None:
+        return 1.0
+    factors = catalog().inference_geo
+    if inference_geo not in factors:
+        raise ValueError(
+            f"unknown inference_geo {inference_geo!r}; known: {', '.join(sorted(factors))}"
+        )
+    return factors[inference_geo]
+
+
+def _tokens(usage: Mapping[str, Any]) -> dict[str, int]:
+    """The five billed token counts of a usage record, as the Messages API reports it.
+
+    Cache writes come as a total (`cache_creation_input_tokens`) and, when the API splits
+    them, as `cache_creation.ephemeral_5m_input_tokens` / `ephemeral_1h_input_tokens`
+    (nested, or flat at the top level). Without a split every write is a 5-minute one,
+    the default TTL.
+    """
+    split = usage.get("cache_creation") or {}
+
+    def count(key: str) -> int | None:
+        value = split.get(key, usage.get(key))
+        return None if value is None else int(value)
+
+    write_1h = count("ephemeral_1h_input_tokens") or 0
+    write_5m = count("ephemeral_5m_input_tokens")
+    total = usage.get("cache_creation_input_tokens")
+    if write_5m is None:
+        write_5m = max(int(total or 0) - write_1h, 0)
+    return {
+        "input": int(usage.get("input_tokens") or 0),
+        "cache_write_5m": write_5m,
+        "cache_write_1h": write_1h,
+        "cache_read": int(usage.get("cache_read_input_tokens") or 0),
+        "output": int(usage.get("output_tokens") or 0),
+    }
+
+
+def cost_usd(
+    model_id: str,
+    usage: Mapping[str, Any],
+    *,
+    batch: bool,
+    inference_geo: str | None = None,
+) -> float:
+    """USD for one request's usage: the tier its prompt falls in, each token category at
+    its own price, then the batch discount and the inference_geo multiplier, which stack."""
+    tokens = _tokens(usage)
+    p = price_for(model_id, sum(count for name, count in tokens.items() if name != "output"))
+    standard = sum(count * getattr(p, name) for name, count in tokens.items()) / 1e6
+    factor = price_list().batch_discount if batch else 1.0
+    return standard * factor * geo_factor(inference_geo)
 
 
 def cost_sql(model: str, input_col: str, output_col: str, *, batch: bool = True) -> str:
-    """A SQL expression giving the USD cost of a row's tokens at this model's price."""
-    p = price(model)
+    """A SQL expression giving the USD cost of a row's tokens at this model's price.
+
+    The input column stands for the whole prompt when choosing a tier, so a tiered model
+    gets a CASE with the highest tier first.
+    """
+    info = _table.model(model)  # the argument shadows model(); kept for existing callers
     factor = price_list().batch_discount if batch else 1.0
-    return f"(({input_col}) * {p.input * factor} + ({output_col}) * {p.output * factor}) / 1e6"
+
+    def at(p: Price) -> str:
+        return f"(({input_col}) * {p.input * factor} + ({output_col}) * {p.output * factor}) / 1e6"
+
+    if not info.tiers:
+        return at(info.prices)
+    arms = " ".join(
+        f"WHEN ({input_col}) > {tier.above_prompt_tokens} THEN {at(tier)}"
+        for tier in reversed(info.tiers)
+    )
+    return f"(CASE {arms} ELSE {at(info.prices)} END)"
 
 
 def estimate(model: str, input_chars: int, requests: int, max_tokens: int) -> dict[str, float]:
-    """A cost range before anything is sent.
+    """A cost range at batch prices before anything is sent.
 
-    Input is approximated from characters; output is bounded by max_tokens (the
-    high end) and taken as a quarter of it for the expected figure until a
-    pipeline has history to learn from.
+    Input is approximated from characters; output is bounded by max_tokens (the high end)
+    and taken as a quarter of it for the expected figure until a pipeline has history to
+    learn from. The tier is chosen by the average prompt, so a Haiku 5.5 pipeline of long
+    prompts is estimated at its long-prompt prices.
     """
-    p = price(model)
-    factor = price_list().batch_discount
     input_tokens = input_chars / CHARS_PER_TOKEN
+    per_request = round(input_tokens / requests) if requests else 0
+    p = price_for(model, per_request)
+    factor = price_list().batch_discount
     low = input_tokens * p.input * factor / 1e6
     high = low + requests * max_tokens * p.output * factor / 1e6
     expected = low + requests * max_tokens / 4 * p.output * factor / 1e6
