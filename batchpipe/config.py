@@ -36,8 +36,14 @@ class Source(_Strict):
     table: str | None = Field(None, description="A DuckDB table or view.")
     query: str | None = Field(None, description="A SELECT whose rows are the source.")
     key: str | list[str] = Field(description="A column, or a list of columns, unique per row.")
-    partition_column: str = Field(
-        description="DATE or TIMESTAMP column; the rows of run date D are those falling on D."
+    partition_column: str | None = Field(
+        None,
+        description="DATE or TIMESTAMP column; the rows of run date D are those falling on D. "
+        "Without one the pipeline is incremental: D takes the rows no earlier date took.",
+    )
+    where: str | None = Field(None, description="A SQL filter on the source's rows.")
+    columns: list[str] | None = Field(
+        None, description="Source columns carried into the output (default: all)."
     )
 
     @model_validator(mode="after")
@@ -68,8 +74,15 @@ class Source(_Strict):
 
     @field_validator("partition_column")
     @classmethod
-    def _partition_column(cls, value: str) -> str:
-        return _check_identifier(value)
+    def _partition_column(cls, value: str | None) -> str | None:
+        return None if value is None else _check_identifier(value)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: list[str] | None) -> list[str] | None:
+        for column in value or []:
+            _check_identifier(column)
+        return value
 
     @property
     def key_columns(self) -> list[str]:

@@ -65,6 +65,7 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         warehouse.shadow_missing_state_tables(con)
         resolved = plan.resolve(pf, con)
         plan.register_templates(con, resolved)
+        plan.bind_date(con, date)
         con.execute(
             f"""
             CREATE TEMP TABLE plan_requests AS
@@ -76,7 +77,7 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
                 FROM ({resolved.partition_rows_sql()}) AS s
             )
             """,
-            [pf.pipeline.name, date, date],
+            [pf.pipeline.name, date],
         )
         pending_sql = plan.PENDING_SQL.replace(
             "FROM batchpipe_requests AS r", "FROM plan_requests AS r"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,15 @@ import duckdb
 from batchpipe import pricing, schema, templates, warehouse
 from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident, sql_string
+
+# The run date inside SQL: a session variable, so every statement over a partition's rows
+# reads the same date without threading a parameter through each of them.
+RUN_DATE = "getvariable('batchpipe_date')"
+
+
+def bind_date(con: duckdb.DuckDBPyConnection, date: dt.date) -> None:
+    con.execute("SET VARIABLE batchpipe_date = CAST(? AS DATE)", [date])
+
 
 # Columns batchpipe adds to every output table, beside the source columns.
 RESULT_COLUMNS = (
@@ -48,9 +58,29 @@ class Resolved:
         return self.file.pipeline.name
 
     def partition_rows_sql(self) -> str:
-        """The source rows of one run date; `?` is the date."""
-        column = quote_ident(self.file.pipeline.source.partition_column)
-        return f"SELECT * FROM {self.source_sql} AS s WHERE CAST(s.{column} AS DATE) = ?"
+        """The source rows of the run date set by `bind_date` on the connection."""
+        source = self.file.pipeline.source
+        where = f" AND ({source.where})" if source.where else ""
+        if source.partition_column:
+            column = quote_ident(source.partition_column)
+            return (
+                f"SELECT * FROM {self.source_sql} AS s "
+                f"WHERE CAST(s.{column} AS DATE) = {RUN_DATE}{where}"
+            )
+        # Incremental: the rows no other run date has taken yet (and those this date took).
+        return (
+            f"SELECT * FROM {self.source_sql} AS s WHERE {self.custom_id_sql('s')} NOT IN ("
+            "SELECT custom_id FROM batchpipe_requests "
+            f"WHERE pipeline = {sql_string(self.name)} AND partition_date <> {RUN_DATE}){where}"
+        )
+
+    def output_columns_sql(self, relation: str = "s") -> str:
+        """The source columns the output table carries: `columns`, plus the key."""
+        chosen = self.file.pipeline.source.columns
+        if chosen is None:
+            return f"{relation}.*"
+        keep = list(dict.fromkeys([*self.key_columns, *chosen]))
+        return ", ".join(f"{relation}.{quote_ident(c)}" for c in keep)
 
     def custom_id_sql(self, relation: str = "s") -> str:
         """custom_id from the key: the key itself when it fits the API's rule, else a hash."""
@@ -149,8 +179,11 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
                 f"(tables: {known})",
             ) from None
     else:
-        source_sql = f"({source.query})"
+        query = re.sub(r"\{\{\s*partition_date\s*\}\}", RUN_DATE, source.query)
+        source_sql = f"({query})"
         try:
+            if not con.execute("SELECT getvariable('batchpipe_date')").fetchone()[0]:
+                bind_date(con, pipeline.partitions.start)  # any date will do to describe
             columns = warehouse.describe(con, source_sql)
         except duckdb.Error as err:
             first = str(err).strip().splitlines()[0]
@@ -161,12 +194,26 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
         if key not in columns:
             where = ("source", "key") if isinstance(source.key, str) else ("source", "key", index)
             raise pf.error(where, f"key column {key!r} is not in the source ({_list(available)})")
-    if source.partition_column not in columns:
+    for index, column in enumerate(source.columns or []):
+        if column not in columns:
+            raise pf.error(
+                ("source", "columns", index),
+                f"column {column!r} is not in the source ({_list(available)})",
+            )
+    if source.where:
+        try:
+            con.execute(f"EXPLAIN SELECT * FROM {source_sql} AS s WHERE {source.where}")
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0]
+            raise pf.error(("source", "where"), f"the filter fails in DuckDB: {first}") from None
+    if source.partition_column is None:
+        pass
+    elif source.partition_column not in columns:
         raise pf.error(
             ("source", "partition_column"),
             f"column {source.partition_column!r} is not in the source ({_list(available)})",
         )
-    if columns[source.partition_column].upper() not in DATE_TYPES:
+    elif columns[source.partition_column].upper() not in DATE_TYPES:
         raise pf.error(
             ("source", "partition_column"),
             f"column {source.partition_column!r} is {columns[source.partition_column]}; "
@@ -257,6 +304,7 @@ def build_requests(
     """Rebuild the partition's requests in one SQL statement, after checking its keys."""
     name = resolved.name
     register_templates(con, resolved)
+    bind_date(con, date)
     _check_keys(con, resolved, date)
     with warehouse.transaction(con):
         con.execute(
@@ -273,7 +321,7 @@ def build_requests(
                 FROM ({resolved.partition_rows_sql()}) AS s
             )
             """,
-            [name, date, date],
+            [name, date],
         )
     (requests,) = con.execute(
         "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
@@ -349,7 +397,7 @@ def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.dat
     keys = ", ".join(f"s.{quote_ident(k)}" for k in resolved.key_columns)
     null_test = " OR ".join(f"s.{quote_ident(k)} IS NULL" for k in resolved.key_columns)
     rows_sql = resolved.partition_rows_sql()
-    nulls = con.execute(f"SELECT count(*) FROM ({rows_sql}) s WHERE {null_test}", [date])
+    nulls = con.execute(f"SELECT count(*) FROM ({rows_sql}) s WHERE {null_test}")
     null_count = nulls.fetchone()[0]
     if null_count:
         raise resolved.file.error(
@@ -358,7 +406,6 @@ def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.dat
     dupes = con.execute(
         f"SELECT {keys}, count(*) AS n FROM ({rows_sql}) s GROUP BY ALL HAVING n > 1 "
         "ORDER BY n DESC LIMIT 3",
-        [date],
     ).fetchall()
     if dupes:
         examples = "; ".join(f"{', '.join(map(str, row[:-1]))} ({row[-1]} rows)" for row in dupes)
@@ -369,7 +416,6 @@ def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.dat
     collisions = con.execute(
         f"SELECT {resolved.custom_id_sql()} AS id, count(*) n FROM ({rows_sql}) s "
         "GROUP BY id HAVING n > 1 LIMIT 3",
-        [date],
     ).fetchall()
     if collisions:
         raise resolved.file.error(

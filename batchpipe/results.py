@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe import pricing, schema, warehouse
+from batchpipe import plan, pricing, schema, warehouse
 from batchpipe.config import Pipeline
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
@@ -139,7 +139,7 @@ def write_enriched(
                 ORDER BY result_type = 'succeeded' DESC, loaded_at DESC
             ) = 1
         )
-        SELECT s.*,
+        SELECT {resolved.output_columns_sql("s")},
                CAST(? AS DATE) AS partition_date,
                {_reply_columns(pipeline)},
                coalesce(res.result_type, 'missing') AS result_status,
@@ -151,11 +151,19 @@ def write_enriched(
     """
     # The typed fields read the reply once, as valid JSON or NULL.
     select = select.replace("SELECT * FROM batchpipe_results", _RESULTS_WITH_JSON, 1)
-    params = [name, date, name, date, date]
+    params = [name, date, name, date]
+    plan.bind_date(con, date)
+    plan.register_templates(con, resolved)
     with warehouse.transaction(con):
         con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
         _add_new_columns(con, out, select, params)
-        con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
+        if pipeline.output.mode == "replace_partition":
+            con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
+        else:  # append: keep every other row; a row written again replaces itself by key
+            keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
+            con.execute(
+                f"DELETE FROM {out} WHERE ({keys}) IN (SELECT ({keys}) FROM ({select}))", params
+            )
         kill_point("mid_enriched_write")
         con.execute(f"INSERT INTO {out} BY NAME {select}", params)
     counts = con.execute(

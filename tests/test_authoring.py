@@ -155,3 +155,97 @@ def test_schema_shipped_with_the_examples_is_current() -> None:
 
     shipped = json.loads((Path(__file__).parent.parent / "pipelines" / "schema.json").read_text())
     assert shipped == json_schema()
+
+
+def write_pipeline(project: Path, text: str) -> None:
+    (project / "pipelines" / "custom.yaml").write_text(text)
+
+
+CUSTOM = """\
+name: custom
+source:
+{source}
+request:
+  model: claude-haiku-4-5
+  max_tokens: 100
+{request}
+output:
+  table: custom_out
+{output}
+partitions:
+  start: 2026-11-01
+"""
+
+
+@pytest.mark.slow
+def test_where_columns_and_a_message_list(demo_db: Path, own_emulator: str) -> None:
+    write_pipeline(
+        demo_db,
+        CUSTOM.format(
+            source="  table: products\n  key: product_id\n  partition_column: added_on\n"
+            "  where: category = 'kitchen'\n  columns: [name]",
+            request="  prompt:\n    - {role: user, content: 'Name: {{ name }}'}\n"
+            "    - {role: assistant, content: 'Noted.'}\n"
+            "    - {role: user, content: 'Now describe {{ name }}'}",
+            output="  column: text",
+        ),
+    )
+    run_partition(pipeline("custom"), DAY, FAST)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb"), read_only=True) as con:
+        columns = [r[0] for r in con.execute("DESCRIBE custom_out").fetchall()]
+        rows = con.execute("SELECT name, text FROM custom_out").fetchall()
+        kitchen = con.execute(
+            "SELECT count(*) FROM products WHERE added_on = ? AND category = 'kitchen'", [DAY]
+        ).fetchone()[0]
+    assert columns[:3] == ["product_id", "name", "partition_date"]  # only the chosen columns
+    assert len(rows) == kitchen > 0
+    assert all(text == f"Emulated reply to: Now describe {name}" for name, text in rows)
+
+
+@pytest.mark.slow
+def test_a_query_reads_the_run_date_and_incremental_runs_take_new_rows(
+    demo_db: Path, own_emulator: str
+) -> None:
+    write_pipeline(
+        demo_db,
+        CUSTOM.format(
+            source='  query: "SELECT * FROM products WHERE added_on <= {{ partition_date }}"\n'
+            "  key: product_id",
+            request='  prompt: "Describe {{ name }}"',
+            output="  column: text",
+        ),
+    )
+    run_partition(pipeline("custom"), DAY, FAST)
+    first = query(demo_db, "SELECT count(*) FROM custom_out WHERE partition_date = ?", [DAY])
+    run_partition(pipeline("custom"), DAY + dt.timedelta(days=1), FAST)
+    counts = query(demo_db, "SELECT partition_date, count(*) FROM custom_out GROUP BY 1 ORDER BY 1")
+    # 11-01..11-03 added 90 rows; 11-04 takes only the 30 added that day
+    assert first == [(90,)] and counts == [(DAY, 90), (DAY + dt.timedelta(days=1), 30)]
+    assert query(demo_db, "SELECT count(DISTINCT product_id) FROM custom_out") == [(120,)]
+
+
+@pytest.mark.slow
+def test_append_mode_keeps_other_rows_and_never_duplicates(
+    demo_db: Path, own_emulator: str
+) -> None:
+    write_pipeline(
+        demo_db,
+        CUSTOM.format(
+            source="  table: products\n  key: product_id\n  partition_column: added_on",
+            request='  prompt: "Describe {{ name }}"',
+            output="  column: text\n  mode: append",
+        ),
+    )
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute(
+            "CREATE TABLE custom_out AS SELECT *, DATE '2026-10-01' AS partition_date, "
+            "'kept' AS text, 'succeeded' AS result_status, NULL::VARCHAR AS error_message, "
+            "0::BIGINT AS input_tokens, 0::BIGINT AS output_tokens, 0::DOUBLE AS cost_usd, "
+            "NULL::VARCHAR AS batch_id FROM products WHERE product_id = 1"
+        )
+    run_partition(pipeline("custom"), DAY, FAST)
+    run_partition(pipeline("custom"), DAY, FAST)
+    assert query(demo_db, "SELECT count(*), count(DISTINCT product_id) FROM custom_out") == [
+        (31, 31)
+    ]
+    assert query(demo_db, "SELECT text FROM custom_out WHERE product_id = 1") == [("kept",)]
