@@ -74,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate", help="check pipeline files against the warehouse; sends nothing"
     )
-    validate.add_argument("names", nargs="*", metavar="NAME")
+    validate.add_argument("names", nargs="*", metavar="FILE|NAME", help="default: every file")
+
+    new = sub.add_parser("new", help="write a starter pipeline file from a table's columns")
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--table", required=True, help="the DuckDB table to enrich")
+    new.set_defaults(handler=_new)
     validate.set_defaults(handler=_validate)
 
     from batchpipe.emulator.__main__ import add_arguments as emulator_arguments
@@ -207,13 +212,27 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from batchpipe import plan, warehouse
-    from batchpipe.loader import load_pipelines
+    from batchpipe.loader import load_file, load_pipelines
 
-    files = load_pipelines()
-    if args.names:
-        files = [pf for pf in files if pf.pipeline.name in args.names]
     problems: list[str] = []
+    files = []
+    paths = [Path(n) for n in args.names if n.endswith((".yaml", ".yml"))]
+    names = [n for n in args.names if not n.endswith((".yaml", ".yml"))]
+    for path in paths:
+        try:
+            files.append(load_file(path))
+        except ConfigError as err:
+            problems.extend(err.problems)
+        except OSError as err:
+            problems.append(f"{path}: {err.strerror}")
+    if names or not paths:
+        try:
+            every = load_pipelines()
+        except ConfigError as err:
+            raise ConfigError([*problems, *err.problems]) from None
+        files += [pf for pf in every if not names or pf.pipeline.name in names]
     with warehouse.connect(read_only=True) as con:
+        warehouse.shadow_missing_state_tables(con)
         for pf in files:
             try:
                 plan.resolve(pf, con)
@@ -222,6 +241,15 @@ def _validate(args: argparse.Namespace) -> int:
                 problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
+    return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from batchpipe.loader import pipelines_dir
+    from batchpipe.starter import write_starter
+
+    path = write_starter(args.name, args.table, pipelines_dir())
+    print(f"wrote {path}; edit its prompt, then: batchpipe validate {path}")
     return 0
 
 

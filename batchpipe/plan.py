@@ -162,10 +162,21 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
     """Check a pipeline against the warehouse; raise ConfigError naming file and line."""
     pipeline = pf.pipeline
     source = pipeline.source
+    request = pipeline.request
     try:
-        pricing.price(pipeline.request.model)
+        pricing.model(request.model)
     except ValueError as err:
         raise pf.error(("request", "model"), str(err)) from None
+    # What the API would refuse, refused here for free (it would fail a day later, per row).
+    refusals = pricing.check_request(
+        request.model,
+        max_tokens=request.max_tokens,
+        betas=request.betas or (),
+        thinking=request.thinking,
+    )
+    if refusals:
+        key = "max_tokens" if refusals[0].startswith("max_tokens") else "thinking"
+        raise pf.error(("request", key), "; ".join(refusals))
 
     if source.table is not None:
         source_sql = ".".join(quote_ident(p) for p in source.table.split("."))
@@ -229,7 +240,6 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
             f"the source already has column(s) {', '.join(clashes)}, which the output "
             f"table adds; rename them in a query, or choose another output.column",
         )
-    request = pipeline.request
     if request.prompt_file is not None:
         text = _read(pf, ("request", "prompt_file"), request.prompt_file)
         messages = [("user", _template(pf, ("request", "prompt_file"), text, available))]

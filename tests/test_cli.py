@@ -146,3 +146,16 @@ def test_a_wrong_api_key_is_a_clear_error_and_never_shown_or_stored(
     assert secret not in result.stdout + result.stderr
     stored = b"".join(p.read_bytes() for p in demo_db.rglob("*") if p.is_file())
     assert secret.encode() not in stored
+
+
+def test_new_writes_a_starter_that_validates(demo_db: Path) -> None:
+    made = batchpipe("new", "ticket_summary", "--table", "tickets")
+    assert made.returncode == 0, made.stderr
+    path = demo_db / "pipelines" / "ticket_summary.yaml"
+    text = path.read_text()
+    assert "key: ticket_id" in text and "partition_column: opened_on" in text
+    assert "start: 2026-11-01" in text and "{{ body }}" in text
+    checked = batchpipe("validate", str(path))
+    assert checked.returncode == 0 and "ok  ticket_summary" in checked.stdout
+    again = batchpipe("new", "ticket_summary", "--table", "tickets")
+    assert again.returncode == 1 and "already exists" in again.stderr
