@@ -211,26 +211,26 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Every problem of every file at once: one broken file does not hide another's."""
     from batchpipe import plan, warehouse
-    from batchpipe.loader import load_file, load_pipelines
+    from batchpipe.loader import load_file, pipelines_dir
 
+    paths = [Path(n) for n in args.names if n.endswith((".yaml", ".yml"))]
+    names = {n for n in args.names if not n.endswith((".yaml", ".yml"))}
+    if names or not paths:
+        paths += sorted(pipelines_dir().glob("*.y*ml"))
     problems: list[str] = []
     files = []
-    paths = [Path(n) for n in args.names if n.endswith((".yaml", ".yml"))]
-    names = [n for n in args.names if not n.endswith((".yaml", ".yml"))]
-    for path in paths:
+    for path in dict.fromkeys(paths):
         try:
-            files.append(load_file(path))
+            pf = load_file(path)
         except ConfigError as err:
             problems.extend(err.problems)
         except OSError as err:
             problems.append(f"{path}: {err.strerror}")
-    if names or not paths:
-        try:
-            every = load_pipelines()
-        except ConfigError as err:
-            raise ConfigError([*problems, *err.problems]) from None
-        files += [pf for pf in every if not names or pf.pipeline.name in names]
+        else:
+            if not names or pf.pipeline.name in names:
+                files.append(pf)
     with warehouse.connect(read_only=True) as con:
         warehouse.shadow_missing_state_tables(con)
         for pf in files:

@@ -81,7 +81,9 @@ def test_validate_reports_every_broken_file_and_costs_nothing(demo_db: Path) -> 
     result = batchpipe("validate")
 
     assert result.returncode == 1
-    assert f"{replies}:3:1: source.key: required key is missing" in result.stderr
+    assert f"{replies}:4:1: source.key: required key is missing" in result.stderr
+    assert f"{descriptions}:5:3: source.table: table 'nope' does not exist" in result.stderr
+    assert "ok  review_sentiment" in result.stdout  # the good files are still checked
     assert "Traceback" not in result.stderr
 
 
