@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,13 +75,7 @@ def load_file(path: Path) -> PipelineFile:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        if "{{" in line:
-            problem += ' (quote a value that starts with {{, e.g. prompt: "{{ name }} ...")'
-        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+        raise ConfigError([_yaml_problem(path, text, err)]) from None
     positions: dict[Path_, tuple[int, int]] = {}
     if node is not None:
         _collect_positions(node, (), positions)
@@ -91,6 +86,25 @@ def load_file(path: Path) -> PipelineFile:
     except ValidationError as err:
         raise ConfigError(_describe(err, path, positions, data)) from None
     return PipelineFile(path=path, pipeline=pipeline, positions=positions)
+
+
+def _yaml_problem(path: Path, text: str, err: yaml.YAMLError) -> str:
+    """Point at where the broken construct starts (an unclosed quote's opening line),
+    not where the parser gave up (often the end of the file)."""
+    problem_mark = getattr(err, "problem_mark", None)
+    context_mark = getattr(err, "context_mark", None)
+    context = getattr(err, "context", None) or ""
+    problem = getattr(err, "problem", None) or str(err)
+    mark = problem_mark
+    if context.startswith("while scanning") and context_mark and problem_mark:
+        mark = context_mark  # e.g. a quote never closed: its opening is what to fix
+        problem = f"{context}: {problem} (line {problem_mark.line + 1})"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    lines = text.splitlines()
+    line = lines[mark.line] if mark and mark.line < len(lines) else ""
+    if re.search(r":\s*\{\{", line):  # an unquoted template reads as a YAML mapping
+        problem += ' (quote a value that starts with {{, e.g. prompt: "{{ name }} ...")'
+    return f"{where}: not valid YAML: {problem}"
 
 
 def _collect_positions(node: yaml.Node, prefix: Path_, out: dict[Path_, tuple[int, int]]) -> None:

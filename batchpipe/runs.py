@@ -54,9 +54,9 @@ def run_partition(
             resources={"batchpipe": resource or BatchpipeResource(wait=True)},
             instance=dagster_instance,
             raise_on_error=False,
-            # The steps' own lines are printed below; Dagster's event log stays in the
-            # instance (and the UI) instead of flooding the terminal.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            # The steps' own lines (and a failure's message) are printed by the caller;
+            # Dagster's event log stays in the instance and the UI, not the terminal.
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             tags={"batchpipe/pipeline": pf.pipeline.name},
         )
     if not result.success:
@@ -91,6 +91,9 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
         step = materialization.asset_key.path[-1]
         meta = {k: v.value for k, v in materialization.metadata.items()}
         if step == "requests":
+            if meta["batchpipe/requests"] == 0:
+                day = result.dagster_run.tags.get("dagster/partition")
+                lines.append(f"requests:     no source rows fall on {day}")
             lines.append(
                 f"requests:     {meta['batchpipe/requests']} built, "
                 f"{meta['batchpipe/to_send']} to send, {meta['batchpipe/reused']} reused; "

@@ -26,6 +26,9 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> plan.RequestsSu
     with warehouse.connect() as con:
         resolved = plan.resolve(pf, con)
         summary = plan.build_requests(con, resolved, date)
+    if summary.requests == 0:
+        where = pf.pipeline.source.partition_column or "the incremental source"
+        log(f"no source rows fall on {date} (by {where}); nothing to send")
     log(
         f"{summary.requests} rows on {date}: {summary.to_send} request(s) to send, "
         f"{summary.reused} reused (answered before, or the same as another row's); "
