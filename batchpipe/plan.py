@@ -83,15 +83,27 @@ class Resolved:
         return ", ".join(f"{relation}.{quote_ident(c)}" for c in keep)
 
     def custom_id_sql(self, relation: str = "s") -> str:
-        """custom_id from the key: the key itself when it fits the API's rule, else a hash."""
+        """custom_id from the key: readable when it fits the API's rule, else a stable hash.
+
+        One key column: its value when it matches ^[a-zA-Z0-9_-]{1,64}$. Several: the values
+        joined by `_` when none contains `_` (so the join is unambiguous) and all fit.
+        batchpipe_requests keeps each id's key values either way.
+        """
         keys = [f"CAST({relation}.{quote_ident(k)} AS VARCHAR)" for k in self.key_columns]
+        hashed = f"'h-' || md5(CAST(to_json(list_value({', '.join(keys)})) AS VARCHAR))"
         if len(keys) == 1:
-            k = keys[0]
-            return (
-                f"CASE WHEN regexp_full_match({k}, '{CUSTOM_ID_PATTERN}') "
-                f"THEN {k} ELSE 'h-' || md5({k}) END"
-            )
-        return f"'h-' || md5(CAST(to_json(list_value({', '.join(keys)})) AS VARCHAR))"
+            readable, fits = keys[0], f"regexp_full_match({keys[0]}, '{CUSTOM_ID_PATTERN}')"
+        else:
+            readable = " || '_' || ".join(keys)
+            parts = " AND ".join(f"regexp_full_match({k}, '[a-zA-Z0-9-]+')" for k in keys)
+            fits = f"({parts} AND length({readable}) <= 64)"
+        return f"CASE WHEN coalesce({fits}, false) THEN {readable} ELSE {hashed} END"
+
+    def key_values_sql(self, relation: str = "s") -> str:
+        pairs = ", ".join(
+            f"{quote_ident(k)} := {relation}.{quote_ident(k)}" for k in self.key_columns
+        )
+        return f"to_json(struct_pack({pairs}))"
 
     @property
     def key_columns(self) -> list[str]:
@@ -324,10 +336,13 @@ def build_requests(
         con.execute(
             f"""
             INSERT INTO batchpipe_requests
+                (pipeline, partition_date, custom_id, request_hash, params, input_chars,
+                 key_values)
             SELECT ?, ?, custom_id, md5(CAST(params AS VARCHAR)), params,
-                   length(CAST(params AS VARCHAR))
+                   length(CAST(params AS VARCHAR)), key_values
             FROM (
-                SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params
+                SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params,
+                       {resolved.key_values_sql()} AS key_values
                 FROM ({resolved.partition_rows_sql()}) AS s
             )
             """,

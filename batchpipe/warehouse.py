@@ -27,8 +27,10 @@ CREATE TABLE IF NOT EXISTS batchpipe_requests (
     custom_id VARCHAR NOT NULL,
     request_hash VARCHAR NOT NULL,   -- md5 of params: identical requests are sent once
     params JSON NOT NULL,
-    input_chars BIGINT NOT NULL
+    input_chars BIGINT NOT NULL,
+    key_values JSON                  -- the row's key, whatever its custom_id looks like
 );
+ALTER TABLE batchpipe_requests ADD COLUMN IF NOT EXISTS key_values JSON;
 -- One row per batch create call, written BEFORE the call (state 'submitting')
 -- and updated with the batch id right after it: a crash between the two is
 -- reconciled through the list endpoint, never answered by submitting again.

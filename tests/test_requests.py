@@ -87,12 +87,20 @@ def test_rebuilding_a_partition_replaces_its_requests(demo_db: Path) -> None:
     assert summary.requests == len(rows) == 30
 
 
-def test_a_list_of_key_columns_gives_stable_distinct_custom_ids(demo_db: Path) -> None:
+def test_a_list_of_key_columns_gives_readable_ids_and_keeps_the_mapping(demo_db: Path) -> None:
     path = demo_db / "pipelines" / "product_descriptions.yaml"
     path.write_text(path.read_text().replace("key: product_id ", "key: [category, product_id]"))
     _, first = build(demo_db)
     _, second = build(demo_db)
+    assert first == second  # stable
     ids = [custom_id for custom_id, _ in first]
-    assert len(set(ids)) == len(ids) == 30
-    assert all(i.startswith("h-") and len(i) <= 64 for i in ids)
-    assert first == second
+    assert len(set(ids)) == 30 and "kitchen_2" in ids
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute("UPDATE products SET category = 'home & garden' WHERE product_id = 2")
+        (mapping,) = con.execute(
+            "SELECT key_values FROM batchpipe_requests WHERE custom_id = 'kitchen_2'"
+        ).fetchone()
+    assert json.loads(mapping) == {"category": "kitchen", "product_id": 2}
+    _, third = build(demo_db)
+    hashed = [i for i, _ in third if not i.startswith("kitchen_")]
+    assert len(hashed) == 1 and hashed[0].startswith("h-")  # '&' and ' ' do not fit the rule
