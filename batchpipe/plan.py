@@ -314,10 +314,8 @@ class RequestsSummary:
 
 def register_templates(con: duckdb.DuckDBPyConnection, resolved: Resolved) -> None:
     """Templates that need Jinja render through a function registered on the connection."""
-    register = getattr(templates, "register", None)
-    if register is not None:
-        for template in resolved.templates:
-            register(con, template)
+    for template in resolved.templates:
+        templates.register(con, template)
 
 
 def build_requests(
@@ -333,6 +331,17 @@ def build_requests(
             "DELETE FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
             [name, date],
         )
+        _insert_requests(con, resolved, date)
+    (requests,) = con.execute(
+        "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
+        [name, date],
+    ).fetchone()
+    to_send, estimate = estimate_pending(con, resolved.file, date)
+    return RequestsSummary(requests=requests, to_send=to_send, estimate=estimate)
+
+
+def _insert_requests(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
+    try:
         con.execute(
             f"""
             INSERT INTO batchpipe_requests
@@ -341,19 +350,19 @@ def build_requests(
             SELECT ?, ?, custom_id, md5(CAST(params AS VARCHAR)), params,
                    length(CAST(params AS VARCHAR)), key_values
             FROM (
-                SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params,
+                SELECT {resolved.custom_id_sql()} AS custom_id,
+                       {resolved.params_sql()} AS params,
                        {resolved.key_values_sql()} AS key_values
                 FROM ({resolved.partition_rows_sql()}) AS s
             )
             """,
-            [name, date],
+            [resolved.name, date],
         )
-    (requests,) = con.execute(
-        "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
-        [name, date],
-    ).fetchone()
-    to_send, estimate = estimate_pending(con, resolved.file, date)
-    return RequestsSummary(requests=requests, to_send=to_send, estimate=estimate)
+    except duckdb.Error as err:
+        # A Jinja template can fail on one row's values (a comparison with NULL, say).
+        first = str(err).strip().splitlines()[0]
+        key = ("request", "prompt") if resolved.file.pipeline.request.prompt else ("request",)
+        raise resolved.file.error(key, f"rendering the requests failed: {first}") from None
 
 
 # Errors worth sending again: the request was fine, the service was not.

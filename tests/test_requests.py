@@ -104,3 +104,32 @@ def test_a_list_of_key_columns_gives_readable_ids_and_keeps_the_mapping(demo_db:
     _, third = build(demo_db)
     hashed = [i for i, _ in third if not i.startswith("kitchen_")]
     assert len(hashed) == 1 and hashed[0].startswith("h-")  # '&' and ' ' do not fit the rule
+
+
+def test_sql_and_jinja_templates_build_the_same_requests(demo_db: Path) -> None:
+    """The fast path (one SQL expression) and the Jinja fallback agree request for request."""
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    original = path.read_text()
+    simple = "\"Describe {{ name | upper }} for {{ category | default('all') }}: {{ price }}\""
+    path.write_text(original.replace(original.split("prompt: ")[1].split("\n")[0], simple))
+    _, fast = build(demo_db)
+    jinja = (
+        "\"{% if true %}Describe {{ name | upper }} for {{ category | default('all') }}"
+        ': {{ price }}{% endif %}"'
+    )
+    path.write_text(original.replace(original.split("prompt: ")[1].split("\n")[0], jinja))
+    _, slow = build(demo_db)
+    assert fast == slow and len(fast) == 30
+    texts = [json.loads(params)["messages"][0]["content"] for _, params in fast]
+    assert any(t.startswith("Describe CINDER LAMP MK 1 for kitchen: ") for t in texts)
+
+
+def test_a_row_that_breaks_a_jinja_template_names_the_file(demo_db: Path) -> None:
+    path = demo_db / "pipelines" / "product_descriptions.yaml"
+    text = path.read_text()
+    prompt = text.split("prompt: ")[1].split("\n")[0]
+    path.write_text(text.replace(prompt, "\"{% if price > 'x' %}a{% endif %}\""))
+    with pytest.raises(
+        ConfigError, match=r"product_descriptions\.yaml:13:3: request\.prompt: rendering"
+    ):
+        build(demo_db)
