@@ -9,6 +9,7 @@ anything is sent, so a mistake costs nothing.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import duckdb
 
 from batchpipe import pricing, schema, templates, warehouse
+from batchpipe.errors import ConfigError
 from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident, sql_string
 
@@ -171,110 +173,168 @@ def constant_params(pf: PipelineFile) -> dict[str, Any]:
 
 
 def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
-    """Check a pipeline against the warehouse; raise ConfigError naming file and line."""
-    pipeline = pf.pipeline
-    source = pipeline.source
-    request = pipeline.request
+    """Check a pipeline against the warehouse; raise one ConfigError listing every problem,
+    each naming file and line."""
+    problems: list[str] = []
+
+    def problem(key: tuple, message: str) -> None:
+        problems.extend(pf.error(key, message).problems)
+
+    request = pf.pipeline.request
     try:
         pricing.model(request.model)
     except ValueError as err:
-        raise pf.error(("request", "model"), str(err)) from None
-    # What the API would refuse, refused here for free (it would fail a day later, per row).
-    refusals = pricing.check_request(
-        request.model,
-        max_tokens=request.max_tokens,
-        betas=request.betas or (),
-        thinking=request.thinking,
-    )
-    if refusals:
-        key = "max_tokens" if refusals[0].startswith("max_tokens") else "thinking"
-        raise pf.error(("request", key), "; ".join(refusals))
+        problem(("request", "model"), str(err))
+    else:
+        # What the API would refuse, refused here for free (it would fail a day later, per row).
+        for refusal in pricing.check_request(
+            request.model,
+            max_tokens=request.max_tokens,
+            betas=request.betas or (),
+            thinking=request.thinking,
+        ):
+            problem(
+                ("request", "max_tokens" if refusal.startswith("max_tokens") else "thinking"),
+                refusal,
+            )
 
+    source_sql, columns = _describe_source(pf, con, problem)
+    available = list(columns)
+    if columns:
+        _check_source_columns(pf, con, source_sql, columns, problem)
+
+    messages: list[tuple[str, templates.Template]] = []
+    system: list[tuple[templates.Template, bool | str]] | None = None
+    try:
+        messages, system = _templates(pf, available if columns else None)
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return Resolved(pf, source_sql, columns, messages, system)
+
+
+def _describe_source(pf: PipelineFile, con: duckdb.DuckDBPyConnection, problem) -> tuple[str, dict]:
+    """The source as a SQL relation and its columns ({} when it cannot be read)."""
+    source = pf.pipeline.source
     if source.table is not None:
         source_sql = ".".join(quote_ident(p) for p in source.table.split("."))
         try:
-            columns = warehouse.describe(con, source_sql)
+            return source_sql, warehouse.describe(con, source_sql)
         except duckdb.CatalogException:
-            known = ", ".join(warehouse.table_names(con)) or "none"
-            raise pf.error(
+            known = warehouse.table_names(con)
+            close = difflib.get_close_matches(source.table, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problem(
                 ("source", "table"),
-                f"table {source.table!r} does not exist in {warehouse.database()} "
-                f"(tables: {known})",
-            ) from None
-    else:
-        query = re.sub(r"\{\{\s*partition_date\s*\}\}", RUN_DATE, source.query)
-        source_sql = f"({query})"
-        try:
-            if not con.execute("SELECT getvariable('batchpipe_date')").fetchone()[0]:
-                bind_date(con, pipeline.partitions.start)  # any date will do to describe
-            columns = warehouse.describe(con, source_sql)
-        except duckdb.Error as err:
-            first = str(err).strip().splitlines()[0]
-            raise pf.error(("source", "query"), f"the query fails in DuckDB: {first}") from None
+                f"table {source.table!r} does not exist in {warehouse.database()}{hint} "
+                f"(tables: {', '.join(known) or 'none'})",
+            )
+            return source_sql, {}
+    query = re.sub(r"\{\{\s*partition_date\s*\}\}", RUN_DATE, source.query or "")
+    source_sql = f"({query})"
+    try:
+        if not con.execute("SELECT getvariable('batchpipe_date')").fetchone()[0]:
+            bind_date(con, pf.pipeline.partitions.start)  # any date will do to describe
+        return source_sql, warehouse.describe(con, source_sql)
+    except duckdb.Error as err:
+        first = str(err).strip().splitlines()[0]
+        problem(("source", "query"), f"the query fails in DuckDB: {first}")
+        return source_sql, {}
 
+
+def _check_source_columns(
+    pf: PipelineFile, con: duckdb.DuckDBPyConnection, source_sql: str, columns: dict, problem
+) -> None:
+    source = pf.pipeline.source
     available = list(columns)
     for index, key in enumerate(source.key_columns):
         if key not in columns:
             where = ("source", "key") if isinstance(source.key, str) else ("source", "key", index)
-            raise pf.error(where, f"key column {key!r} is not in the source ({_list(available)})")
+            problem(where, f"key column {key!r} is not in the source{_hint(key, available)}")
     for index, column in enumerate(source.columns or []):
         if column not in columns:
-            raise pf.error(
+            problem(
                 ("source", "columns", index),
-                f"column {column!r} is not in the source ({_list(available)})",
+                f"column {column!r} is not in the source{_hint(column, available)}",
             )
     if source.where:
         try:
             con.execute(f"EXPLAIN SELECT * FROM {source_sql} AS s WHERE {source.where}")
         except duckdb.Error as err:
             first = str(err).strip().splitlines()[0]
-            raise pf.error(("source", "where"), f"the filter fails in DuckDB: {first}") from None
-    if source.partition_column is None:
-        pass
-    elif source.partition_column not in columns:
-        raise pf.error(
+            problem(("source", "where"), f"the filter fails in DuckDB: {first}")
+    partition = source.partition_column
+    if partition is not None and partition not in columns:
+        problem(
             ("source", "partition_column"),
-            f"column {source.partition_column!r} is not in the source ({_list(available)})",
+            f"column {partition!r} is not in the source{_hint(partition, available)}",
         )
-    elif columns[source.partition_column].upper() not in DATE_TYPES:
-        raise pf.error(
+    elif partition is not None and columns[partition].upper() not in DATE_TYPES:
+        problem(
             ("source", "partition_column"),
-            f"column {source.partition_column!r} is {columns[source.partition_column]}; "
-            "expected DATE or TIMESTAMP",
+            f"column {partition!r} is {columns[partition]}; expected DATE or TIMESTAMP",
         )
-    added = list(pipeline.output.fields or [pipeline.output.column])
-    if pipeline.output.fields:
+    output = pf.pipeline.output
+    added = list(output.fields or [output.column])
+    if output.fields:
         added.append("parse_error")
     clashes = [c for c in (*RESULT_COLUMNS, *added) if c in columns]
     if clashes:
-        raise pf.error(
+        problem(
             ("output", "column"),
             f"the source already has column(s) {', '.join(clashes)}, which the output "
             f"table adds; rename them in a query, or choose another output.column",
         )
+
+
+def _hint(name: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{guess} (columns: {', '.join(available)})"
+
+
+def _templates(pf: PipelineFile, available: list[str] | None) -> tuple[list, list | None]:
+    """Parse every template; with `available` None (no readable source), syntax only."""
+    request = pf.pipeline.request
+    problems: list[str] = []
+
+    def template(key: tuple, text: str) -> templates.Template | None:
+        try:
+            return _template(pf, key, text, available)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            return None
+
     if request.prompt_file is not None:
         text = _read(pf, ("request", "prompt_file"), request.prompt_file)
-        messages = [("user", _template(pf, ("request", "prompt_file"), text, available))]
+        messages = [("user", template(("request", "prompt_file"), text))]
     elif isinstance(request.prompt, str):
-        messages = [("user", _template(pf, ("request", "prompt"), request.prompt, available))]
+        messages = [("user", template(("request", "prompt"), request.prompt))]
     else:
         messages = [
-            (m.role, _template(pf, ("request", "prompt", i, "content"), m.content, available))
-            for i, m in enumerate(request.prompt)
+            (m.role, template(("request", "prompt", i, "content"), m.content))
+            for i, m in enumerate(request.prompt or [])
         ]
     system = None
     if request.system_file is not None:
         text = _read(pf, ("request", "system_file"), request.system_file)
-        system = [(_template(pf, ("request", "system_file"), text, available), False)]
+        system = [(template(("request", "system_file"), text), False)]
     elif isinstance(request.system, str):
-        system = [(_template(pf, ("request", "system"), request.system, available), False)]
+        system = [(template(("request", "system"), request.system), False)]
     elif request.system is not None:
         system = []
         for i, block in enumerate(request.system):
             where = ("request", "system", i, "text" if block.text is not None else "file")
-            text = block.text if block.text is not None else _read(pf, where, block.file or "")
-            system.append((_template(pf, where, text, available), block.cache))
-    return Resolved(pf, source_sql, columns, messages, system)
+            try:
+                text = block.text if block.text is not None else _read(pf, where, block.file or "")
+            except ConfigError as err:
+                problems.extend(err.problems)
+                continue
+            system.append((template(where, text), block.cache))
+    if problems:
+        raise ConfigError(problems)
+    return messages, system
 
 
 def _read(pf: PipelineFile, key: tuple, name: str) -> str:
@@ -287,18 +347,15 @@ def _read(pf: PipelineFile, key: tuple, name: str) -> str:
 
 
 def _template(
-    pf: PipelineFile, key: tuple[str, ...], text: str, available: list[str]
+    pf: PipelineFile, key: tuple, text: str, available: list[str] | None
 ) -> templates.Template:
     try:
         template = templates.parse(text)
-        templates.check_columns(template, available)
+        if available is not None:
+            templates.check_columns(template, available)
     except templates.TemplateError as err:
         raise pf.error(key, str(err)) from None
     return template
-
-
-def _list(columns: list[str]) -> str:
-    return "columns: " + ", ".join(columns)
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,19 @@ def test_unknown_model_is_refused_before_sending(demo_db: Path) -> None:
     message = resolve_problem(demo_db, GOOD.replace("claude-haiku-4-5", "claude-haiku-4.5"))
     assert ":7:3: request.model: unknown model 'claude-haiku-4.5'" in message
     assert "did you mean 'claude-haiku-4-5'?" in message
+
+
+def test_every_warehouse_problem_of_a_file_is_reported_at_once(demo_db: Path) -> None:
+    text = (
+        GOOD.replace("key: product_id", "key: product_di")
+        .replace("{{ category }}", "{{ colour }}")
+        .replace("claude-haiku-4-5", "claude-haiku-4.5")
+    )
+    message = resolve_problem(demo_db, text)
+    path = demo_db / "p.yaml"
+    assert f"{path}:7:3: request.model: unknown model 'claude-haiku-4.5'" in message
+    assert (
+        f"{path}:4:3: source.key: key column 'product_di' is not in the source; did you "
+        "mean 'product_id'?" in message
+    )
+    assert f"{path}:10:3: request.prompt: {{{{ colour }}}} is not a column" in message
