@@ -35,17 +35,30 @@ def _usage(field: str) -> str:
 
 
 def _cost_sql(model: str, *, batch: bool) -> str:
-    p = pricing.price(model)
+    """USD of a result line from its usage, in SQL; a tiered model (Haiku 5.5 above 100k
+    prompt tokens) bills the whole request at the tier its prompt falls in."""
+    info = pricing.model(model)
     f = pricing.price_list().batch_discount if batch else 1.0
     hour = _usage("cache_creation.ephemeral_1h_input_tokens")
-    return (
-        f"({_usage('input_tokens')} * {p.input * f} "
-        # cache writes: 1-hour ones cost more than 5-minute ones
-        f"+ ({_usage('cache_creation_input_tokens')} - {hour}) * {p.cache_write_5m * f} "
-        f"+ {hour} * {p.cache_write_1h * f} "
-        f"+ {_usage('cache_read_input_tokens')} * {p.cache_read * f} "
-        f"+ {_usage('output_tokens')} * {p.output * f}) / 1e6"
+    prompt = (
+        f"({_usage('input_tokens')} + {_usage('cache_creation_input_tokens')} "
+        f"+ {_usage('cache_read_input_tokens')})"
     )
+
+    def at(p: pricing.Price) -> str:
+        return (
+            f"({_usage('input_tokens')} * {p.input * f} "
+            # cache writes: 1-hour ones cost more than 5-minute ones
+            f"+ ({_usage('cache_creation_input_tokens')} - {hour}) * {p.cache_write_5m * f} "
+            f"+ {hour} * {p.cache_write_1h * f} "
+            f"+ {_usage('cache_read_input_tokens')} * {p.cache_read * f} "
+            f"+ {_usage('output_tokens')} * {p.output * f}) / 1e6"
+        )
+
+    cost = at(info.prices)
+    for tier in sorted(info.tiers, key=lambda t: t.above_prompt_tokens):
+        cost = f"CASE WHEN {prompt} > {tier.above_prompt_tokens} THEN {at(tier)} ELSE {cost} END"
+    return cost
 
 
 def load_results_file(

@@ -195,3 +195,40 @@ def test_cost_sql_switches_tier_on_the_input_column() -> None:
     sql = pricing.cost_sql("claude-haiku-5-5", "i", "o", batch=False)
     rows = duckdb.sql(f"SELECT {sql} FROM (VALUES (100000, 0), (100001, 0)) t(i, o)").fetchall()
     assert [round(usd, 6) for (usd,) in rows] == [0.01, 0.050001]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "usage"),
+    [
+        ("claude-haiku-5-5", {"input_tokens": 1000, "output_tokens": 200}),
+        ("claude-haiku-5-5", {"input_tokens": 150_000, "output_tokens": 200}),  # long tier
+        (
+            "claude-sonnet-5-5",
+            {
+                "input_tokens": 100,
+                "output_tokens": 50,
+                "cache_creation_input_tokens": 3000,
+                "cache_read_input_tokens": 2000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 1000,
+                    "ephemeral_1h_input_tokens": 2000,
+                },
+            },
+        ),
+    ],
+)
+def test_the_sql_that_costs_result_lines_agrees_with_cost_usd(model_id: str, usage: dict) -> None:
+    """Results are costed in SQL, a million lines at once; it must bill as cost_usd does."""
+    import json
+
+    import duckdb
+
+    from batchpipe.results import _cost_sql
+
+    line = json.dumps({"type": "succeeded", "message": {"usage": usage}})
+    for batch in (True, False):
+        (got,) = duckdb.execute(
+            f"SELECT {_cost_sql(model_id, batch=batch)} FROM (SELECT ?::JSON AS result) AS j",
+            [line],
+        ).fetchone()
+        assert got == pytest.approx(pricing.cost_usd(model_id, usage, batch=batch))
