@@ -33,37 +33,45 @@ def _spec(model_id: str, created: str = EPOCH, **kwargs: Any) -> ModelSpec:
     return ModelSpec(model_id, name, created, **kwargs)
 
 
+def _limits(model_id: str) -> dict[str, Any]:
+    """Caps and thinking behaviour from batchpipe's model table (batchpipe/prices.yaml),
+    the one place these facts are kept, so `batchpipe validate` and the emulator refuse
+    the same things. A retired model keeps the emulator's defaults."""
+    from batchpipe import models
+
+    try:
+        info = models.model(model_id)
+    except ValueError:
+        return {}
+    return {
+        "max_output": info.max_output,
+        "output_300k": info.max_output_batch_beta is not None,
+        "always_thinks": info.always_thinks,
+        "adaptive_only": "manual_thinking" in info.refuses,
+    }
+
+
 # The SDK's Model literal (research §7.4, unchanged in SDK 2.14); dated ids are aliases.
+_RELEASED = {
+    "claude-fable-5-2": "2026-11-09T00:00:00Z",
+    "claude-haiku-5-5": "2026-10-07T00:00:00Z",
+    "claude-opus-5-5": "2026-09-22T00:00:00Z",
+    "claude-haiku-4-5": "2025-10-01T00:00:00Z",
+    "claude-haiku-4-5-20251001": "2025-10-01T00:00:00Z",
+    "claude-opus-4-5": "2025-11-01T00:00:00Z",
+    "claude-opus-4-5-20251101": "2025-11-01T00:00:00Z",
+    "claude-sonnet-4-5": "2025-09-29T00:00:00Z",
+    "claude-sonnet-4-5-20250929": "2025-09-29T00:00:00Z",
+}
+_IDS = (
+    "claude-fable-5-2", "claude-mythos-5-2", "claude-haiku-5-5", "claude-sonnet-5-5",
+    "claude-opus-5-5", "claude-fable-5-1", "claude-mythos-5-1", "claude-sonnet-5",
+    "claude-fable-5", "claude-mythos-5", "claude-opus-5", "claude-opus-4-8", "claude-opus-4-7",
+    "claude-mythos-preview", "claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001", "claude-opus-4-5", "claude-opus-4-5-20251101",
+    "claude-sonnet-4-5", "claude-sonnet-4-5-20250929",
+)  # fmt: skip
 MODELS: dict[str, ModelSpec] = {
-    spec.id: spec
-    for spec in [
-        _spec("claude-fable-5-2", "2026-11-09T00:00:00Z"),
-        _spec("claude-mythos-5-2"),
-        _spec("claude-haiku-5-5", "2026-10-07T00:00:00Z"),
-        _spec("claude-sonnet-5-5", always_thinks=True),
-        _spec(
-            "claude-opus-5-5",
-            "2026-09-22T00:00:00Z",
-            output_300k=True,
-            always_thinks=True,
-            adaptive_only=True,
-        ),
-        _spec("claude-fable-5-1", always_thinks=True),
-        _spec("claude-mythos-5-1"),
-        _spec("claude-sonnet-5", output_300k=True),
-        _spec("claude-fable-5"),
-        _spec("claude-mythos-5"),
-        _spec("claude-opus-5", output_300k=True),
-        _spec("claude-opus-4-8", output_300k=True),
-        _spec("claude-opus-4-7", output_300k=True),
-        _spec("claude-mythos-preview"),
-        _spec("claude-opus-4-6", output_300k=True),
-        _spec("claude-sonnet-4-6", output_300k=True),
-        _spec("claude-haiku-4-5", "2025-10-01T00:00:00Z", max_output=64_000),
-        _spec("claude-haiku-4-5-20251001", "2025-10-01T00:00:00Z", max_output=64_000),
-        _spec("claude-opus-4-5", "2025-11-01T00:00:00Z"),
-        _spec("claude-opus-4-5-20251101", "2025-11-01T00:00:00Z"),
-        _spec("claude-sonnet-4-5", "2025-09-29T00:00:00Z"),
-        _spec("claude-sonnet-4-5-20250929", "2025-09-29T00:00:00Z"),
-    ]
+    model_id: _spec(model_id, _RELEASED.get(model_id, EPOCH), **_limits(model_id))
+    for model_id in _IDS
 }
