@@ -57,3 +57,31 @@ def ledger(url: str) -> list[dict]:
     """What the emulator billed: one entry per succeeded request."""
     with urllib.request.urlopen(f"{url}/_emulator/ledger", timeout=5) as response:
         return json.loads(response.read())["data"]
+
+
+def batchpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a person runs it: a new process, its output and exit status."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "batchpipe", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def pipeline(name: str = "product_descriptions"):
+    """A pipeline file of the test's project (BATCHPIPE_PIPELINES), by name."""
+    from batchpipe.loader import load_pipelines
+
+    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
+
+
+def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Read the test project's warehouse, read-only, as an analyst would."""
+    import duckdb
+
+    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()

@@ -16,21 +16,12 @@ import pytest
 from batchpipe import plan
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.errors import ConfigError
-from batchpipe.loader import load_file, load_pipelines
+from batchpipe.loader import load_file
 from batchpipe.runs import run_partition
-from tests.support import ledger, start_emulator
+from tests.support import ledger, pipeline, query, start_emulator
 
 DAY = dt.date(2026, 11, 3)
 FAST = BatchpipeResource(poll_seconds=0.05, wait=True)
-
-
-def pipeline(name: str):
-    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
-
-
-def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 @pytest.fixture

@@ -4,27 +4,14 @@ expected, exits 1, shows no traceback, and costs nothing."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ledger
+from tests.support import batchpipe, ledger
 
 CORPUS = Path(__file__).parent / "bad_pipelines"
 CASES = sorted(CORPUS.glob("*.yaml"))
-
-
-def batchpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "batchpipe", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])

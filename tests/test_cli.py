@@ -11,21 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ledger, start_emulator
+from tests.support import batchpipe, ledger, start_emulator
 
 pytestmark = pytest.mark.slow
 
 DAY = "2026-11-03"
-
-
-def batchpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "batchpipe", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def test_run_without_key_starts_an_emulator_once_and_reuses_it(demo_db: Path) -> None:

@@ -13,23 +13,13 @@ import pytest
 
 from batchpipe import steps
 from batchpipe.defs.resources import BatchpipeResource
-from batchpipe.loader import load_pipelines
 from batchpipe.runs import run_partition
-from tests.support import ledger, start_emulator
+from tests.support import ledger, pipeline, query, start_emulator
 
 pytestmark = pytest.mark.slow
 
 DAY = dt.date(2026, 11, 3)
 FAST = BatchpipeResource(poll_seconds=0.1, wait=True)
-
-
-def pipeline(name: str = "product_descriptions"):
-    return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
-
-
-def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 def upstream_batches(url: str) -> list[str]:
