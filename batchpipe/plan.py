@@ -488,11 +488,16 @@ def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.dat
     keys = ", ".join(f"s.{quote_ident(k)}" for k in resolved.key_columns)
     null_test = " OR ".join(f"s.{quote_ident(k)} IS NULL" for k in resolved.key_columns)
     rows_sql = resolved.partition_rows_sql()
-    nulls = con.execute(f"SELECT count(*) FROM ({rows_sql}) s WHERE {null_test}")
-    null_count = nulls.fetchone()[0]
-    if null_count:
+    nulls = con.execute(
+        f"SELECT count(*) OVER (), CAST(to_json(s) AS VARCHAR) FROM ({rows_sql}) s "
+        f"WHERE {null_test} LIMIT 3"
+    ).fetchall()
+    if nulls:
+        examples = "; ".join(row[1][:120] for row in nulls)
         raise resolved.file.error(
-            ("source", "key"), f"{null_count} row(s) of {date} have a NULL key; keys must be set"
+            ("source", "key"),
+            f"{nulls[0][0]} row(s) of {date} have a NULL key; keys must be set. "
+            f"For example: {examples}",
         )
     dupes = con.execute(
         f"SELECT {keys}, count(*) AS n FROM ({rows_sql}) s GROUP BY ALL HAVING n > 1 "

@@ -240,3 +240,28 @@ def test_append_mode_keeps_other_rows_and_never_duplicates(
         (31, 31)
     ]
     assert query(demo_db, "SELECT text FROM custom_out WHERE product_id = 1") == [("kept",)]
+
+
+@pytest.mark.slow
+def test_options_a_jinja_template_and_a_prompt_file_through_a_real_run(
+    demo_db: Path, own_emulator: str
+) -> None:
+    (demo_db / "pipelines" / "describe.txt").write_text(
+        "{% if price > 100 %}Premium: {% endif %}Describe {{ name | lower }}"
+    )
+    write_pipeline(
+        demo_db,
+        CUSTOM.format(
+            source="  table: products\n  key: product_id\n  partition_column: added_on",
+            request="  prompt_file: describe.txt\n  effort: low\n  stop_sequences: [ZZZ]\n"
+            "  inference_geo: us\n  metadata: {user_id: analyst-7}\n"
+            "  betas: [output-300k-2026-03-24]",
+            output="  column: text",
+        ),
+    )
+    run_partition(pipeline("custom"), DAY, FAST)
+    rows = query(demo_db, "SELECT name, price, text, result_status FROM custom_out")
+    assert len(rows) == 30 and {status for *_, status in rows} == {"succeeded"}
+    for name, price, text, _ in rows:
+        premium = "Premium: " if price > 100 else ""
+        assert text == f"Emulated reply to: {premium}Describe {name.lower()}"

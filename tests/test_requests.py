@@ -133,3 +133,13 @@ def test_a_row_that_breaks_a_jinja_template_names_the_file(demo_db: Path) -> Non
         ConfigError, match=r"product_descriptions\.yaml:13:3: request\.prompt: rendering"
     ):
         build(demo_db)
+
+
+def test_null_keys_are_refused_with_examples(demo_db: Path) -> None:
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute("UPDATE products SET product_id = NULL WHERE product_id IN (2, 12)")
+    with pytest.raises(ConfigError) as caught:
+        build(demo_db)
+    message = str(caught.value)
+    assert "source.key: 2 row(s) of 2026-11-03 have a NULL key; keys must be set." in message
+    assert '"name":"Cinder Lamp Mk 1"' in message
