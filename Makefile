@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install demo test test-fast dev bench-emulator lint format lock clean
+.PHONY: install demo test test-fast dev bench bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ test-fast: install
 dev: install
 	$(BIN)/batchpipe demo-data
 	$(BIN)/batchpipe dev
+
+# One partition end to end against bare DuckDB baselines, recorded in bench/RESULTS.md.
+ROWS ?= 100000
+bench: install
+	$(BIN)/python bench/pipeline.py --rows $(ROWS) --write bench/RESULTS.md
 
 # Emulator throughput (requests accepted/s, result lines served/s), recorded in bench/RESULTS.md.
 bench-emulator: install
