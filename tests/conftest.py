@@ -26,6 +26,26 @@ def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def private_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Start an emulator of the test's own (so its ledger holds only this test's charges)
+    with the given flags, and point ANTHROPIC_BASE_URL at it; stopped after the test."""
+    started = []
+
+    def start(*flags: str, latency: float = 0.2) -> str:
+        process, url = start_emulator(
+            tmp_path / f"emulator-{len(started)}", latency=latency, extra_args=flags
+        )
+        started.append(process)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        return url
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the example pipelines and an empty warehouse, wired through the environment."""
     pipelines = tmp_path / "pipelines"

@@ -18,19 +18,15 @@ from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query, start_emulator
+from tests.support import ledger, pipeline, query
 
 DAY = dt.date(2026, 11, 3)
 FAST = BatchpipeResource(poll_seconds=0.05, wait=True)
 
 
 @pytest.fixture
-def own_emulator(demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    process, url = start_emulator(tmp_path / "emulator", latency=0.1)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+def own_emulator(demo_db: Path, private_emulator) -> str:
+    return private_emulator(latency=0.1)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import anthropic
 import duckdb
 import pytest
 
-from tests.support import ledger, start_emulator
+from tests.support import ledger
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +41,9 @@ def rows(project: Path) -> list[tuple]:
 
 
 @pytest.fixture
-def emulator(demo_db: Path, tmp_path: Path):
-    process, url = start_emulator(tmp_path / "emulator", latency=0.2)
-    yield url, {"ANTHROPIC_BASE_URL": url}
-    process.terminate()
-    process.wait(timeout=10)
+def emulator(demo_db: Path, private_emulator) -> tuple[str, dict[str, str]]:
+    url = private_emulator()
+    return url, {"ANTHROPIC_BASE_URL": url}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from batchpipe import steps
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query, start_emulator
+from tests.support import ledger, pipeline, query
 
 pytestmark = pytest.mark.slow
 
@@ -95,44 +95,39 @@ def test_a_partition_run_replaces_only_its_own_rows(demo_db: Path, emulator: str
 
 
 def test_an_interrupted_submission_is_adopted_not_sent_again(
-    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo_db: Path, private_emulator
 ) -> None:
     """A crash between the create call and recording its id leaves an intent row without a
     batch id; the next run finds the batch through the list endpoint instead of paying twice."""
-    process, url = start_emulator(tmp_path / "own-emulator", latency=0.2)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-    try:
-        pf = pipeline()
-        steps.build_requests(pf, DAY, print)
-        with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-            # The state a run leaves when it dies right after the create call went out.
-            con.execute(
-                "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash "
-                "FROM batchpipe_requests"
-            )
-            con.execute(
-                "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-                "request_count, model, intent_at) VALUES ('crashed', ?, ?, 'submitting', 30, "
-                "'claude-haiku-4-5', now()::TIMESTAMP)",
-                [pf.pipeline.name, DAY],
-            )
-            requests = [
-                {"custom_id": cid, "params": json.loads(params)}
-                for cid, params in con.execute(
-                    "SELECT custom_id, params FROM batchpipe_requests"
-                ).fetchall()
-            ]
-        api = anthropic.Anthropic(api_key="test", base_url=url)
-        sent = api.messages.batches.create(requests=requests)
+    url = private_emulator()
+    pf = pipeline()
+    steps.build_requests(pf, DAY, print)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        # The state a run leaves when it dies right after the create call went out.
+        con.execute(
+            "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash "
+            "FROM batchpipe_requests"
+        )
+        con.execute(
+            "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
+            "request_count, model, intent_at) VALUES ('crashed', ?, ?, 'submitting', 30, "
+            "'claude-haiku-4-5', now()::TIMESTAMP)",
+            [pf.pipeline.name, DAY],
+        )
+        requests = [
+            {"custom_id": cid, "params": json.loads(params)}
+            for cid, params in con.execute(
+                "SELECT custom_id, params FROM batchpipe_requests"
+            ).fetchall()
+        ]
+    api = anthropic.Anthropic(api_key="test", base_url=url)
+    sent = api.messages.batches.create(requests=requests)
 
-        run_partition(pf, DAY, FAST)
+    run_partition(pf, DAY, FAST)
 
-        assert upstream_batches(url) == [sent.id]
-        assert len(ledger(url)) == 30
-        assert query(demo_db, "SELECT DISTINCT batch_id FROM product_descriptions") == [(sent.id,)]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    assert upstream_batches(url) == [sent.id]
+    assert len(ledger(url)) == 30
+    assert query(demo_db, "SELECT DISTINCT batch_id FROM product_descriptions") == [(sent.id,)]
 
 
 def test_identical_requests_are_sent_once_and_answer_every_row(
@@ -166,7 +161,8 @@ def test_a_partition_is_split_at_max_batch_requests(demo_db: Path, emulator: str
     ) == [(30,)]
 
 
-def test_request_wait_in_the_file_polls_inside_the_run(demo_db: Path, emulator: str) -> None:
+def test_request_wait_in_the_file_polls_inside_the_run(demo_db: Path, private_emulator) -> None:
+    private_emulator(latency=2)  # ends well after a run that did not wait would have finished
     path = demo_db / "pipelines" / "product_descriptions.yaml"
     path.write_text(
         path.read_text().replace("  max_tokens: 200\n", "  max_tokens: 200\n  wait: true\n")
@@ -176,14 +172,9 @@ def test_request_wait_in_the_file_polls_inside_the_run(demo_db: Path, emulator: 
 
 
 def test_without_wait_batch_status_returns_while_the_batch_is_open(
-    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo_db: Path, private_emulator
 ) -> None:
-    process, url = start_emulator(tmp_path / "slow", latency=60)  # ends long after the run
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-    try:
-        lines = run_partition(pipeline(), DAY, BatchpipeResource(poll_seconds=0.1, wait=False))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    private_emulator(latency=60)  # ends long after the run
+    lines = run_partition(pipeline(), DAY, BatchpipeResource(poll_seconds=0.1, wait=False))
     assert any("30 missing" in line for line in lines)  # left for the sensor to finish
     assert query(demo_db, "SELECT state FROM batchpipe_batches") == [("submitted",)]

@@ -15,7 +15,7 @@ import pytest
 from batchpipe import steps
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query, start_emulator
+from tests.support import ledger, pipeline, query
 
 pytestmark = pytest.mark.slow
 
@@ -23,20 +23,8 @@ DAY = dt.date(2026, 11, 3)
 
 
 @pytest.fixture
-def faulty(demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """An emulator of our own, so its ledger holds only this test's charges."""
-    started = []
-
-    def start(*flags: str) -> str:
-        process, url = start_emulator(tmp_path / "emulator", latency=0.2, extra_args=flags)
-        started.append(process)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-        return url
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+def faulty(demo_db: Path, private_emulator):
+    return private_emulator
 
 
 def billed_twice(project: Path, url: str) -> list[str]:
