@@ -128,25 +128,34 @@ def cost_usd(
     return standard * factor * geo_factor(inference_geo)
 
 
-def cost_sql(model: str, input_col: str, output_col: str, *, batch: bool = True) -> str:
-    """A SQL expression giving the USD cost of a row's tokens at this model's price.
-
-    The input column stands for the whole prompt when choosing a tier, so a tiered model
-    gets a CASE with the highest tier first.
-    """
-    info = _table.model(model)  # the argument shadows model(); kept for existing callers
+def cost_sql(model: str, usage: str, *, batch: bool = True) -> str:
+    """The SQL twin of cost_usd: USD of a usage record held as JSON in the expression
+    `usage`, so a million result lines are costed in one statement. A tiered model bills
+    the whole request at the tier its prompt (input, cache writes and reads) falls in."""
+    info = _table.model(model)  # the argument shadows model()
     factor = price_list().batch_discount if batch else 1.0
 
-    def at(p: Price) -> str:
-        return f"(({input_col}) * {p.input * factor} + ({output_col}) * {p.output * factor}) / 1e6"
+    def tokens(field: str) -> str:
+        return f"coalesce(CAST(({usage})->'$.{field}' AS BIGINT), 0)"
 
-    if not info.tiers:
-        return at(info.prices)
-    arms = " ".join(
-        f"WHEN ({input_col}) > {tier.above_prompt_tokens} THEN {at(tier)}"
-        for tier in reversed(info.tiers)
-    )
-    return f"(CASE {arms} ELSE {at(info.prices)} END)"
+    hour = tokens("cache_creation.ephemeral_1h_input_tokens")
+    writes = tokens("cache_creation_input_tokens")
+    prompt = f"({tokens('input_tokens')} + {writes} + {tokens('cache_read_input_tokens')})"
+
+    def at(p: Price) -> str:
+        return (
+            f"({tokens('input_tokens')} * {p.input * factor} "
+            # cache writes: 1-hour ones cost more than 5-minute ones
+            f"+ ({writes} - {hour}) * {p.cache_write_5m * factor} "
+            f"+ {hour} * {p.cache_write_1h * factor} "
+            f"+ {tokens('cache_read_input_tokens')} * {p.cache_read * factor} "
+            f"+ {tokens('output_tokens')} * {p.output * factor}) / 1e6"
+        )
+
+    cost = at(info.prices)
+    for tier in sorted(info.tiers, key=lambda t: t.above_prompt_tokens):
+        cost = f"CASE WHEN {prompt} > {tier.above_prompt_tokens} THEN {at(tier)} ELSE {cost} END"
+    return cost
 
 
 def estimate(model: str, input_chars: int, requests: int, max_tokens: int) -> dict[str, float]:

@@ -30,35 +30,11 @@ TEXT_SQL = (
 )
 
 
+USAGE = "j.result->'$.message.usage'"
+
+
 def _usage(field: str) -> str:
     return f"coalesce(CAST(j.result->'$.message.usage.{field}' AS BIGINT), 0)"
-
-
-def _cost_sql(model: str, *, batch: bool) -> str:
-    """USD of a result line from its usage, in SQL; a tiered model (Haiku 5.5 above 100k
-    prompt tokens) bills the whole request at the tier its prompt falls in."""
-    info = pricing.model(model)
-    f = pricing.price_list().batch_discount if batch else 1.0
-    hour = _usage("cache_creation.ephemeral_1h_input_tokens")
-    prompt = (
-        f"({_usage('input_tokens')} + {_usage('cache_creation_input_tokens')} "
-        f"+ {_usage('cache_read_input_tokens')})"
-    )
-
-    def at(p: pricing.Price) -> str:
-        return (
-            f"({_usage('input_tokens')} * {p.input * f} "
-            # cache writes: 1-hour ones cost more than 5-minute ones
-            f"+ ({_usage('cache_creation_input_tokens')} - {hour}) * {p.cache_write_5m * f} "
-            f"+ {hour} * {p.cache_write_1h * f} "
-            f"+ {_usage('cache_read_input_tokens')} * {p.cache_read * f} "
-            f"+ {_usage('output_tokens')} * {p.output * f}) / 1e6"
-        )
-
-    cost = at(info.prices)
-    for tier in sorted(info.tiers, key=lambda t: t.above_prompt_tokens):
-        cost = f"CASE WHEN {prompt} > {tier.above_prompt_tokens} THEN {at(tier)} ELSE {cost} END"
-    return cost
 
 
 def load_results_file(
@@ -74,6 +50,8 @@ def load_results_file(
         "read_json(?, format = 'newline_delimited', "
         "columns = {custom_id: 'VARCHAR', result: 'JSON'}) AS j"
     )
+    # The file is scanned twice, custom_ids first: cheaper in memory than holding every
+    # parsed line in a temporary table, and nothing is written unless all lines are ours.
     strangers = con.execute(
         f"SELECT count(*), any_value(j.custom_id) FROM {source} "
         "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
@@ -94,7 +72,8 @@ def load_results_file(
                    j.result->>'$.message.model',
                    {_usage("input_tokens")}, {_usage("output_tokens")},
                    {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
-                   {_cost_sql(model, batch=True)}, {_cost_sql(model, batch=False)},
+                   {pricing.cost_sql(model, USAGE, batch=True)},
+                   {pricing.cost_sql(model, USAGE, batch=False)},
                    j.result->>'$.error.error.type', j.result->>'$.error.error.message',
                    now()::TIMESTAMP
             FROM {source}

@@ -32,21 +32,10 @@ USD_DIGITS = 12  # round away float noise so totals compare equal across summati
 def line_cost(model: str, usage: dict[str, Any]) -> float:
     """USD for one request's usage at batch prices; 0 for a model pricing does not know."""
     try:
-        price = pricing.price(model)
+        usd = pricing.cost_usd(model, usage, batch=True)
     except ValueError:
         return 0.0
-    split = usage.get("cache_creation") or {}
-    writes = usage.get("cache_creation_input_tokens") or 0
-    write_1h = split.get("ephemeral_1h_input_tokens") or 0
-    write_5m = split.get("ephemeral_5m_input_tokens", writes - write_1h) or 0
-    standard = (
-        (usage.get("input_tokens") or 0) * price.input
-        + write_5m * price.cache_write_5m
-        + write_1h * price.cache_write_1h
-        + (usage.get("cache_read_input_tokens") or 0) * price.cache_read
-        + (usage.get("output_tokens") or 0) * price.output
-    )
-    return round(standard * pricing.price_list().batch_discount / 1e6, USD_DIGITS)
+    return round(usd, USD_DIGITS)
 
 
 def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> dict:
