@@ -26,8 +26,7 @@ NOT_COUNTED = ("max_tokens", "stop_sequences", "metadata", "inference_geo", "str
 
 @dataclass(frozen=True)
 class Forecast:
-    rows: int
-    requests: int
+    requests: int  # one per source row of the date
     to_send: int
     batches: int
     input_tokens: int
@@ -48,7 +47,7 @@ class Forecast:
             else "no prompt caching (no block marked cache, or below the model's minimum)"
         )
         return [
-            f"rows:          {self.rows}",
+            f"rows:          {self.requests}",
             f"requests:      {self.requests}, of which {self.to_send} to send "
             f"({self.requests - self.to_send} reused) in {self.batches} batch(es)",
             f"input tokens:  {self.input_tokens:,} ({self.input_basis})",
@@ -109,7 +108,8 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         per_request = request.max_tokens / 4
         output_basis = "a quarter of max_tokens, until the pipeline has history"
     output_tokens = round(per_request * to_send)
-    price = pricing.price(request.model)
+    # A tiered model (Haiku 5.5) is priced at the tier of the average prompt.
+    price = pricing.price_for(request.model, input_tokens // to_send if to_send else 0)
     discount = pricing.price_list().batch_discount
     standard = (input_tokens * price.input + output_tokens * price.output) / 1e6
     batches = math.ceil(to_send / request.max_batch_requests) if to_send else 0
@@ -122,7 +122,6 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         saved = cached * (writes * (price.input - write) + reads * (price.input - price.cache_read))
         cached_usd = (standard * 1e6 - saved) / 1e6 * discount
     return Forecast(
-        rows=requests,
         requests=requests,
         to_send=to_send,
         batches=batches,
