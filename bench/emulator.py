@@ -12,18 +12,15 @@ it to end, then streams its results and counts the lines.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.record import heading, write_section
 from tests.support import start_emulator
 
 HEADERS = {
@@ -99,18 +96,16 @@ def measure(count: int) -> dict[str, float]:
     }
 
 
+TITLE = "Emulator throughput"
+
+
 def report(figures: dict[str, float]) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     verdict = (
         "meets" if min(figures["accept_per_s"], figures["serve_per_s"]) >= 20_000 else "MISSES"
     )
     return (
-        f"## Emulator throughput ({dt.date.today()}, commit {commit})\n\n"
-        f"Machine: {platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {_cores()} cores. Command: "
-        f"`.venv/bin/python bench/emulator.py --requests {figures['requests']}`\n\n"
+        heading(TITLE, f".venv/bin/python bench/emulator.py --requests {figures['requests']}")
+        + "\n"
         f"| figure | value |\n|---|---|\n"
         f"| batch of {figures['requests']:,} requests ({figures['body_mb']:.1f} MB) accepted in "
         f"| {figures['accept_s']:.2f} s = {figures['accept_per_s']:,.0f} requests/s |\n"
@@ -122,10 +117,6 @@ def report(figures: dict[str, float]) -> str:
     )
 
 
-def _cores() -> int:
-    return os.cpu_count() or 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
@@ -134,15 +125,7 @@ def main() -> None:
     text = report(measure(args.requests))
     print(text)
     if args.write:
-        _write_section(args.write, text)
-
-
-def _write_section(path: Path, section: str) -> None:
-    """Replace the emulator section of RESULTS.md, keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    head, _, rest = old.partition("## Emulator throughput")
-    tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-    path.write_text(head.rstrip() + "\n\n" + section + ("\n" + tail if tail else ""))
+        write_section(args.write, TITLE, text)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.record import heading, write_section
 from tests.support import start_emulator
 
 DATE = dt.date(2026, 11, 3)
@@ -166,17 +165,14 @@ def measure(rows: int) -> dict:
     return out
 
 
+TITLE = "Pipeline throughput"
+
+
 def report(figures: dict, args: str) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     rows, bare = figures["rows"], figures["bare_requests_s"]
     scale = 1_000_000 / rows
     lines = [
-        f"## Pipeline throughput ({dt.date.today()}, commit {commit})\n",
-        f"Machine: {platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {os.cpu_count() or 0} cores. Command: "
-        f"`.venv/bin/python bench/pipeline.py{args}`\n",
+        heading(TITLE, f".venv/bin/python bench/pipeline.py{args}"),
         f"{rows:,} source rows (built in {figures['source_s']:.2f} s), one partition per "
         "pipeline through Dagster in process, emulator at latency 0 in its own process. "
         "Step times are the Dagster run's step durations; `batch_status` waits for the "
@@ -260,15 +256,7 @@ def main() -> None:
     text = report(measure(args.rows), shown)
     print(text)
     if args.write:
-        _write_section(args.write, text)
-
-
-def _write_section(path: Path, section: str) -> None:
-    """Replace the pipeline section of RESULTS.md (or append it), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    head, found, rest = old.partition("## Pipeline throughput")
-    tail = rest[rest.find("\n## ") + 1 :] if found and "\n## " in rest else ""
-    path.write_text(head.rstrip() + "\n\n" + section + ("\n" + tail if tail else ""))
+        write_section(args.write, TITLE, text)
 
 
 if __name__ == "__main__":
