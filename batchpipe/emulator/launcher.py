@@ -69,19 +69,6 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def stop_emulator() -> bool:
-    """Stop the emulator this database started, if it is running."""
-    record = warehouse.state_dir() / "emulator" / "server.json"
-    if not record.exists():
-        return False
-    info = json.loads(record.read_text())
-    record.unlink()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(info["pid"], 15)
-        return True
-    return False
-
-
 def _start(directory: Path) -> tuple[str, int]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
