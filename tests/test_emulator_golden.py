@@ -1,0 +1,228 @@
+"""What batch processing writes, pinned byte for byte: results files and ledger lines.
+
+The processing path (replies, token counts, prompt cache, billing, results order) is
+tuned for speed, and any change to it must leave every byte a pipeline sees as it was.
+So a mixed set of batches (plain, structured, thinking, stop sequences, truncation,
+cache_control, invalid requests, errored and expired lines, paced, canceled and restarted
+batches) runs in process on a fixed clock, and the digest of what it wrote is compared
+with the one today's code wrote. Random ids (msg_, msgbatch_) are normalised away.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from batchpipe.emulator import lifecycle
+from batchpipe.emulator.faults import LineFaults
+from batchpipe.emulator.state import Store
+from batchpipe.emulator.wire import rfc3339
+
+T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+LONG = "shared context, " * 400  # > 1024 tokens: cacheable
+V1 = "2023-06-01"
+V2 = "2026-10-21"
+# sha256 of `_run`'s output, captured before the processing path was optimised.
+GOLDEN = "c2ad1e6766d336b5c394969c7a6b7b6a23f01783e70b21e882aa1a6528f864eb"
+
+
+class FixedClock:
+    """The emulated clock, moved only by the test, so billed_at stamps are fixed."""
+
+    def __init__(self) -> None:
+        self.moment = T0
+
+    def now(self) -> dt.datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += dt.timedelta(seconds=seconds)
+
+
+def _plain(prompt: str, max_tokens: int = 100, **extra: Any) -> dict[str, Any]:
+    content = [{"role": "user", "content": prompt}]
+    return {"model": "claude-haiku-4-5", "max_tokens": max_tokens, "messages": content} | extra
+
+
+STRUCT = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["a", "b", "c"]},
+        "score": {"type": "number"},
+    },
+    "required": ["label", "score"],
+    "additionalProperties": False,
+}
+RICH = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 40},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 3},
+        "when": {"type": "string", "format": "date-time"},
+        "who": {"$ref": "#/$defs/who"},
+    },
+    "required": ["title", "stars", "tags", "who"],
+    "$defs": {"who": {"type": "object", "properties": {"name": {"type": "string"}}}},
+}
+
+
+OMIT = {"display": "omitted"}
+
+
+def _structured(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+
+
+def _cached(question: str, ttl: str = "5m") -> dict[str, Any]:
+    control = {"type": "ephemeral", "ttl": ttl}
+    system = [{"type": "text", "text": LONG, "cache_control": control}]
+    return _plain(question, system=system)
+
+
+def _valid_params() -> list[dict[str, Any]]:
+    prompts = [
+        "Describe product 1 for a catalogue",
+        "Grüße aus Köln — naïve café, 世界\uff01 ok?",
+        "x" * 230 + " tail",
+        "Many   spaces\tand\nnewlines... !!! ???",
+        "",
+    ]
+    tool = {"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {}}}}
+    found = [_plain(prompt) for prompt in prompts]
+    found += [_plain(prompt, max_tokens) for prompt in prompts[:4] for max_tokens in (1, 3, 7)]
+    found += [
+        _plain("please stop here and reply", stop_sequences=["stop", "reply"]),
+        _plain("no stop inside", stop_sequences=["zzz", ""]),
+        _plain("Rate item 4", **_structured(STRUCT)),
+        _plain("Rate item 5, honestly", **_structured(STRUCT)),
+        _plain("Rate item 6", 4, **_structured(STRUCT)),
+        _plain("Review of the Cinder Lamp by Ann", **_structured(RICH)),
+        _plain("Review 2", 12, **_structured(RICH)),
+        {**_plain("think about this", 2000), "model": "claude-opus-5-5"},
+        {**_plain("think briefly", 5), "model": "claude-opus-5-5"},
+        {**_plain("json and thought", 3000), "model": "claude-opus-5-5", **_structured(STRUCT)},
+        _plain("manual", 3000, thinking={"type": "enabled", "budget_tokens": 1024}),
+        _plain("hidden", 3000, thinking={"type": "enabled", "budget_tokens": 1024} | OMIT),
+        _plain("call it", tools=[tool], tool_choice={"type": "tool", "name": "lookup"}),
+        _plain("call it short", 2, tools=[tool], tool_choice={"type": "any"}),
+        _plain("geo", inference_geo="us"),
+        _cached("first question"),
+        _cached("second question"),
+        _cached("third question", "1h"),
+        _plain("auto cache " + LONG, cache_control={"type": "ephemeral"}),
+        _plain("auto cache " + LONG, cache_control={"type": "ephemeral"}),
+        _plain("blocks", messages=[
+            {"role": "user", "content": [
+                {"type": "text", "text": "look at"},
+                {"type": "image", "source": {"type": "base64", "data": "AAAA"}},
+            ]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "and this, please"}]},
+        ]),
+        {**_plain("sonnet"), "model": "claude-sonnet-4-6"},
+    ]  # fmt: skip
+    return found
+
+
+def _invalid_params() -> list[dict[str, Any]]:
+    return [
+        {**_plain("no such model"), "model": "claude-nope"},
+        {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]},
+        _plain("too long", 10**9),
+        _plain("bad stops", stop_sequences="stop"),
+        _plain("bad thinking", thinking={"type": "sometimes"}),
+        _plain("temperature", temperature=0.5),
+        _plain("bad schema", **_structured({"$ref": "http://elsewhere"})),
+        _plain("bad cache", cache_control={"type": "forever"}),
+        {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+    ]
+
+
+def _requests() -> list[dict[str, Any]]:
+    params = _valid_params() + _invalid_params()
+    return [{"custom_id": f"req-{index:03d}", "params": p} for index, p in enumerate(params)]
+
+
+def _snapshot(store: Store, record: Any) -> str:
+    """What a pipeline can see of an ended batch: counts, stamps and the results body."""
+    results = store.results_path(record.id).read_text(encoding="utf-8")
+    stamps = [rfc3339(at) for at in (record.ended_at, record.cancel_initiated_at) if at]
+    return f"{record.id} {record.request_counts} {stamps}\n{results}"
+
+
+class Killed(Exception):
+    """Stands for the emulator being killed at that point."""
+
+
+def _crash_before_billing(store: Store, record: Any) -> None:
+    """Progress appended, then killed before billing or saving the record."""
+
+    def killed(rows: Any) -> int:
+        raise Killed
+
+    store.ledger.bill = killed  # type: ignore[method-assign]
+    try:
+        lifecycle.refresh(store, record, 1.0)
+    except Killed:
+        return
+    raise AssertionError("the paced batch had nothing new to process")
+
+
+def _run(state: Path) -> str:
+    """Five batches through every processing path; everything they wrote, normalised."""
+    clock = FixedClock()
+    store = Store(state)
+    store.clock = clock  # type: ignore[assignment]
+    requests = _requests()
+    faulty = LineFaults(seed=3, errored_rate=0.15, expired_rate=0.1)
+    paced = LineFaults(seed=5, errored_rate=0.1, requests_per_second=4)
+    out: list[str] = []
+
+    whole = lifecycle.create(store, requests, V1, [], faulty)
+    lifecycle.refresh(store, whole, 0.0)
+    out.append(_snapshot(store, whole))
+    out.append(
+        _snapshot(store, lifecycle.refresh(store, lifecycle.create(store, requests, V2, []), 0.0))
+    )
+
+    stepped = lifecycle.create(store, requests, V1, ["output-300k-2026-03-24"], paced)
+    canceled = lifecycle.create(store, requests, V1, [], paced)
+    expiring = lifecycle.create(
+        store, requests[:20], V1, [], LineFaults(requests_per_second=0.0002)
+    )
+    for seconds in (0.5, 1.3, 2.2):
+        clock.advance(seconds)
+        for record in (stepped, canceled, expiring):
+            lifecycle.refresh(store, record, 1.0)
+    lifecycle.cancel(store, canceled.id, 1.0)
+    clock.advance(2.0)
+    lifecycle.refresh(store, canceled, 1.0)
+    out.append(_snapshot(store, canceled))
+
+    clock.advance(1.0)
+    _crash_before_billing(store, stepped)
+    store = Store(state)  # a restart part way through the paced batch
+    store.clock = clock  # type: ignore[assignment]
+    clock.advance(3.0)
+    lifecycle.get(store, stepped.id, 1.0)
+    clock.advance(100.0)
+    out.append(_snapshot(store, lifecycle.get(store, stepped.id, 1.0)))
+    clock.advance(86_400.0)
+    out.append(_snapshot(store, lifecycle.get(store, expiring.id, 1.0)))
+    out.append((state / "ledger.jsonl").read_text(encoding="utf-8"))
+
+    text = "\n".join(out)
+    for number, batch_id in enumerate((whole.id, stepped.id, canceled.id, expiring.id)):
+        text = text.replace(batch_id, f"batch-{number}")
+    text = re.sub(r"msgbatch_01\w{22}", "msgbatch_X", text)
+    return re.sub(r"msg_01\w{22}", "msg_X", text)
+
+
+def test_processing_writes_exactly_what_it_always_did(tmp_path: Path) -> None:
+    text = _run(tmp_path / "state")
+    (tmp_path / "golden.txt").write_text(text, encoding="utf-8")  # for a diff on failure
+    assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN, tmp_path / "golden.txt"
