@@ -1,0 +1,74 @@
+"""Run one measured process and read its own peak RSS from the kernel.
+
+Every partition, loop and CLI run is its own process, so a peak RSS is that run's
+alone (not the benchmark's, not the emulator's, not an earlier run's): `os.wait4`
+returns the child's rusage when it is reaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A measured process: its output, wall time from spawn to exit, and peak RSS."""
+
+    stdout: str
+    started: float  # time.time() just before the spawn, to compare with event timestamps
+    wall_s: float
+    peak_rss_mb: float
+
+    def json(self) -> dict:
+        """The last stdout line, where the bench's own scripts print their figures."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def run(argv: list[str], env: dict[str, str], timeout_s: float = 3600) -> Finished:
+    """Run `argv` to its end; raise with its stderr if it fails.
+
+    Output goes to temporary files, not pipes, so a chatty child never blocks and
+    the wall time is the child's own.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.time()
+        clock = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
+        status, usage = _wait(process, timeout_s)
+        wall_s = time.perf_counter() - clock
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {code}:\n{stderr[-4000:]}")
+    # Linux reports ru_maxrss in KiB.
+    return Finished(stdout, started, wall_s, usage.ru_maxrss / 1024)
+
+
+def _wait(process: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struct_rusage]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return status, usage
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"{process.args} ran longer than {timeout_s} s")
+        time.sleep(0.02)
+
+
+def python(script: str, *args: str) -> list[str]:
+    """argv for one of the bench's scripts under this interpreter (the venv's)."""
+    return [sys.executable, str(REPO / "bench" / script), *args]
