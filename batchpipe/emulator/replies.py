@@ -21,6 +21,9 @@ from batchpipe.emulator.schema_values import SchemaError, stable_int, value_for_
 from batchpipe.emulator.tokens import count_tokens, output_format_schema, truncate_to_tokens
 from batchpipe.emulator.wire import BASE62, invalid
 
+REPLY_PREFIX = "Emulated reply to: "
+# json.dumps(value, ensure_ascii=False), without building an encoder on every call.
+_json_text = json.JSONEncoder(ensure_ascii=False).encode
 THOUGHTS = (
     'The user wrote: "{prompt}". I will answer directly and keep it short.',
     'Request to handle: "{prompt}". A brief, direct reply fits best.',
@@ -121,7 +124,9 @@ def _thinking_block(
         thought += f" I will call the {tool.get('name')} tool."
     elif output_format_schema(params) is not None:
         thought += " The reply must be JSON matching the requested schema."
-    thought = truncate_to_tokens(thought, budget)
+    tokens = count_tokens(thought)
+    if tokens > budget:
+        thought, tokens = truncate_to_tokens(thought, budget), budget
     signature = base64.b64encode(hashlib.shake_256(f"{seed}|{thought}".encode()).digest(96))
     thinking = params.get("thinking")
     omitted = isinstance(thinking, dict) and thinking.get("display") == "omitted"
@@ -130,7 +135,7 @@ def _thinking_block(
         "thinking": "" if omitted else thought,
         "signature": signature.decode(),
     }
-    return block, count_tokens(thought)
+    return block, tokens
 
 
 def _schema_value(schema: dict[str, Any], where: str, prompt: str, seed: int, salt: str) -> Any:
@@ -158,27 +163,33 @@ def compose(params: dict[str, Any], spec: ModelSpec, seed: int) -> Reply:
         index = params["tools"].index(tool)
         schema = tool.get("input_schema") or {"type": "object"}
         value = _schema_value(schema, f"tools.{index}.input_schema", prompt, seed, name)
-        cost = count_tokens(json.dumps(value, ensure_ascii=False))
+        cost = count_tokens(_json_text(value))
         call = {"type": "tool_use", "id": _tool_use_id(seed, prompt, name), "name": name}
         if used + cost > budget:  # cut mid-call: the API returns an incomplete tool_use
             content.append({**call, "input": {}})
             return Reply(content, "max_tokens", None, budget, thinking_tokens)
         content.append({**call, "input": value})
         return Reply(content, "tool_use", None, used + cost, thinking_tokens)
-    schema = output_format_schema(params)
-    if schema is not None:
-        value = _schema_value(schema, "output_config.format.schema", prompt, seed, "")
-        text = json.dumps(value, ensure_ascii=False)
-    else:
-        text = f"Emulated reply to: {prompt}"
+    text, tokens = _text_reply(params, prompt, seed)
     stop_reason, stop_sequence = "end_turn", None
     hit = _first_stop(text, params.get("stop_sequences"))
     if hit is not None:
         text, stop_reason, stop_sequence = text[: hit[0]], "stop_sequence", hit[1]
-    if count_tokens(text) > budget - used:
-        text = truncate_to_tokens(text, budget - used)
+        tokens = count_tokens(text)
+    if tokens > budget - used:  # a truncated text costs exactly what was left
+        text, tokens = truncate_to_tokens(text, budget - used), budget - used
         stop_reason, stop_sequence = "max_tokens", None
     content.append({"type": "text", "text": text})
-    return Reply(
-        content, stop_reason, stop_sequence, max(1, used + count_tokens(text)), thinking_tokens
-    )
+    return Reply(content, stop_reason, stop_sequence, max(1, used + tokens), thinking_tokens)
+
+
+def _text_reply(params: dict[str, Any], prompt: str, seed: int) -> tuple[str, int]:
+    """The whole text reply (JSON for structured output) and its token count."""
+    schema = output_format_schema(params)
+    if schema is not None:
+        value = _schema_value(schema, "output_config.format.schema", prompt, seed, "")
+        text = _json_text(value)
+        return text, count_tokens(text)
+    # The prefix ends in a space, so no run spans the join: the prompt's count (already
+    # made for the input blocks, and cached) adds to the prefix's.
+    return REPLY_PREFIX + prompt, count_tokens(REPLY_PREFIX) + count_tokens(prompt)

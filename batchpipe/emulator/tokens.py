@@ -9,8 +9,10 @@ be asserted to the token.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +22,21 @@ MESSAGE_OVERHEAD = 3  # role markers around every message
 MEDIA_TOKENS = 1500  # an image or binary document, whatever its size: good enough for costs
 
 
+@functools.lru_cache(maxsize=256)
 def count_tokens(text: str) -> int:
-    """ceil(len/4) tokens for each word or punctuation run; whitespace is free."""
-    return sum((len(piece) + 3) // 4 for piece in _PIECE.findall(text))
+    """ceil(len/4) tokens for each word or punctuation run; whitespace is free.
+
+    Cached: a request's prompt is counted as an input block and again inside the reply
+    that quotes it, and a batch's requests share schemas, systems and tools."""
+    return sum([(len(piece) + 3) >> 2 for piece in _PIECE.findall(text)])
+
+
+def fit_to_tokens(text: str, limit: int) -> tuple[str, int]:
+    """`truncate_to_tokens(text, limit)` and what it costs, counting `text` only once."""
+    tokens = count_tokens(text)
+    if tokens <= limit:
+        return text, tokens
+    return truncate_to_tokens(text, limit), max(limit, 0)
 
 
 def truncate_to_tokens(text: str, limit: int) -> str:
@@ -30,14 +44,22 @@ def truncate_to_tokens(text: str, limit: int) -> str:
 
     A run that does not fit is cut inside (4 characters per token), so a truncated
     text costs exactly `limit`: the API reports `output_tokens == max_tokens` then.
+    The running total of the runs' costs says which run does not fit; only that run (or
+    the one before it) is looked up as a match, for where it starts or ends.
     """
-    used, end = 0, 0
-    for match in _PIECE.finditer(text):
-        cost = math.ceil(len(match.group()) / 4)
-        if used + cost > limit:
-            return text[: match.start() + 4 * (limit - used)] if used < limit else text[:end]
-        used, end = used + cost, match.end()
-    return text
+    totals = list(itertools.accumulate((len(piece) + 3) >> 2 for piece in _PIECE.findall(text)))
+    fitting = bisect.bisect_right(totals, limit)  # costs are >= 1, so totals increase
+    if fitting == len(totals):
+        return text
+    used = totals[fitting - 1] if fitting else 0
+    if used < limit:
+        return text[: _piece(text, fitting).start() + 4 * (limit - used)]
+    return text[: _piece(text, fitting - 1).end()] if fitting else ""
+
+
+def _piece(text: str, index: int) -> re.Match[str]:
+    """The `index`-th word or punctuation run of `text` (it must exist)."""
+    return next(itertools.islice(_PIECE.finditer(text), index, None))
 
 
 @dataclass(frozen=True)
@@ -46,9 +68,15 @@ class PromptBlock:
 
     location: str  # the request path the API names in errors, e.g. "messages.0.content.1"
     tokens: int
-    identity: str  # canonical JSON of what the block contributes, for prefix hashing
+    contributes: Any  # what the block puts in the prompt, as JSON-able data
     cache_control: Any  # the block's own `cache_control`, None when absent
     cacheable: bool = True  # thinking blocks cannot carry a breakpoint
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Canonical JSON of what the block contributes, for prefix hashing. Made only
+        when asked: most requests have no breakpoint, so nothing is ever hashed."""
+        return _canonical(self.contributes)
 
 
 def _without_cache_control(block: Any) -> Any:
@@ -103,20 +131,20 @@ def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
             PromptBlock(
                 f"tools.{index}",
                 count_tokens(_canonical(body)),
-                _canonical(["tool", body]),
+                ["tool", body],
                 control,
             )
         )
     system = params.get("system")
     if isinstance(system, str) and system:
-        blocks.append(
-            PromptBlock("system", count_tokens(system), _canonical(["system", system]), None)
-        )
+        blocks.append(PromptBlock("system", count_tokens(system), ["system", system], None))
     elif isinstance(system, list):
         for index, block in enumerate(system):
             control = block.get("cache_control") if isinstance(block, dict) else None
-            identity = _canonical(["system", _without_cache_control(block)])
-            blocks.append(PromptBlock(f"system.{index}", _block_tokens(block), identity, control))
+            contributes = ["system", _without_cache_control(block)]
+            blocks.append(
+                PromptBlock(f"system.{index}", _block_tokens(block), contributes, control)
+            )
     for m_index, message in enumerate(params.get("messages") or []):
         if not isinstance(message, dict):
             continue
@@ -125,10 +153,8 @@ def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
         parts = parts if isinstance(parts, list) else []
         role = message.get("role")
         if not parts:
-            parts_identity = _canonical(["message", m_index, role, []])
-            blocks.append(
-                PromptBlock(f"messages.{m_index}", MESSAGE_OVERHEAD, parts_identity, None, False)
-            )
+            empty = ["message", m_index, role, []]
+            blocks.append(PromptBlock(f"messages.{m_index}", MESSAGE_OVERHEAD, empty, None, False))
             continue
         for b_index, block in enumerate(parts):
             where = f"messages.{m_index}.content"
@@ -136,12 +162,12 @@ def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
             overhead = MESSAGE_OVERHEAD if b_index == 0 else 0
             control = block.get("cache_control") if isinstance(block, dict) else None
             kind = block.get("type") if isinstance(block, dict) else "text"
-            identity = _canonical(["message", m_index, role, _without_cache_control(block)])
+            contributes = ["message", m_index, role, _without_cache_control(block)]
             blocks.append(
                 PromptBlock(
                     where,
                     _block_tokens(block) + overhead,
-                    identity,
+                    contributes,
                     control,
                     kind not in ("thinking", "redacted_thinking"),
                 )
