@@ -87,13 +87,20 @@ def unit(seed: int, *parts: object) -> float:
 
 
 def never_processed(faults: LineFaults, seq: int, custom_id: str) -> bool:
-    """Lines picked by `expired_rate` are never processed and end `expired`."""
-    return unit(faults.seed, seq, custom_id, "expired") < faults.expired_rate
+    """Lines picked by `expired_rate` are never processed and end `expired`. A rate of 0
+    picks none (unit() is never below 0), so the hash is skipped then."""
+    return (
+        faults.expired_rate > 0
+        and unit(faults.seed, seq, custom_id, "expired") < faults.expired_rate
+    )
 
 
 def line_error(faults: LineFaults, seq: int, custom_id: str) -> ApiError | None:
     """The injected execution-time failure of this line, if `errored_rate` picks it."""
-    if unit(faults.seed, seq, custom_id, "errored") >= faults.errored_rate:
+    if (
+        faults.errored_rate <= 0
+        or unit(faults.seed, seq, custom_id, "errored") >= faults.errored_rate
+    ):
         return None
     pick = int(unit(faults.seed, seq, custom_id, "error_type") * len(LINE_ERRORS))
     kind, message = LINE_ERRORS[pick]

@@ -12,6 +12,7 @@ and the pair it was about is billed again by the next `bill` for its batch.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ TOKEN_FIELDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+_SPLIT_FIELDS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 USD_DIGITS = 12  # round away float noise so totals compare equal across summation orders
 
 
@@ -38,6 +40,21 @@ def line_cost(model: str, usage: dict[str, Any]) -> float:
     return round(usd, USD_DIGITS)
 
 
+@functools.lru_cache(maxsize=4096)
+def _usage_cost(model: str, counts: tuple[Any, ...]) -> float:
+    """line_cost of a usage record made of `counts` (see _cost_key). Lines of a batch
+    mostly share their usage numbers, so each distinct set is priced once."""
+    usage = dict(zip(TOKEN_FIELDS, counts[:4], strict=True))
+    usage["cache_creation"] = dict(zip(_SPLIT_FIELDS, counts[4:], strict=True))
+    return line_cost(model, usage)
+
+
+def _cost_key(usage: dict[str, Any], split: dict[str, Any]) -> tuple[Any, ...]:
+    """Every value pricing.cost_usd reads from a usage record, where it reads it."""
+    counts = [usage.get(name) for name in TOKEN_FIELDS]
+    return (*counts, *(split.get(name, usage.get(name)) for name in _SPLIT_FIELDS))
+
+
 def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> dict:
     """The ledger line for one succeeded result's message."""
     usage = message.get("usage") or {}
@@ -46,7 +63,7 @@ def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str
     row |= {name: usage.get(name) or 0 for name in TOKEN_FIELDS}
     row["ephemeral_5m_input_tokens"] = split.get("ephemeral_5m_input_tokens") or 0
     row["ephemeral_1h_input_tokens"] = split.get("ephemeral_1h_input_tokens") or 0
-    row["usd"] = line_cost(message["model"], usage)
+    row["usd"] = _usage_cost(message["model"], _cost_key(usage, split))
     row["billed_at"] = billed_at
     return row
 
@@ -86,6 +103,11 @@ class Ledger:
             append_jsonl(self.path, new)
             self._rows.extend(new)
             return len(new)
+
+    def has(self, batch_id: str, custom_id: str) -> bool:
+        """Whether this line was billed already (so its entry need not even be made)."""
+        with self._lock:
+            return (batch_id, custom_id) in self._billed
 
     def reset(self) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from batchpipe.emulator.faults import (
     worker_request_id,
 )
 from batchpipe.emulator.responders import respond
-from batchpipe.emulator.state import BatchRecord, Store, tally
+from batchpipe.emulator.state import BatchRecord, ResultLine, Store, tally
 from batchpipe.emulator.wire import ApiError, invalid, new_batch_id, not_found, rfc3339
 
 EXPIRY = dt.timedelta(hours=24)
@@ -140,19 +141,33 @@ def _answer(
     return {"type": "errored", "error": {"type": "error", "error": inner, "request_id": request_id}}
 
 
+def _progress(store: Store, record: BatchRecord) -> list[ResultLine]:
+    """The batch's result lines so far, in processing order: kept in memory as written,
+    read back from the progress file only after a restart."""
+    return store.memo(record.id, "progress", lambda: store.read_progress(record.id))
+
+
 def _bills(
-    record: BatchRecord, schedule: Schedule, lines: list[dict[str, Any]], first: int
+    store: Store,
+    record: BatchRecord,
+    schedule: Schedule,
+    lines: list[tuple[int, str, dict[str, Any]]],
 ) -> list[dict[str, Any]]:
-    """Ledger rows for the succeeded ones among `lines`, the `first`-th processed onwards."""
+    """Ledger rows for `lines` - (position processed, custom_id, message) of succeeded
+    results - that are not billed yet; a line's row is made at most once."""
+    stamps: dict[int, str] = {}  # one moment for all when there is no rps limit
+
+    def billed_at(position: int) -> str:
+        moment = schedule.finished_at(position)
+        key = 0 if schedule.rps is None else position
+        if key not in stamps:
+            stamps[key] = rfc3339(moment)
+        return stamps[key]
+
     return [
-        ledger.entry(
-            record.id,
-            line["custom_id"],
-            line["result"]["message"],
-            rfc3339(schedule.finished_at(at)),
-        )
-        for at, line in enumerate(lines, first)
-        if line["result"]["type"] == "succeeded"
+        ledger.entry(record.id, custom_id, message, billed_at(at))
+        for at, custom_id, message in lines
+        if not store.ledger.has(record.id, custom_id)
     ]
 
 
@@ -161,26 +176,40 @@ def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int)
     if target <= record.done:
         return
     requests = _requests(store, record)
-    lines = [
-        {
-            "custom_id": requests[index]["custom_id"],
-            "result": _answer(store, record, requests[index], schedule.finished_at(position)),
-        }
-        for position, index in enumerate(schedule.order[record.done : target], record.done)
-    ]
+    progress = _progress(store, record)  # loaded before the append below, not after
+    lines, succeeded = [], []
+    for position, index in enumerate(schedule.order[record.done : target], record.done):
+        custom_id = requests[index]["custom_id"]
+        result = _answer(store, record, requests[index], schedule.finished_at(position))
+        lines.append(ResultLine.of({"custom_id": custom_id, "result": result}))
+        if result["type"] == "succeeded":
+            succeeded.append((position, custom_id, result["message"]))
     store.append_progress(record.id, lines)
-    store.ledger.bill(_bills(record, schedule, lines, record.done))
+    progress.extend(lines)
+    store.ledger.bill(_bills(store, record, schedule, succeeded))
     record.done = target
     for line in lines:
-        record.request_counts[line["result"]["type"]] += 1
+        record.request_counts[line.kind] += 1
     record.request_counts["processing"] -= len(lines)
     store.save(record)
 
 
-def _result_order(line: dict[str, Any]) -> str:
+def _result_order(line: ResultLine) -> str:
     """Results are served in a stable order unrelated to the request order, as the real
     API does, so pipelines that assume request order fail here and not in production."""
-    return hashlib.sha1(line["custom_id"].encode()).hexdigest()
+    return hashlib.sha1(line.custom_id.encode()).hexdigest()
+
+
+def _unbilled(
+    store: Store, record: BatchRecord, progress: list[ResultLine]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The succeeded lines a crash left unbilled, parsed for their messages (only these
+    are: normally every succeeded line was billed as it was processed)."""
+    return [
+        (at, line.custom_id, json.loads(line.text)["result"]["message"])
+        for at, line in enumerate(progress)
+        if line.kind == "succeeded" and not store.ledger.has(record.id, line.custom_id)
+    ]
 
 
 def _finish(
@@ -188,19 +217,19 @@ def _finish(
 ) -> None:
     """End the batch: done requests keep their results, the rest get `outcome`. Order:
     results, ledger, record, then the progress file - so a crash anywhere re-runs this."""
-    progress = store.read_progress(record.id)
-    done = {line["custom_id"] for line in progress}
+    progress = _progress(store, record)
+    done = {line.custom_id for line in progress}
     requests = _requests(store, record)
     rest = [
-        {"custom_id": request["custom_id"], "result": {"type": outcome}}
+        ResultLine.of({"custom_id": request["custom_id"], "result": {"type": outcome}})
         for request in requests
         if request["custom_id"] not in done
     ]
     lines = sorted(progress + rest, key=_result_order)
     store.write_results(record.id, lines)
-    store.ledger.bill(_bills(record, schedule, progress, 0))
+    store.ledger.bill(_bills(store, record, schedule, _unbilled(store, record, progress)))
     record.processing_status = "ended"
-    record.request_counts = tally(len(requests), lines)
+    record.request_counts = tally(len(requests), (line.kind for line in lines))
     record.ended_at = ended_at
     record.done = len(progress)
     store.save(record)

@@ -25,14 +25,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, Field
 
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.faults import LineFaults
 from batchpipe.emulator.ledger import Ledger
-from batchpipe.emulator.wire import append_jsonl, dumps_line, load_jsonl
+from batchpipe.emulator.wire import append_lines, dumps_line, load_lines
 
 T = TypeVar("T")
 
@@ -111,11 +111,24 @@ class BatchRecord(BaseModel):
     faults: LineFaults = Field(default_factory=LineFaults, description="Frozen at create.")
 
 
-def tally(total: int, lines: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """request_counts for `total` requests of which `lines` are the finished results."""
+class ResultLine(NamedTuple):
+    """One result line as written: its custom_id and result type, for ordering, counting
+    and billing, and its JSON text, so it is serialized once and never parsed again."""
+
+    custom_id: str
+    kind: str  # result.type: succeeded, errored, canceled or expired
+    text: str  # the compact JSON line, without its newline
+
+    @classmethod
+    def of(cls, line: dict[str, Any]) -> ResultLine:
+        return cls(line["custom_id"], line["result"]["type"], dumps_line(line))
+
+
+def tally(total: int, kinds: Iterable[str]) -> dict[str, int]:
+    """request_counts for `total` requests of which `kinds` are the finished results'."""
     counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
-    for line in lines:
-        counts[line["result"]["type"]] += 1
+    for kind in kinds:
+        counts[kind] += 1
     counts["processing"] = total - sum(counts.values())
     return counts
 
@@ -150,7 +163,8 @@ class Store:
         lines = self.read_progress(record.id)
         if len(lines) != record.done:
             record.done = len(lines)
-            record.request_counts = tally(sum(record.request_counts.values()), lines)
+            total = sum(record.request_counts.values())
+            record.request_counts = tally(total, (line.kind for line in lines))
             self.save(record)
 
     def _path(self, batch_id: str, suffix: str) -> Path:
@@ -171,13 +185,16 @@ class Store:
         self._batches[record.id] = record
 
     def create(self, record: BatchRecord, requests: list[dict[str, Any]]) -> None:
-        """Requests first, then the record: a record never exists without its requests."""
+        """Requests first, then the record: a record never exists without its requests.
+        The parsed requests stay in memory, so processing does not read them back."""
         atomic_write(self._path(record.id, ".requests.jsonl"), _jsonl(requests))
         self.save(record)
+        self._memo[(record.id, "requests")] = requests
 
     def memo(self, batch_id: str, name: str, make: Callable[[], T]) -> T:
         """A per-batch value kept in memory while the batch is processed (its parsed
-        requests, its schedule), so polling a big batch does not re-read it each time."""
+        requests, its schedule, its result lines so far), so polling a big batch does
+        not re-read it each time. After a restart each is rebuilt from disk."""
         key = (batch_id, name)
         if key not in self._memo:
             self._memo[key] = make()
@@ -189,20 +206,25 @@ class Store:
 
     def read_requests(self, batch_id: str) -> list[dict[str, Any]]:
         text = self._path(batch_id, ".requests.jsonl").read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line]
+        return [json.loads(line) for line in text.split("\n") if line]  # see load_lines
 
-    def append_progress(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
-        append_jsonl(self._path(batch_id, ".progress.jsonl"), lines)
+    def append_progress(self, batch_id: str, lines: list[ResultLine]) -> None:
+        append_lines(self._path(batch_id, ".progress.jsonl"), [line.text for line in lines])
 
-    def read_progress(self, batch_id: str) -> list[dict[str, Any]]:
-        return load_jsonl(self._path(batch_id, ".progress.jsonl"))
+    def read_progress(self, batch_id: str) -> list[ResultLine]:
+        """The progress file's lines, each kept as the text it was written as."""
+        lines = []
+        for text in load_lines(self._path(batch_id, ".progress.jsonl")):
+            row = json.loads(text)
+            lines.append(ResultLine(row["custom_id"], row["result"]["type"], text))
+        return lines
 
     def drop_progress(self, batch_id: str) -> None:
         self._path(batch_id, ".progress.jsonl").unlink(missing_ok=True)
         self.forget(batch_id)
 
-    def write_results(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
-        atomic_write(self.results_path(batch_id), _jsonl(lines))
+    def write_results(self, batch_id: str, lines: list[ResultLine]) -> None:
+        atomic_write(self.results_path(batch_id), "".join(line.text + "\n" for line in lines))
 
     def results_path(self, batch_id: str) -> Path:
         return self._path(batch_id, ".results.jsonl")

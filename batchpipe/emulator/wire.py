@@ -99,12 +99,17 @@ def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
     }
 
 
+# json.dumps(obj, separators=(",", ":"), ensure_ascii=False) builds this encoder anew on
+# every call; a result line is dumped per request, so it is built once.
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps_line(obj: Any) -> str:
     """Compact JSON with no newline inside, so it can be one JSONL line."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _compact(obj)
 
 
-def load_jsonl(path: Path) -> list[dict[str, Any]]:
+def load_lines(path: Path) -> list[str]:
     """The complete lines of an append-only JSONL file. A crash mid-append can leave a
     torn last line without its newline: it is cut off the file, so the next append
     starts on a clean line and the lost entry is simply written again."""
@@ -115,14 +120,25 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     if len(whole) != len(data):
         with path.open("r+b") as handle:
             handle.truncate(len(whole))
-    return [json.loads(line) for line in whole.decode("utf-8").splitlines() if line]
+    # split on "\n" only: ensure_ascii=False leaves U+2028 and the like raw in a line
+    return [line for line in whole.decode("utf-8").split("\n") if line]
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of an append-only JSONL file, parsed (see load_lines)."""
+    return [json.loads(line) for line in load_lines(path)]
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append JSONL lines in one write, fsynced before returning."""
+    if not lines:
+        return
+    with path.open("a", encoding="utf-8", newline="\n") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append rows as compact lines in one write, fsynced before returning."""
-    if not rows:
-        return
-    with path.open("a", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(dumps_line(row) + "\n" for row in rows))
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_lines(path, [dumps_line(row) for row in rows])
