@@ -10,7 +10,6 @@ endpoint before anything is sent again.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 import uuid
@@ -158,18 +157,18 @@ def _finish_submission(
             log(f"found batch {adopted.id} upstream for an interrupted submission; not resent")
             _record_created(con, sub.submission_id, adopted)
             return
-    body = con.execute(
-        "SELECT '[' || string_agg('{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' "
-        "|| CAST(r.params AS VARCHAR) || '}', ',') || ']' "
+    count, body = con.execute(
+        "SELECT count(*), '{\"requests\":[' || coalesce(string_agg("
+        "'{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' || CAST(r.params AS VARCHAR) "
+        "|| '}', ',' ORDER BY r.custom_id), '') || ']}' "
         "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
         "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
         "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
         "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
         "WHERE b.submission_id = ?",
         [sub.submission_id],
-    ).fetchone()[0]
-    requests = json.loads(body) if body else []
-    if len(requests) != sub.request_count:
+    ).fetchone()
+    if count != sub.request_count:
         # The partition's requests were rebuilt (the file changed) before this intent was
         # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
         con.execute(
@@ -178,14 +177,12 @@ def _finish_submission(
         )
         log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
         return
-    creator = api.with_options(max_retries=0).messages.batches
+    content = body.encode()
+    del body
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         kill_point("before_create")
         try:
-            batch = creator.create(
-                requests=requests,
-                extra_headers={"anthropic-beta": ",".join(betas)} if betas else None,
-            )
+            batch = _create(api, content, betas)
             kill_point("after_create")
         except anthropic.RateLimitError as err:
             _wait_before_retry(err, attempt, log)
@@ -214,6 +211,23 @@ def _finish_submission(
     raise BatchApiError(
         f"could not create a batch after {CREATE_ATTEMPTS} attempts; nothing was submitted. "
         "Run again to retry."
+    )
+
+
+def _create(
+    api: anthropic.Anthropic, content: bytes, betas: Sequence[str]
+) -> anthropic.types.messages.MessageBatch:
+    """`messages.batches.create` with a body DuckDB already wrote as JSON.
+
+    The SDK's `create` deep-copies and re-encodes a list of dicts: 6 s for 100k
+    structured requests, against 0.1 s to send the bytes through the same client.
+    No retries: a retried create can make a second, paid batch.
+    """
+    return api.with_options(max_retries=0).post(
+        "/v1/messages/batches",
+        content=content,
+        cast_to=anthropic.types.messages.MessageBatch,
+        options={"headers": {"anthropic-beta": ",".join(betas)}} if betas else {},
     )
 
 
