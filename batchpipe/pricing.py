@@ -26,6 +26,7 @@ from batchpipe.models import (
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "USAGE_TYPE",
     "Catalog",
     "ModelInfo",
     "Price",
@@ -128,15 +129,24 @@ def cost_usd(
     return standard * factor * geo_factor(inference_geo)
 
 
+# The usage record as DuckDB reads it from a results line (read_json with this type);
+# fields the API adds later are ignored, missing ones are NULL.
+USAGE_TYPE = (
+    "STRUCT(input_tokens BIGINT, output_tokens BIGINT, cache_creation_input_tokens BIGINT, "
+    "cache_read_input_tokens BIGINT, cache_creation STRUCT(ephemeral_1h_input_tokens BIGINT))"
+)
+
+
 def cost_sql(model: str, usage: str, *, batch: bool = True) -> str:
-    """The SQL twin of cost_usd: USD of a usage record held as JSON in the expression
-    `usage`, so a million result lines are costed in one statement. A tiered model bills
-    the whole request at the tier its prompt (input, cache writes and reads) falls in."""
+    """The SQL twin of cost_usd: USD of a usage record held as a USAGE_TYPE struct in the
+    expression `usage`, so a million result lines are costed in one statement. A tiered
+    model bills the whole request at the tier its prompt (input, cache writes and reads)
+    falls in."""
     info = _table.model(model)  # the argument shadows model()
     factor = price_list().batch_discount if batch else 1.0
 
     def tokens(field: str) -> str:
-        return f"coalesce(CAST(({usage})->'$.{field}' AS BIGINT), 0)"
+        return f"coalesce(({usage}).{field}, 0)"
 
     hour = tokens("cache_creation.ephemeral_1h_input_tokens")
     writes = tokens("cache_creation_input_tokens")

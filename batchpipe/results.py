@@ -21,20 +21,26 @@ from batchpipe.failpoints import kill_point
 from batchpipe.plan import Resolved
 from batchpipe.templates import quote_ident
 
+# One results line as DuckDB parses it: read_json turns each line into these structs in
+# one pass, ignoring the fields batchpipe does not keep (ids, thinking, tool input).
+LINE_COLUMNS = (
+    "{custom_id: 'VARCHAR', result: 'STRUCT("
+    "type VARCHAR, "
+    "message STRUCT(model VARCHAR, stop_reason VARCHAR, "
+    f"content STRUCT(type VARCHAR, text VARCHAR)[], usage {pricing.USAGE_TYPE}), "
+    "error STRUCT(error STRUCT(type VARCHAR, message VARCHAR)))'}"
+)
 # The text of a reply is its text blocks joined; thinking blocks (which come first on
 # models that always think) and tool blocks are skipped by type, never by position.
 TEXT_SQL = (
-    "array_to_string(list_transform(list_filter("
-    "json_extract(j.result, '$.message.content[*]'), lambda b: b->>'type' = 'text'), "
-    "lambda b: b->>'text'), '')"
+    "array_to_string(list_transform(list_filter(j.result.message.content, "
+    "lambda b: b.type = 'text'), lambda b: b.text), '')"
 )
-
-
-USAGE = "j.result->'$.message.usage'"
+USAGE = "j.result.message.usage"
 
 
 def _usage(field: str) -> str:
-    return f"coalesce(CAST(j.result->'$.message.usage.{field}' AS BIGINT), 0)"
+    return f"coalesce({USAGE}.{field}, 0)"
 
 
 def load_results_file(
@@ -45,42 +51,53 @@ def load_results_file(
     batch_id: str,
     path: Path,
 ) -> int:
-    """Bulk-load one batch's results, matched to requests by custom_id, never by order."""
-    source = (
-        "read_json(?, format = 'newline_delimited', "
-        "columns = {custom_id: 'VARCHAR', result: 'JSON'}) AS j"
+    """Bulk-load one batch's results, matched to requests by custom_id, never by order.
+
+    The file is parsed once, into a temporary table of the columns batchpipe keeps; a
+    line for a request this batch was not sent stops the load before anything is written.
+    """
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE result_lines AS
+        SELECT j.custom_id, j.result.type AS result_type,
+               CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END AS text,
+               j.result.message.stop_reason AS stop_reason, j.result.message.model AS model,
+               {_usage("input_tokens")} AS input_tokens,
+               {_usage("output_tokens")} AS output_tokens,
+               {_usage("cache_creation_input_tokens")} AS cache_creation_input_tokens,
+               {_usage("cache_read_input_tokens")} AS cache_read_input_tokens,
+               {pricing.cost_sql(model, USAGE, batch=True)} AS cost_usd,
+               {pricing.cost_sql(model, USAGE, batch=False)} AS standard_cost_usd,
+               j.result.error.error.type AS error_type,
+               j.result.error.error.message AS error_message
+        FROM read_json(?, format = 'newline_delimited', columns = {LINE_COLUMNS}) AS j
+        """,
+        [str(path)],
     )
-    # The file is scanned twice, custom_ids first: cheaper in memory than holding every
-    # parsed line in a temporary table, and nothing is written unless all lines are ours.
     strangers = con.execute(
-        f"SELECT count(*), any_value(j.custom_id) FROM {source} "
+        "SELECT count(*), any_value(j.custom_id) FROM result_lines j "
         "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
-        [str(path), submission_id],
+        [submission_id],
     ).fetchone()
     if strangers[0]:
+        con.execute("DROP TABLE result_lines")
         raise BatchApiError(
             f"batch {batch_id} returned {strangers[0]} result(s) for requests it was not sent "
             f"(e.g. {strangers[1]}); nothing of it was loaded"
         )
     with warehouse.transaction(con):
         loaded = con.execute(
-            f"""
+            """
             INSERT INTO batchpipe_results
-            SELECT ?, ?, j.custom_id, b.request_hash, j.result->>'$.type',
-                   CASE WHEN j.result->>'$.type' = 'succeeded' THEN {TEXT_SQL} END,
-                   j.result->>'$.message.stop_reason',
-                   j.result->>'$.message.model',
-                   {_usage("input_tokens")}, {_usage("output_tokens")},
-                   {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
-                   {pricing.cost_sql(model, USAGE, batch=True)},
-                   {pricing.cost_sql(model, USAGE, batch=False)},
-                   j.result->>'$.error.error.type', j.result->>'$.error.error.message',
-                   now()::TIMESTAMP
-            FROM {source}
+            SELECT ?, ?, j.custom_id, b.request_hash, j.result_type, j.text, j.stop_reason,
+                   j.model, j.input_tokens, j.output_tokens, j.cache_creation_input_tokens,
+                   j.cache_read_input_tokens, j.cost_usd, j.standard_cost_usd,
+                   j.error_type, j.error_message, now()::TIMESTAMP
+            FROM result_lines j
             JOIN batchpipe_batch_requests b
               ON b.submission_id = ? AND b.custom_id = j.custom_id
             """,
-            [pipeline, batch_id, str(path), submission_id],
+            [pipeline, batch_id, submission_id],
         ).fetchone()[0]
         kill_point("mid_results_load")
         con.execute(
@@ -88,6 +105,7 @@ def load_results_file(
             "WHERE submission_id = ?",
             [submission_id],
         )
+    con.execute("DROP TABLE result_lines")
     return loaded
 
 

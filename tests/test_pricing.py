@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pytest
 from anthropic.types.model import Model
@@ -209,17 +210,21 @@ def test_estimate_uses_batch_prices_and_the_tier_of_the_average_prompt() -> None
         ),
     ],
 )
-def test_the_sql_that_costs_result_lines_agrees_with_cost_usd(model_id: str, usage: dict) -> None:
-    """Results are costed in SQL, a million lines at once; it must bill as cost_usd does."""
+def test_the_sql_that_costs_result_lines_agrees_with_cost_usd(
+    model_id: str, usage: dict, tmp_path: Path
+) -> None:
+    """Results are costed in SQL, a million lines at once; it must bill as cost_usd does.
+    The usage is read the way the results loader reads it: read_json with USAGE_TYPE."""
     import json
 
     import duckdb
 
-    line = json.dumps(usage)
+    lines = tmp_path / "usage.jsonl"
+    lines.write_text(json.dumps({"usage": usage}) + "\n")
     for batch in (True, False):
         (got,) = duckdb.execute(
-            f"SELECT {pricing.cost_sql(model_id, 'j.usage', batch=batch)} "
-            "FROM (SELECT ?::JSON AS usage) AS j",
-            [line],
+            f"SELECT {pricing.cost_sql(model_id, 'j.usage', batch=batch)} FROM read_json(?, "
+            f"format = 'newline_delimited', columns = {{usage: '{pricing.USAGE_TYPE}'}}) AS j",
+            [str(lines)],
         ).fetchone()
         assert got == pytest.approx(pricing.cost_usd(model_id, usage, batch=batch))
