@@ -370,7 +370,7 @@ def download_results(
     directory = warehouse.state_dir() / "results"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{batch_id}.jsonl"
-    if final.exists() and _line_count(final) == expected_lines:
+    if final.exists() and line_count(final) == expected_lines:
         return final
     partial = final.with_suffix(".jsonl.part")
     problem = ""
@@ -380,7 +380,7 @@ def download_results(
         except (anthropic.APIError, httpx2.TransportError) as err:
             problem = f"{type(err).__name__}: {err}"
         else:
-            lines = _line_count(partial)
+            lines = line_count(partial)
             if lines == expected_lines:
                 partial.replace(final)
                 return final
@@ -405,7 +405,7 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
         os.fsync(out.fileno())
 
 
-def _line_count(path: Path) -> int:
+def line_count(path: Path) -> int:
     """Lines in a JSONL file, counting a last line without its newline."""
     count = 0
     last = b"\n"

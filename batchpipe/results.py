@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe import plan, pricing, schema, warehouse
+from batchpipe import batches, plan, pricing, schema, warehouse
 from batchpipe.config import Pipeline
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
@@ -53,60 +53,56 @@ def load_results_file(
 ) -> int:
     """Bulk-load one batch's results, matched to requests by custom_id, never by order.
 
-    The file is parsed once, into a temporary table of the columns batchpipe keeps; a
-    line for a request this batch was not sent stops the load before anything is written.
+    One statement parses the file and inserts what batchpipe keeps; a line for a request
+    this batch was not sent makes the insert fall short of the file's line count, and
+    the transaction is rolled back before anything is visible.
     """
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE result_lines AS
-        SELECT j.custom_id, j.result.type AS result_type,
-               CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END AS text,
-               j.result.message.stop_reason AS stop_reason, j.result.message.model AS model,
-               {_usage("input_tokens")} AS input_tokens,
-               {_usage("output_tokens")} AS output_tokens,
-               {_usage("cache_creation_input_tokens")} AS cache_creation_input_tokens,
-               {_usage("cache_read_input_tokens")} AS cache_read_input_tokens,
-               {pricing.cost_sql(model, USAGE, batch=True)} AS cost_usd,
-               {pricing.cost_sql(model, USAGE, batch=False)} AS standard_cost_usd,
-               j.result.error.error.type AS error_type,
-               j.result.error.error.message AS error_message
-        FROM read_json(?, format = 'newline_delimited', columns = {LINE_COLUMNS}) AS j
-        """,
-        [str(path)],
-    )
-    strangers = con.execute(
-        "SELECT count(*), any_value(j.custom_id) FROM result_lines j "
-        "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
-        [submission_id],
-    ).fetchone()
-    if strangers[0]:
-        con.execute("DROP TABLE result_lines")
-        raise BatchApiError(
-            f"batch {batch_id} returned {strangers[0]} result(s) for requests it was not sent "
-            f"(e.g. {strangers[1]}); nothing of it was loaded"
-        )
+    lines = batches.line_count(path)
     with warehouse.transaction(con):
         loaded = con.execute(
-            """
+            f"""
             INSERT INTO batchpipe_results
-            SELECT ?, ?, j.custom_id, b.request_hash, j.result_type, j.text, j.stop_reason,
-                   j.model, j.input_tokens, j.output_tokens, j.cache_creation_input_tokens,
-                   j.cache_read_input_tokens, j.cost_usd, j.standard_cost_usd,
-                   j.error_type, j.error_message, now()::TIMESTAMP
-            FROM result_lines j
+            SELECT ?, ?, j.custom_id, b.request_hash, j.result.type,
+                   CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END,
+                   j.result.message.stop_reason, j.result.message.model,
+                   {_usage("input_tokens")}, {_usage("output_tokens")},
+                   {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
+                   {pricing.cost_sql(model, USAGE, batch=True)},
+                   {pricing.cost_sql(model, USAGE, batch=False)},
+                   j.result.error.error.type, j.result.error.error.message, now()::TIMESTAMP
+            FROM {_lines("?")}
             JOIN batchpipe_batch_requests b
               ON b.submission_id = ? AND b.custom_id = j.custom_id
             """,
-            [pipeline, batch_id, submission_id],
+            [pipeline, batch_id, str(path), submission_id],
         ).fetchone()[0]
+        if loaded != lines:
+            raise _strangers(con, path, submission_id, batch_id)
         kill_point("mid_results_load")
         con.execute(
             "UPDATE batchpipe_batches SET state = 'loaded', loaded_at = now()::TIMESTAMP "
             "WHERE submission_id = ?",
             [submission_id],
         )
-    con.execute("DROP TABLE result_lines")
     return loaded
+
+
+def _lines(path: str) -> str:
+    return f"read_json({path}, format = 'newline_delimited', columns = {LINE_COLUMNS}) AS j"
+
+
+def _strangers(
+    con: duckdb.DuckDBPyConnection, path: Path, submission_id: str, batch_id: str
+) -> BatchApiError:
+    count, example = con.execute(
+        f"SELECT count(*), any_value(j.custom_id) FROM {_lines('?')} "
+        "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
+        [str(path), submission_id],
+    ).fetchone()
+    return BatchApiError(
+        f"batch {batch_id} returned {count} result(s) for requests it was not sent "
+        f"(e.g. {example}); nothing of it was loaded"
+    )
 
 
 @dataclass(frozen=True)
