@@ -43,8 +43,27 @@ def _rows(entries: list[tuple[Key, tuple]], total: float) -> list[str]:
     return lines
 
 
-def summary(stats_file: Path, top: int = 10) -> str:
-    """Markdown: batchpipe's functions by cumulative time, all functions by own time."""
+def _statements(stats: dict, total: float, top: int) -> list[str]:
+    """DuckDB's execute, split by the function that called it: which statements cost."""
+    executes = [
+        key for key in stats if key[0] == "~" and "duckdb" in key[2] and "execute" in key[2]
+    ]
+    callers: dict[Key, list[float]] = {}
+    for key in executes:
+        for caller, (_, calls, _, cumulative) in stats[key][4].items():
+            entry = callers.setdefault(caller, [0, 0.0])
+            entry[0] += calls
+            entry[1] += cumulative
+    lines = ["| called from | statements | s | of the run |", "|---|---|---|---|"]
+    for caller, (calls, seconds) in sorted(callers.items(), key=lambda c: -c[1][1])[:top]:
+        where = _where(caller).replace("|", "\\|")
+        lines.append(f"| `{where}` | {calls:,} | {seconds:.2f} | {seconds / total:.0%} |")
+    return lines
+
+
+def summary(stats_file: Path, top: int = 12) -> str:
+    """Markdown: batchpipe's functions by cumulative time, DuckDB statements by caller,
+    all functions by own time."""
     stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
     total = max(entry[3] for entry in stats.values())
     ours = [
@@ -59,6 +78,10 @@ def summary(stats_file: Path, top: int = 10) -> str:
             f"batchpipe's functions by cumulative time (profiled run: {total:.1f} s):",
             "",
             *_rows(by_cumulative, total),
+            "",
+            "DuckDB statements by the function that ran them:",
+            "",
+            *_statements(stats, total, top),
             "",
             "All functions by own time:",
             "",
