@@ -91,7 +91,8 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         sample = [
             json.loads(p)
             for (p,) in con.execute(
-                f"SELECT params FROM plan_pending USING SAMPLE {SAMPLE} ROWS"
+                "SELECT r.params FROM plan_pending AS p JOIN plan_requests AS r "
+                f"USING (custom_id, request_hash) USING SAMPLE {SAMPLE} ROWS"
             ).fetchall()
         ]
         history = con.execute(

@@ -445,7 +445,7 @@ attempts AS (
     GROUP BY r.request_hash
 )
 SELECT min(r.custom_id) AS custom_id, r.request_hash,
-       any_value(r.params) AS params, any_value(r.input_chars) AS input_chars
+       any_value(r.input_chars) AS input_chars
 FROM batchpipe_requests AS r
 LEFT JOIN latest AS l USING (request_hash)
 LEFT JOIN attempts AS a USING (request_hash)
