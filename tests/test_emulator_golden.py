@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchpipe.emulator import lifecycle
 from batchpipe.emulator.faults import LineFaults
+from batchpipe.emulator.forked import in_two
 from batchpipe.emulator.state import Store
 from batchpipe.emulator.wire import rfc3339
 
@@ -172,12 +176,11 @@ def _crash_before_billing(store: Store, record: Any) -> None:
     raise AssertionError("the paced batch had nothing new to process")
 
 
-def _run(state: Path) -> str:
+def _run(state: Path, requests: list[dict[str, Any]]) -> str:
     """Five batches through every processing path; everything they wrote, normalised."""
     clock = FixedClock()
     store = Store(state)
     store.clock = clock  # type: ignore[assignment]
-    requests = _requests()
     faulty = LineFaults(seed=3, errored_rate=0.15, expired_rate=0.1)
     paced = LineFaults(seed=5, errored_rate=0.1, requests_per_second=4)
     out: list[str] = []
@@ -223,6 +226,25 @@ def _run(state: Path) -> str:
 
 
 def test_processing_writes_exactly_what_it_always_did(tmp_path: Path) -> None:
-    text = _run(tmp_path / "state")
+    text = _run(tmp_path / "state", _requests())
     (tmp_path / "golden.txt").write_text(text, encoding="utf-8")  # for a diff on failure
     assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN, tmp_path / "golden.txt"
+
+
+def test_answering_on_two_cores_writes_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big batches that never touch the prompt cache are answered half in a forked
+    child; here every advance of two or more lines is, and nothing may differ."""
+    requests = [r for r in _requests() if "cache_control" not in json.dumps(r)]
+    serial = _run(tmp_path / "serial", requests)
+    forks = []
+
+    def counted(work: Any, items: Any) -> Any:
+        forks.append(len(items))
+        return in_two(work, items)
+
+    monkeypatch.setattr(lifecycle, "FORK_AT_LEAST", 2)
+    monkeypatch.setattr(lifecycle.forked, "in_two", counted)
+    assert _run(tmp_path / "forked", requests) == serial
+    assert len(forks) >= 3 and max(forks) == len(requests)

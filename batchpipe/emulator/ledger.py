@@ -13,13 +13,14 @@ and the pair it was about is billed again by the next `bill` for its batch.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchpipe import pricing
-from batchpipe.emulator.wire import append_jsonl, load_jsonl
+from batchpipe.emulator.wire import append_lines, dumps_line, load_jsonl
 
 TOKEN_FIELDS = (
     "input_tokens",
@@ -55,6 +56,14 @@ def _cost_key(usage: dict[str, Any], split: dict[str, Any]) -> tuple[Any, ...]:
     return (*counts, *(split.get(name, usage.get(name)) for name in _SPLIT_FIELDS))
 
 
+class Bill(NamedTuple):
+    """One ledger line, serialized once where it is made (maybe in a forked child)."""
+
+    batch_id: str
+    custom_id: str
+    text: str  # the compact JSON line, without its newline
+
+
 def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> dict:
     """The ledger line for one succeeded result's message."""
     usage = message.get("usage") or {}
@@ -68,6 +77,11 @@ def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str
     return row
 
 
+def bill_for(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> Bill:
+    """`entry`, serialized for `Ledger.bill`."""
+    return Bill(batch_id, custom_id, dumps_line(entry(batch_id, custom_id, message, billed_at)))
+
+
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {"requests_billed": len(rows)}
     totals |= {name: sum(row.get(name, 0) for row in rows) for name in TOKEN_FIELDS}
@@ -76,32 +90,35 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Ledger:
-    """The billed lines in memory, appended through to `path` (fsynced) on every bill."""
+    """The billed lines in memory as their JSON text (a million parsed rows would take
+    gigabytes), appended through to `path` (fsynced) on every bill."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._rows: list[dict[str, Any]] = []
+        self._lines: list[tuple[str, str]] = []  # (batch_id, line text)
         self._billed: set[tuple[str, str]] = set()
         self._load()
 
     def _load(self) -> None:
         for row in load_jsonl(self.path):
-            row.setdefault("usd", line_cost(row["model"], row))  # lines from older versions
-            self._rows.append(row)
+            if "usd" not in row:  # lines from older versions
+                row["usd"] = line_cost(row["model"], row)
+            self._lines.append((row["batch_id"], dumps_line(row)))
             self._billed.add((row["batch_id"], row["custom_id"]))
 
-    def bill(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Append the rows whose (batch_id, custom_id) was never billed; how many were."""
+    def bill(self, bills: Iterable[Bill]) -> int:
+        """Append the lines whose (batch_id, custom_id) was never billed; how many were."""
         with self._lock:
-            new = []
-            for row in rows:
-                key = (row["batch_id"], row["custom_id"])
-                if key not in self._billed:
-                    self._billed.add(key)
-                    new.append(row)
-            append_jsonl(self.path, new)
-            self._rows.extend(new)
+            new, keys = [], set()
+            for bill in bills:
+                key = (bill.batch_id, bill.custom_id)
+                if key not in self._billed and key not in keys:
+                    keys.add(key)
+                    new.append(bill)
+            append_lines(self.path, [bill.text for bill in new])
+            self._billed |= keys
+            self._lines.extend((bill.batch_id, bill.text) for bill in new)
             return len(new)
 
     def has(self, batch_id: str, custom_id: str) -> bool:
@@ -112,13 +129,14 @@ class Ledger:
     def reset(self) -> None:
         with self._lock:
             self.path.unlink(missing_ok=True)
-            self._rows.clear()
+            self._lines.clear()
             self._billed.clear()
 
     def report(self, batch_id: str | None = None) -> dict[str, Any]:
         """`GET /_emulator/ledger`: totals, totals by model, and every billed line."""
         with self._lock:
-            rows = [r for r in self._rows if batch_id is None or r["batch_id"] == batch_id]
+            lines = [text for owner, text in self._lines if batch_id in (None, owner)]
+        rows = [json.loads(text) for text in lines]
         models = sorted({row["model"] for row in rows})
         by_model = {m: _totals([row for row in rows if row["model"] == m]) for m in models}
         return _totals(rows) | {"by_model": by_model, "data": rows}

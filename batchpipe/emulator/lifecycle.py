@@ -27,10 +27,10 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from batchpipe.emulator import ledger
+from batchpipe.emulator import forked, ledger
 from batchpipe.emulator.faults import (
     LineFaults,
     line_error,
@@ -39,11 +39,19 @@ from batchpipe.emulator.faults import (
 )
 from batchpipe.emulator.responders import respond
 from batchpipe.emulator.state import BatchRecord, ResultLine, Store, tally
-from batchpipe.emulator.wire import ApiError, invalid, new_batch_id, not_found, rfc3339
+from batchpipe.emulator.wire import (
+    ApiError,
+    dumps_line,
+    invalid,
+    new_batch_id,
+    not_found,
+    rfc3339,
+)
 
 EXPIRY = dt.timedelta(hours=24)
 RETENTION = dt.timedelta(days=29)
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
+FORK_AT_LEAST = 5_000  # lines answered at once before a second core is worth a fork
 
 
 def create(
@@ -147,46 +155,104 @@ def _progress(store: Store, record: BatchRecord) -> list[ResultLine]:
     return store.memo(record.id, "progress", lambda: store.read_progress(record.id))
 
 
-def _bills(
-    store: Store,
-    record: BatchRecord,
-    schedule: Schedule,
-    lines: list[tuple[int, str, dict[str, Any]]],
-) -> list[dict[str, Any]]:
-    """Ledger rows for `lines` - (position processed, custom_id, message) of succeeded
-    results - that are not billed yet; a line's row is made at most once."""
-    stamps: dict[int, str] = {}  # one moment for all when there is no rps limit
+class _Stamps:
+    """`billed_at` of the line processed `position`-th, formatted once per moment (one
+    for the whole batch when there is no rps limit)."""
 
-    def billed_at(position: int) -> str:
-        moment = schedule.finished_at(position)
-        key = 0 if schedule.rps is None else position
-        if key not in stamps:
-            stamps[key] = rfc3339(moment)
-        return stamps[key]
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self._made: dict[int, str] = {}
 
-    return [
-        ledger.entry(record.id, custom_id, message, billed_at(at))
-        for at, custom_id, message in lines
-        if not store.ledger.has(record.id, custom_id)
-    ]
+    def __call__(self, position: int) -> str:
+        key = 0 if self.schedule.rps is None else position
+        if key not in self._made:
+            self._made[key] = rfc3339(self.schedule.finished_at(position))
+        return self._made[key]
+
+
+@dataclass
+class _Answers:
+    """Answered lines and the ledger lines of the succeeded ones, serialized, as plain
+    columns: cheap to send back from a forked child. Ledger lines are made as lines
+    are answered, so no Message outlives its line (a batch's worth of live Messages
+    made the garbage collector crawl); `Ledger.bill` skips any billed already."""
+
+    custom_ids: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    billed: list[str] = field(default_factory=list)  # custom_ids of the ledger lines
+    bills: list[str] = field(default_factory=list)
+
+    def extend(self, other: _Answers) -> _Answers:
+        for name, column in vars(other).items():
+            getattr(self, name).extend(column)
+        return self
+
+    def lines(self) -> list[ResultLine]:
+        return list(map(ResultLine, self.custom_ids, self.kinds, self.texts))
+
+    def ledger_lines(self, batch_id: str) -> list[ledger.Bill]:
+        return [
+            ledger.Bill(batch_id, cid, text)
+            for cid, text in zip(self.billed, self.bills, strict=True)
+        ]
+
+
+def _answer_range(
+    store: Store, record: BatchRecord, schedule: Schedule, positions: range
+) -> _Answers:
+    """Answer the requests processed at `positions`, and bill the succeeded ones.
+    Touches no file and no lock but the prompt cache's, so it can run in a forked child
+    when the batch never uses the prompt cache."""
+    requests = _requests(store, record)
+    answers, stamp = _Answers(), _Stamps(schedule)
+    for position in positions:
+        request = requests[schedule.order[position]]
+        custom_id = request["custom_id"]
+        result = _answer(store, record, request, schedule.finished_at(position))
+        answers.custom_ids.append(custom_id)
+        answers.kinds.append(result["type"])
+        answers.texts.append(dumps_line({"custom_id": custom_id, "result": result}))
+        if result["type"] == "succeeded":
+            row = ledger.entry(record.id, custom_id, result["message"], stamp(position))
+            answers.billed.append(custom_id)
+            answers.bills.append(dumps_line(row))
+    return answers
+
+
+def _answer_all(
+    store: Store, record: BatchRecord, schedule: Schedule, positions: range
+) -> _Answers:
+    """`_answer_range`, on both cores when that is safe and worth a fork: the prompt
+    cache makes answers depend on the order lines are processed in, so a batch that
+    has `cache_control` anywhere is answered in order, in this process."""
+    if len(positions) < FORK_AT_LEAST or not _cache_free(store, record):
+        return _answer_range(store, record, schedule, positions)
+    _requests(store, record)  # parsed before the fork, so the child need not
+    first, second = forked.in_two(
+        lambda part: _answer_range(store, record, schedule, part), positions
+    )
+    return first.extend(second)
+
+
+def _cache_free(store: Store, record: BatchRecord) -> bool:
+    """Whether no request of the batch can touch the prompt cache: no `cache_control`
+    key anywhere (a string value equal to it only costs the speed-up)."""
+    return store.memo(
+        record.id, "cache_free", lambda: b'"cache_control"' not in store.requests_bytes(record.id)
+    )
 
 
 def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int) -> None:
     """Answer, record and bill the requests that became done since the last access."""
     if target <= record.done:
         return
-    requests = _requests(store, record)
     progress = _progress(store, record)  # loaded before the append below, not after
-    lines, succeeded = [], []
-    for position, index in enumerate(schedule.order[record.done : target], record.done):
-        custom_id = requests[index]["custom_id"]
-        result = _answer(store, record, requests[index], schedule.finished_at(position))
-        lines.append(ResultLine.of({"custom_id": custom_id, "result": result}))
-        if result["type"] == "succeeded":
-            succeeded.append((position, custom_id, result["message"]))
+    answers = _answer_all(store, record, schedule, range(record.done, target))
+    lines = answers.lines()
     store.append_progress(record.id, lines)
     progress.extend(lines)
-    store.ledger.bill(_bills(store, record, schedule, succeeded))
+    store.ledger.bill(answers.ledger_lines(record.id))
     record.done = target
     for line in lines:
         record.request_counts[line.kind] += 1
@@ -200,16 +266,17 @@ def _result_order(line: ResultLine) -> str:
     return hashlib.sha1(line.custom_id.encode()).hexdigest()
 
 
-def _unbilled(
-    store: Store, record: BatchRecord, progress: list[ResultLine]
-) -> list[tuple[int, str, dict[str, Any]]]:
-    """The succeeded lines a crash left unbilled, parsed for their messages (only these
-    are: normally every succeeded line was billed as it was processed)."""
-    return [
-        (at, line.custom_id, json.loads(line.text)["result"]["message"])
-        for at, line in enumerate(progress)
-        if line.kind == "succeeded" and not store.ledger.has(record.id, line.custom_id)
-    ]
+def _bill_the_rest(
+    store: Store, record: BatchRecord, schedule: Schedule, progress: list[ResultLine]
+) -> None:
+    """Bill the succeeded lines a crash left unbilled, parsing only those for their
+    messages: normally every succeeded line was billed as it was processed."""
+    stamp, bills = _Stamps(schedule), []
+    for at, line in enumerate(progress):
+        if line.kind == "succeeded" and not store.ledger.has(record.id, line.custom_id):
+            message = json.loads(line.text)["result"]["message"]
+            bills.append(ledger.bill_for(record.id, line.custom_id, message, stamp(at)))
+    store.ledger.bill(bills)
 
 
 def _finish(
@@ -227,7 +294,7 @@ def _finish(
     ]
     lines = sorted(progress + rest, key=_result_order)
     store.write_results(record.id, lines)
-    store.ledger.bill(_bills(store, record, schedule, _unbilled(store, record, progress)))
+    _bill_the_rest(store, record, schedule, progress)
     record.processing_status = "ended"
     record.request_counts = tally(len(requests), (line.kind for line in lines))
     record.ended_at = ended_at

@@ -9,6 +9,7 @@ boolean) is a hash of (seed, prompt, JSON path): same request, same value.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
 import uuid
@@ -58,10 +59,14 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
 class _Generator:
     def __init__(self, root: dict[str, Any], prompt: str, seed: int, salt: str) -> None:
         self.root = root
-        self.words = prompt.split() or ["emulated"]
         self.prompt = prompt
         self.seed = seed
         self.salt = salt
+
+    @functools.cached_property
+    def words(self) -> list[str]:
+        """The prompt's words, for strings: split only when a string is made."""
+        return self.prompt.split() or ["emulated"]
 
     def pick(self, path: str) -> int:
         return stable_int(self.seed, self.salt, self.prompt, path)

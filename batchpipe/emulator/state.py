@@ -25,24 +25,29 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, Field
 
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.faults import LineFaults
 from batchpipe.emulator.ledger import Ledger
-from batchpipe.emulator.wire import append_lines, dumps_line, load_lines
+from batchpipe.emulator.wire import append_lines, dumps_line, load_lines, write_lines
 
 T = TypeVar("T")
 
 
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see either the old or the new file, never half."""
+    atomic_write_with(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`atomic_write`, the content written by `write(handle)`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; state files are meant to be inspected
@@ -204,6 +209,9 @@ class Store:
         for key in [key for key in self._memo if key[0] == batch_id]:
             del self._memo[key]
 
+    def requests_bytes(self, batch_id: str) -> bytes:
+        return self._path(batch_id, ".requests.jsonl").read_bytes()
+
     def read_requests(self, batch_id: str) -> list[dict[str, Any]]:
         text = self._path(batch_id, ".requests.jsonl").read_text(encoding="utf-8")
         return [json.loads(line) for line in text.split("\n") if line]  # see load_lines
@@ -224,7 +232,8 @@ class Store:
         self.forget(batch_id)
 
     def write_results(self, batch_id: str, lines: list[ResultLine]) -> None:
-        atomic_write(self.results_path(batch_id), "".join(line.text + "\n" for line in lines))
+        texts = [line.text for line in lines]
+        atomic_write_with(self.results_path(batch_id), lambda handle: write_lines(handle, texts))
 
     def results_path(self, batch_id: str) -> Path:
         return self._path(batch_id, ".results.jsonl")

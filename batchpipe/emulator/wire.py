@@ -12,10 +12,12 @@ import json
 import os
 import secrets
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+CHUNK_LINES = 4096
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 # HTTP status -> error.type, from the API's errors page (research §4.2).
@@ -58,14 +60,22 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found_error", message)
 
 
+# Two base62 digits per division: _PAIRS[n] is n's low digit, then its high one.
+_PAIRS = [BASE62[n % 62] + BASE62[n // 62] for n in range(62 * 62)]
+
+
 def _base62(length: int) -> str:
-    """Random base62 text. One draw of random bits, not one per character: ids are made
-    for every result line, and per-character draws were half the cost of a reply."""
+    """Random base62 text: the `length` low base62 digits of one draw of random bits,
+    least significant first. One draw, not one per character, and two digits per
+    division: ids are made for every result line. Never from a buffer of random bytes,
+    which a forked child would share (and so repeat ids)."""
     number = int.from_bytes(secrets.token_bytes(length), "big")  # 8 bits per 5.95 needed
     chars = []
-    for _ in range(length):
-        number, digit = divmod(number, 62)
-        chars.append(BASE62[digit])
+    for _ in range(length // 2):
+        number, pair = divmod(number, 62 * 62)
+        chars.append(_PAIRS[pair])
+    if length % 2:
+        chars.append(BASE62[number % 62])
     return "".join(chars)
 
 
@@ -129,12 +139,20 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in load_lines(path)]
 
 
-def append_lines(path: Path, lines: list[str]) -> None:
-    """Append JSONL lines in one write, fsynced before returning."""
+def write_lines(handle: IO[bytes], lines: Sequence[str]) -> None:
+    """Write lines, each with its newline, a chunk at a time: joining a whole batch's
+    lines first would build (and page in) a 100 MB string, then its encoded copy."""
+    for start in range(0, len(lines), CHUNK_LINES):
+        chunk = lines[start : start + CHUNK_LINES]
+        handle.write(("\n".join(chunk) + "\n").encode("utf-8"))
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append JSONL lines, fsynced before returning."""
     if not lines:
         return
-    with path.open("a", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(line + "\n" for line in lines))
+    with path.open("ab") as handle:
+        write_lines(handle, lines)
         handle.flush()
         os.fsync(handle.fileno())
 
