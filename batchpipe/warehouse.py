@@ -101,12 +101,20 @@ def state_dir() -> Path:
 def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that is always closed, waiting a bounded time for another writer."""
     db = database()
+    # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
+    # memory should not grow with the partition, so it is capped and DuckDB spills instead.
+    memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "1GB")
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     delay = 0.1
     while True:
         try:
-            con = duckdb.connect(db, read_only=read_only)
+            con = duckdb.connect(db, read_only=read_only, config={"memory_limit": memory})
             break
+        except duckdb.ParserException as err:
+            raise WarehouseError(
+                f"BATCHPIPE_MEMORY_LIMIT={memory!r} is not a DuckDB memory size "
+                f"such as 1GB or 512MB ({err})"
+            ) from None
         except duckdb.IOException as err:
             if "lock" not in str(err).lower():
                 raise WarehouseError(f"cannot open the DuckDB database {db}: {err}") from None

@@ -89,6 +89,15 @@ def test_unknown_pipeline_and_early_date_are_plain_errors(demo_db: Path) -> None
     assert not (demo_db / ".batchpipe" / "emulator").exists()  # nothing was started
 
 
+def test_a_bad_memory_limit_names_the_variable(demo_db: Path) -> None:
+    run = batchpipe(
+        "run", "product_descriptions", "--date", DAY, env={"BATCHPIPE_MEMORY_LIMIT": "lots"}
+    )
+    assert run.returncode == 1
+    assert "BATCHPIPE_MEMORY_LIMIT='lots' is not a DuckDB memory size such as 1GB" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str) -> None:
     """The command README shows for Dagster's own CLI."""
     result = subprocess.run(
