@@ -143,3 +143,26 @@ def test_null_keys_are_refused_with_examples(demo_db: Path) -> None:
     message = str(caught.value)
     assert "source.key: 2 row(s) of 2026-11-03 have a NULL key; keys must be set." in message
     assert '"name":"Cinder Lamp Mk 1"' in message
+
+
+# md5 over "custom_id request_hash" lines of each example pipeline's 2026-11-03 partition,
+# as batchpipe has always built them. A change here changes every request's identity: a
+# re-run would send, and pay for, requests already answered. Change it only on purpose.
+STABLE_HASHES = {
+    "product_descriptions": "31378be844aa7542a572182baec164f0",
+    "review_replies": "d845bfe7385c96ab27ffdad21f85f199",
+    "review_sentiment": "da82f54969b3f56ef3bf97967f5a0c42",
+    "ticket_triage": "46ea6da38a344742a38f4e4b9fa39aa1",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STABLE_HASHES))
+def test_request_identity_does_not_change_between_versions(demo_db: Path, name: str) -> None:
+    build(demo_db, name)
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        (digest,) = con.execute(
+            "SELECT md5(string_agg(custom_id || ' ' || request_hash, '\n' ORDER BY custom_id)) "
+            "FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
+            [name, DAY],
+        ).fetchone()
+    assert digest == STABLE_HASHES[name]
