@@ -30,6 +30,8 @@ from batchpipe.emulator.protocol import (
     on_crash,
     on_http_error,
     paged,
+    parse_json,
+    read_body,
     read_json,
     validate_create,
     version_and_betas,
@@ -62,12 +64,12 @@ def create_app(
         return str(request.base_url)
 
     async def create_batch(request: Request) -> Response:
-        body = await read_json(request, MAX_BATCH_BODY)
-        requests = validate_create(body)
+        raw = await read_body(request, MAX_BATCH_BODY)
+        requests = validate_create(parse_json(raw))
         version, betas = version_and_betas(request)
         line_faults = injector.for_new_batch()
         record = await run_in_threadpool(
-            lifecycle.create, store, requests, version, betas, line_faults
+            lifecycle.create, store, requests, version, betas, line_faults, raw
         )
         return JSONResponse(lifecycle.batch_json(record, base(request)))
 

@@ -38,7 +38,7 @@ from batchpipe.emulator.faults import (
     worker_request_id,
 )
 from batchpipe.emulator.responders import respond
-from batchpipe.emulator.state import BatchRecord, ResultLine, Store, tally
+from batchpipe.emulator.state import BatchRecord, ResultLine, Store, paused_gc, tally
 from batchpipe.emulator.wire import (
     ApiError,
     dumps_line,
@@ -60,8 +60,11 @@ def create(
     api_version: str,
     betas: Sequence[str],
     faults: LineFaults | None = None,
+    body: bytes | None = None,
 ) -> BatchRecord:
-    with store.lock:
+    """A new batch of validated `requests`; `body` is the create call's JSON they came
+    from, if at hand (it is kept as is, rather than serialized again)."""
+    with store.lock, paused_gc():
         now = store.clock.now()
         record = BatchRecord(
             id=new_batch_id(),
@@ -73,7 +76,7 @@ def create(
             request_counts={key: 0 for key in COUNT_KEYS} | {"processing": len(requests)},
             faults=faults or LineFaults(),
         )
-        store.create(record, requests)
+        store.create(record, requests, body)
         return record
 
 
@@ -305,7 +308,7 @@ def _finish(
 
 def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
     """Bring one batch up to date with the clock (see the module docstring)."""
-    with store.lock:
+    with store.lock, paused_gc():
         now = store.clock.now()
         if record.processing_status != "ended":
             schedule = _schedule(store, record, latency)

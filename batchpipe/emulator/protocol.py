@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchpipe.emulator.faults import Faults
+from batchpipe.emulator.state import paused_gc
 from batchpipe.emulator.wire import ERROR_TYPES, ApiError, error_body, invalid, new_request_id
 
 MAX_REQUESTS = 100_000
@@ -112,8 +113,8 @@ async def on_crash(request: Request, exc: Exception) -> Response:
     return error_response(error, _request_id(request))
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body, with the real API's 413 above `limit` and 400 for bad JSON."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, with the real API's 413 above `limit`."""
     too_large = ApiError(
         413, "request_too_large", f"Request exceeds the maximum size of {limit} bytes."
     )
@@ -126,10 +127,21 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise too_large
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or the real API's 400 for bad JSON."""
     try:
-        return json.loads(b"".join(chunks))
+        with paused_gc():  # a batch body is hundreds of thousands of objects
+            return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"The request body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The JSON body, with the real API's 413 above `limit` and 400 for bad JSON."""
+    return parse_json(await read_body(request, limit))
 
 
 def version_and_betas(request: Request) -> tuple[str, list[str]]:
@@ -157,6 +169,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
+@paused_gc()
 def validate_create(body: Any) -> list[dict[str, Any]]:
     """The synchronous 400s of `POST /v1/messages/batches` (research §1.5). Params are
     deliberately not looked at: the real API validates them later, per line."""
