@@ -112,25 +112,36 @@ class Resolved:
         return self.file.pipeline.source.key_columns
 
     def params_sql(self, relation: str = "s") -> str:
-        """The Messages API params of a row, as one JSON expression: the per-row parts
-        (templates) in SQL, the constant parts as one JSON literal merged in."""
+        """The Messages API params of a row as JSON text, written by concatenation.
+
+        The text is exactly what `json_object` over the same fields gives (DuckDB writes
+        the constant parts, folded once per statement; `to_json` escapes each row's
+        strings), so request hashes stay what they always were, at a quarter of the cost
+        of building a JSON document per row.
+        """
         request = self.file.pipeline.request
-        fields = [
-            f"'model', {sql_string(request.model)}",
-            f"'max_tokens', {int(request.max_tokens)}",
-        ]
+        head = json_text(
+            f"'model', {sql_string(request.model)}, 'max_tokens', {int(request.max_tokens)}"
+        )
+        parts = [f"left({head}, -1)"]  # without its closing brace
         if self.system is not None:
-            fields.append(f"'system', {self.system_sql(relation)}")
-        messages = ", ".join(
-            f"json_object('role', {sql_string(role)}, 'content', "
-            f"{templates.to_sql(content, relation)})"
+            parts += ["',\"system\":'", _json_value(self.system_sql(relation))]
+        messages = " || ',' || ".join(
+            f"'{{\"role\":' || {_json_value(sql_string(role))} || ',\"content\":' || "
+            f"{_json_value(templates.to_sql(content, relation))} || '}}'"
             for role, content in self.messages
         )
-        fields.append(f"'messages', json_array({messages})")
+        parts += ["',\"messages\":['", messages, "']'"]
         constant = constant_params(self.file)
-        for key, value in constant.items():
-            fields.append(f"{sql_string(key)}, {sql_string(json.dumps(value))}::JSON")
-        return f"json_object({', '.join(fields)})"
+        if constant:
+            fields = ", ".join(
+                f"{sql_string(key)}, {sql_string(json.dumps(value))}::JSON"
+                for key, value in constant.items()
+            )
+            parts.append(f"',' || substr({json_text(fields)}, 2)")  # without its opening brace
+        else:
+            parts.append("'}'")
+        return "(" + " || ".join(parts) + ")"
 
     def system_sql(self, relation: str = "s") -> str:
         """A plain string when the file gave text, else text blocks with cache_control."""
@@ -150,6 +161,16 @@ class Resolved:
     @property
     def templates(self) -> list[templates.Template]:
         return [t for _, t in self.messages] + [t for t, _ in self.system or []]
+
+
+def json_text(fields: str) -> str:
+    """`json_object(fields)` as VARCHAR: constant fields make a literal DuckDB folds."""
+    return f"CAST(json_object({fields}) AS VARCHAR)"
+
+
+def _json_value(expression: str) -> str:
+    """A value as JSON text, the way json_object writes it (NULL as null)."""
+    return f"coalesce(CAST(to_json({expression}) AS VARCHAR), 'null')"
 
 
 def constant_params(pf: PipelineFile) -> dict[str, Any]:

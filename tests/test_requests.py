@@ -166,3 +166,45 @@ def test_request_identity_does_not_change_between_versions(demo_db: Path, name: 
             [name, DAY],
         ).fetchone()
     assert digest == STABLE_HASHES[name]
+
+
+def test_params_text_is_what_json_object_writes_for_awkward_values(project: Path) -> None:
+    """Params are written by concatenation for speed; their text (and so every request's
+    hash) must be byte for byte what DuckDB's json_object gives, whatever the row holds."""
+    awkward = [
+        'quote " backslash \\ slash /',
+        "newline \n tab \t return \r",
+        "control \x01\x1f bell \x07",
+        "accents é ü, CJK 漢字, emoji 😀, RTL עברית",
+        "",
+        None,
+    ]
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        con.execute("CREATE TABLE notes (id INTEGER, body VARCHAR, added_on DATE)")
+        con.executemany(
+            "INSERT INTO notes VALUES (?, ?, ?)", [(i, v, DAY) for i, v in enumerate(awkward)]
+        )
+    (project / "pipelines" / "awkward.yaml").write_text(
+        "name: awkward\nsource: {table: notes, key: id, partition_column: added_on}\n"
+        "request:\n  model: claude-haiku-4-5\n  max_tokens: 50\n"
+        '  system: "Be brief about {{ body }}"\n'
+        '  prompt: "Say: {{ body }}!"\n'
+        "output:\n  table: awkward_out\n  schema:\n    label: {type: enum, values: [x, y]}\n"
+        "partitions: {start: 2026-11-01}\n"
+    )
+    (pf,) = [f for f in load_pipelines() if f.pipeline.name == "awkward"]
+    constant = json.dumps(plan.constant_params(pf))
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        resolved = plan.resolve(pf, con)
+        rows = con.execute(
+            f"SELECT {resolved.params_sql('s')}, CAST(json_object('model', 'claude-haiku-4-5', "
+            "'max_tokens', 50, 'system', concat('Be brief about ', s.body), 'messages', "
+            "json_array(json_object('role', 'user', 'content', concat('Say: ', s.body, '!'))), "
+            "'output_config', json_extract(?::JSON, '$.output_config')) AS VARCHAR) "
+            "FROM notes AS s ORDER BY id",
+            [constant],
+        ).fetchall()
+    assert len(rows) == len(awkward)
+    for (ours, reference), value in zip(rows, awkward, strict=True):
+        assert ours == reference
+        assert json.loads(ours)["messages"][0]["content"] == f"Say: {value or ''}!"
