@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from batchpipe.emulator import lifecycle
 from batchpipe.emulator.faults import LineFaults
 from batchpipe.emulator.forked import in_two
 from batchpipe.emulator.state import Store
+from batchpipe.emulator.tokens import count_tokens, truncate_to_tokens
 from batchpipe.emulator.wire import rfc3339
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -248,3 +251,32 @@ def test_answering_on_two_cores_writes_the_same(
     monkeypatch.setattr(lifecycle.forked, "in_two", counted)
     assert _run(tmp_path / "forked", requests) == serial
     assert len(forks) >= 3 and max(forks) == len(requests)
+
+
+def _reference_count(text: str) -> int:
+    """count_tokens as first written: one pass over the runs of the Unicode pattern."""
+    return sum(math.ceil(len(run) / 4) for run in re.findall(r"\w+|[^\w\s]+", text))
+
+
+def _reference_truncate(text: str, limit: int) -> str:
+    """truncate_to_tokens as first written: walk the runs until one does not fit."""
+    used, end = 0, 0
+    for match in re.finditer(r"\w+|[^\w\s]+", text):
+        cost = math.ceil(len(match.group()) / 4)
+        if used + cost > limit:
+            return text[: match.start() + 4 * (limit - used)] if used < limit else text[:end]
+        used, end = used + cost, match.end()
+    return text
+
+
+def test_token_functions_match_the_reference() -> None:
+    """The faster tokenizer (a separate pattern for ASCII text, truncation by running
+    totals) counts and cuts exactly as the plain one, separators \\x1c-\\x1f included."""
+    rnd = random.Random(11)
+    alphabet = [chr(code) for code in range(128)] + list("üß—世界\uff01\u2028\xa0")
+    texts = ["", "x" * 230 + " #1", "a\x1cb\x1d!\x1f?", "Grüße, 世界\uff01 ok"]
+    texts += ["".join(rnd.choices(alphabet, k=rnd.randint(0, 40))) for _ in range(3000)]
+    for text in texts:
+        assert count_tokens(text) == _reference_count(text), repr(text)
+        for limit in (-1, 0, 1, 2, 3, 5, 8, 13):
+            assert truncate_to_tokens(text, limit) == _reference_truncate(text, limit)

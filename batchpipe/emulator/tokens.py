@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 _PIECE = re.compile(r"\w+|[^\w\s]+")
+# The same pieces for ASCII text, found half again as fast: without re.UNICODE, \s
+# leaves out the separators \x1c-\x1f, so they are left out of punctuation by hand.
+_ASCII_PIECE = re.compile(r"\w+|[^\w\s\x1c-\x1f]+", re.ASCII)
 MESSAGE_OVERHEAD = 3  # role markers around every message
 MEDIA_TOKENS = 1500  # an image or binary document, whatever its size: good enough for costs
 
@@ -28,15 +31,12 @@ def count_tokens(text: str) -> int:
 
     Cached: a request's prompt is counted as an input block and again inside the reply
     that quotes it, and a batch's requests share schemas, systems and tools."""
-    return sum([(len(piece) + 3) >> 2 for piece in _PIECE.findall(text)])
+    return sum([(len(piece) + 3) >> 2 for piece in _pieces(text).findall(text)])
 
 
-def fit_to_tokens(text: str, limit: int) -> tuple[str, int]:
-    """`truncate_to_tokens(text, limit)` and what it costs, counting `text` only once."""
-    tokens = count_tokens(text)
-    if tokens <= limit:
-        return text, tokens
-    return truncate_to_tokens(text, limit), max(limit, 0)
+def _pieces(text: str) -> re.Pattern[str]:
+    """The pattern that finds `text`'s word and punctuation runs fastest."""
+    return _ASCII_PIECE if text.isascii() else _PIECE
 
 
 def truncate_to_tokens(text: str, limit: int) -> str:
@@ -47,7 +47,8 @@ def truncate_to_tokens(text: str, limit: int) -> str:
     The running total of the runs' costs says which run does not fit; only that run (or
     the one before it) is looked up as a match, for where it starts or ends.
     """
-    totals = list(itertools.accumulate((len(piece) + 3) >> 2 for piece in _PIECE.findall(text)))
+    runs = _pieces(text).findall(text)
+    totals = list(itertools.accumulate((len(piece) + 3) >> 2 for piece in runs))
     fitting = bisect.bisect_right(totals, limit)  # costs are >= 1, so totals increase
     if fitting == len(totals):
         return text
@@ -59,7 +60,7 @@ def truncate_to_tokens(text: str, limit: int) -> str:
 
 def _piece(text: str, index: int) -> re.Match[str]:
     """The `index`-th word or punctuation run of `text` (it must exist)."""
-    return next(itertools.islice(_PIECE.finditer(text), index, None))
+    return next(itertools.islice(_pieces(text).finditer(text), index, None))
 
 
 @dataclass(frozen=True)
