@@ -43,26 +43,38 @@ def _usage(field: str) -> str:
     return f"coalesce({USAGE}.{field}, 0)"
 
 
-def load_results_file(
-    con: duckdb.DuckDBPyConnection,
-    pipeline: str,
-    model: str,
-    submission_id: str,
-    batch_id: str,
-    path: Path,
-) -> int:
-    """Bulk-load one batch's results, matched to requests by custom_id, never by order.
+@dataclass(frozen=True)
+class ResultsFile:
+    """A downloaded results file and the submission whose batch it answers."""
 
-    One statement parses the file and inserts what batchpipe keeps; a line for a request
-    this batch was not sent makes the insert fall short of the file's line count, and
-    the transaction is rolled back before anything is visible.
+    submission_id: str
+    batch_id: str
+    path: Path
+
+
+def load_results_files(
+    con: duckdb.DuckDBPyConnection, pipeline: str, model: str, files: list[ResultsFile]
+) -> int:
+    """Bulk-load ended batches' results, matched to requests by custom_id, never by order.
+
+    One statement parses every file (in parallel) and inserts what batchpipe keeps, and
+    one transaction marks the batches loaded. A line for a request its batch was not
+    sent makes the insert fall short of the files' line count, and it is all rolled
+    back before anything is visible.
     """
-    lines = batches.line_count(path)
+    if not files:
+        return 0
+    lines = sum(batches.line_count(f.path) for f in files)
+    sources = [[str(f.path), f.submission_id, f.batch_id] for f in files]
     with warehouse.transaction(con):
         loaded = con.execute(
             f"""
+            WITH source AS (
+                SELECT s[1] AS path, s[2] AS submission_id, s[3] AS batch_id
+                FROM (SELECT unnest(?::VARCHAR[][]) AS s)
+            )
             INSERT INTO batchpipe_results
-            SELECT ?, ?, j.custom_id, b.request_hash, j.result.type,
+            SELECT ?, f.batch_id, j.custom_id, b.request_hash, j.result.type,
                    CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END,
                    j.result.message.stop_reason, j.result.message.model,
                    {_usage("input_tokens")}, {_usage("output_tokens")},
@@ -71,38 +83,43 @@ def load_results_file(
                    {pricing.cost_sql(model, USAGE, batch=False)},
                    j.result.error.error.type, j.result.error.error.message, now()::TIMESTAMP
             FROM {_lines("?")}
+            JOIN source f ON f.path = j.filename
             JOIN batchpipe_batch_requests b
-              ON b.submission_id = ? AND b.custom_id = j.custom_id
+              ON b.submission_id = f.submission_id AND b.custom_id = j.custom_id
             """,
-            [pipeline, batch_id, str(path), submission_id],
+            [sources, pipeline, [f[0] for f in sources]],
         ).fetchone()[0]
         if loaded != lines:
-            raise _strangers(con, path, submission_id, batch_id)
+            raise _strangers(con, files)
         kill_point("mid_results_load")
         con.execute(
             "UPDATE batchpipe_batches SET state = 'loaded', loaded_at = now()::TIMESTAMP "
-            "WHERE submission_id = ?",
-            [submission_id],
+            "WHERE submission_id IN ?",
+            [[f.submission_id for f in files]],
         )
     return loaded
 
 
-def _lines(path: str) -> str:
-    return f"read_json({path}, format = 'newline_delimited', columns = {LINE_COLUMNS}) AS j"
-
-
-def _strangers(
-    con: duckdb.DuckDBPyConnection, path: Path, submission_id: str, batch_id: str
-) -> BatchApiError:
-    count, example = con.execute(
-        f"SELECT count(*), any_value(j.custom_id) FROM {_lines('?')} "
-        "ANTI JOIN batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
-        [str(path), submission_id],
-    ).fetchone()
-    return BatchApiError(
-        f"batch {batch_id} returned {count} result(s) for requests it was not sent "
-        f"(e.g. {example}); nothing of it was loaded"
+def _lines(paths: str) -> str:
+    return (
+        f"read_json({paths}, format = 'newline_delimited', filename = true, "
+        f"columns = {LINE_COLUMNS}) AS j"
     )
+
+
+def _strangers(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> BatchApiError:
+    for f in files:
+        count, example = con.execute(
+            f"SELECT count(*), any_value(j.custom_id) FROM {_lines('?')} ANTI JOIN "
+            "batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
+            [str(f.path), f.submission_id],
+        ).fetchone()
+        if count:
+            return BatchApiError(
+                f"batch {f.batch_id} returned {count} result(s) for requests it was not sent "
+                f"(e.g. {example}); nothing of it was loaded"
+            )
+    return BatchApiError("the results files held fewer matching lines than they have")
 
 
 @dataclass(frozen=True)

@@ -153,11 +153,10 @@ def load_results(
     with warehouse.connect() as con:
         while True:
             batches.poll(con, api, name, date)
-            open_now = batches.open_submissions(con, name, date)
-            for sub in open_now:
-                if sub.state == "ended":
-                    lines += _load_one(con, pf, sub, api, log)
-                    loaded_batches += 1
+            ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
+            if ended:
+                lines += _load_ended(con, pf, ended, api, log)
+                loaded_batches += len(ended)
             still_open = batches.open_submissions(con, name, date)
             if still_open and not wait:
                 log(
@@ -181,23 +180,25 @@ def load_results(
     return ResultsSummary(loaded_batches, lines, retried, open_ids)
 
 
-def _load_one(
+def _load_ended(
     con: duckdb.DuckDBPyConnection,
     pf: PipelineFile,
-    sub: batches.Submission,
+    ended: list[batches.Submission],
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
-    (expected,) = con.execute(
-        "SELECT succeeded + errored + canceled + expired FROM batchpipe_batches "
-        "WHERE submission_id = ?",
-        [sub.submission_id],
-    ).fetchone()
-    path = batches.download_results(api, sub.batch_id, expected, log)
-    count = results.load_results_file(
-        con, pf.pipeline.name, pf.pipeline.request.model, sub.submission_id, sub.batch_id, path
-    )
-    log(f"loaded {count} results of batch {sub.batch_id}")
+    """Download each ended batch's results, then load them all in one statement."""
+    files = []
+    for sub in ended:
+        (expected,) = con.execute(
+            "SELECT succeeded + errored + canceled + expired FROM batchpipe_batches "
+            "WHERE submission_id = ?",
+            [sub.submission_id],
+        ).fetchone()
+        path = batches.download_results(api, sub.batch_id, expected, log)
+        files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path))
+    count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
+    log(f"loaded {count} results of {len(files)} batch(es): {', '.join(f.batch_id for f in files)}")
     return count
 
 

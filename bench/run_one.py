@@ -6,7 +6,7 @@ default resource: wait for the batches, the CLI's poll interval), with timers wr
 around the functions that split the steps into their parts: inside `batch_status`
 the send (`batches.submit_partition`, of which the SDK's create call) and the wait
 (`batches.wait_until_ended`); inside `results` the download
-(`batches.download_results`) and the DuckDB load (`results.load_results_file`).
+(`batches.download_results`) and the DuckDB load (`results.load_results_files`).
 Step durations come from the run's STEP_SUCCESS events.
 
     BATCHPIPE_DB=... DAGSTER_HOME=... .venv/bin/python bench/run_one.py NAME [--profile FILE]
@@ -46,7 +46,7 @@ PARTS = (
     ("create_call", "anthropic._base_client", "SyncAPIClient.post", _is_create),
     ("wait", "batchpipe.batches", "wait_until_ended", None),
     ("download", "batchpipe.batches", "download_results", None),
-    ("load_file", "batchpipe.results", "load_results_file", None),
+    ("load_file", "batchpipe.results", "load_results_files", None),
 )
 
 

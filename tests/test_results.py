@@ -71,7 +71,8 @@ def test_each_line_lands_once_with_text_tokens_and_cost(
             {"custom_id": "c", "result": {"type": "expired"}},
         ],
     )
-    loaded = results.load_results_file(con, "p", MODEL, "s1", "msgbatch_1", path)
+    files = [results.ResultsFile("s1", "msgbatch_1", path)]
+    loaded = results.load_results_files(con, "p", MODEL, files)
     assert loaded == 3
     rows = con.execute(
         "SELECT custom_id, request_hash, result_type, text, stop_reason, input_tokens, "
@@ -89,16 +90,46 @@ def test_each_line_lands_once_with_text_tokens_and_cost(
     assert state.fetchone() == (3,)
 
 
-def test_a_line_for_a_request_never_sent_loads_nothing(
+def test_a_line_for_a_request_never_sent_loads_nothing_of_any_file(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
+    con.execute("INSERT INTO batchpipe_batch_requests VALUES ('s2', 'd', 'hd')")
     usage = {"input_tokens": 10, "output_tokens": 5}
+    fine = _write(tmp_path / "fine.jsonl", [_succeeded("d", "fine", usage)])
     path = _write(
         tmp_path / "r.jsonl",
         [_succeeded("a", "fine", usage), _succeeded("stranger-9", "not ours", usage)],
     )
+    files = [
+        results.ResultsFile("s2", "msgbatch_1", fine),
+        results.ResultsFile("s1", "msgbatch_2", path),
+    ]
     with pytest.raises(
-        BatchApiError, match=r"1 result\(s\) for requests it was not sent \(e.g. stranger-9\)"
+        BatchApiError,
+        match=r"batch msgbatch_2 returned 1 result\(s\) for requests it was not sent "
+        r"\(e.g. stranger-9\)",
     ):
-        results.load_results_file(con, "p", MODEL, "s1", "msgbatch_2", path)
+        results.load_results_files(con, "p", MODEL, files)
     assert con.execute("SELECT count(*) FROM batchpipe_results").fetchone() == (0,)
+
+
+def test_several_files_load_in_one_go_each_to_its_own_batch(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    con.execute("INSERT INTO batchpipe_batch_requests VALUES ('s2', 'd', 'hd')")
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    first = _write(tmp_path / "1.jsonl", [_succeeded("a", "A", usage), _errored("b")])
+    second = _write(tmp_path / "2.jsonl", [_succeeded("d", "D", usage)])
+    files = [
+        results.ResultsFile("s1", "msgbatch_1", first),
+        results.ResultsFile("s2", "msgbatch_2", second),
+    ]
+    assert results.load_results_files(con, "p", MODEL, files) == 3
+    rows = con.execute(
+        "SELECT batch_id, custom_id, request_hash, text FROM batchpipe_results ORDER BY custom_id"
+    ).fetchall()
+    assert rows == [
+        ("msgbatch_1", "a", "ha", "A"),
+        ("msgbatch_1", "b", "hb", None),
+        ("msgbatch_2", "d", "hd", "D"),
+    ]
