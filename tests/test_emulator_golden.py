@@ -179,8 +179,9 @@ def _crash_before_billing(store: Store, record: Any) -> None:
     raise AssertionError("the paced batch had nothing new to process")
 
 
-def _run(state: Path, requests: list[dict[str, Any]]) -> str:
-    """Five batches through every processing path; everything they wrote, normalised."""
+def _run(state: Path, requests: list[dict[str, Any]], crash: bool = True) -> str:
+    """Five batches through every processing path; everything they wrote, normalised.
+    `crash`: kill the paced batch's processing at its ledger write, once."""
     clock = FixedClock()
     store = Store(state)
     store.clock = clock  # type: ignore[assignment]
@@ -210,7 +211,10 @@ def _run(state: Path, requests: list[dict[str, Any]]) -> str:
     out.append(_snapshot(store, canceled))
 
     clock.advance(1.0)
-    _crash_before_billing(store, stepped)
+    if crash:
+        _crash_before_billing(store, stepped)
+    else:
+        lifecycle.refresh(store, stepped, 1.0)
     store = Store(state)  # a restart part way through the paced batch
     store.clock = clock  # type: ignore[assignment]
     clock.advance(3.0)
@@ -237,19 +241,20 @@ def test_processing_writes_exactly_what_it_always_did(tmp_path: Path) -> None:
 def test_answering_on_two_cores_writes_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Big batches that never touch the prompt cache are answered half in a forked
-    child; here every advance of two or more lines is, and nothing may differ."""
+    """Big batches that never touch the prompt cache are answered partly in a forked
+    child; here every advance of two or more lines is, and nothing may differ. (Not
+    with a crash: a fork records its parts separately, so it stops at another point.)"""
     requests = [r for r in _requests() if "cache_control" not in json.dumps(r)]
-    serial = _run(tmp_path / "serial", requests)
+    serial = _run(tmp_path / "serial", requests, crash=False)
     forks = []
 
-    def counted(work: Any, items: Any) -> Any:
+    def counted(work: Any, items: Any, **options: Any) -> Any:
         forks.append(len(items))
-        return in_two(work, items)
+        return in_two(work, items, **options)
 
     monkeypatch.setattr(lifecycle, "FORK_AT_LEAST", 2)
     monkeypatch.setattr(lifecycle.forked, "in_two", counted)
-    assert _run(tmp_path / "forked", requests) == serial
+    assert _run(tmp_path / "forked", requests, crash=False) == serial
     assert len(forks) >= 3 and max(forks) == len(requests)
 
 
@@ -280,3 +285,25 @@ def test_token_functions_match_the_reference() -> None:
         assert count_tokens(text) == _reference_count(text), repr(text)
         for limit in (-1, 0, 1, 2, 3, 5, 8, 13):
             assert truncate_to_tokens(text, limit) == _reference_truncate(text, limit)
+
+
+def test_a_fork_killed_part_way_bills_each_succeeded_line_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after a forked advance recorded only its first part, then restarted: every
+    batch still bills exactly its succeeded results, each once."""
+    monkeypatch.setattr(lifecycle, "FORK_AT_LEAST", 2)
+    requests = [r for r in _requests() if "cache_control" not in json.dumps(r)]
+    _run(tmp_path / "state", requests)
+    ledger_text = (tmp_path / "state" / "ledger.jsonl").read_text(encoding="utf-8")
+    billed = [
+        (row["batch_id"], row["custom_id"]) for row in map(json.loads, ledger_text.splitlines())
+    ]
+    assert len(billed) == len(set(billed))
+    succeeded = set()
+    for path in (tmp_path / "state" / "batches").glob("*.results.jsonl"):
+        batch_id = path.name.split(".")[0]
+        for line in map(json.loads, path.read_text(encoding="utf-8").splitlines()):
+            if line["result"]["type"] == "succeeded":
+                succeeded.add((batch_id, line["custom_id"]))
+    assert set(billed) == succeeded

@@ -71,7 +71,9 @@ def create_app(
         record = await run_in_threadpool(
             lifecycle.create, store, requests, version, betas, line_faults, raw
         )
-        return JSONResponse(lifecycle.batch_json(record, base(request)))
+        answer = JSONResponse(lifecycle.batch_json(record, base(request)))
+        lifecycle.process_soon(store, record, latency)
+        return answer
 
     async def list_batches(request: Request) -> Response:
         limit = int_param(request, "limit", 20, 1, 1000)

@@ -37,22 +37,31 @@ def _child(work: Callable[[S], T], part: S, write_fd: int) -> None:
         os._exit(status)
 
 
-def in_two(work: Callable[[S], T], items: S) -> tuple[T, T]:
-    """(work(first half), work(second half)), the second half done in a forked child."""
-    middle = len(items) // 2
-    first_half, second_half = items[:middle], items[middle:]
+def in_two(
+    work: Callable[[S], T],
+    items: S,
+    *,
+    child_share: float = 0.5,
+    meanwhile: Callable[[T], object] = lambda first: None,
+) -> tuple[T, T]:
+    """(work(first part), work(second part)), the second part done in a forked child,
+    and `meanwhile(first result)` run here while the child still works. `child_share`
+    of the items go to the child, more than half when the parent has more to do after."""
+    middle = len(items) - round(len(items) * child_share)
+    first_part, second_part = items[:middle], items[middle:]
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _child(work, second_half, write_fd)
+        _child(work, second_part, write_fd)
     os.close(write_fd)
     try:
-        first = work(first_half)
+        first = work(first_part)
+        meanwhile(first)
     finally:
         with os.fdopen(read_fd, "rb") as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
     if status == 0 and data:
         return first, pickle.loads(data)
-    return first, work(second_half)
+    return first, work(second_part)

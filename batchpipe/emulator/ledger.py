@@ -121,10 +121,10 @@ class Ledger:
             self._lines.extend((bill.batch_id, bill.text) for bill in new)
             return len(new)
 
-    def has(self, batch_id: str, custom_id: str) -> bool:
-        """Whether this line was billed already (so its entry need not even be made)."""
+    def unbilled(self, batch_id: str, custom_ids: Iterable[str]) -> set[str]:
+        """Those of `custom_ids` not billed yet in this batch (their entries need making)."""
         with self._lock:
-            return (batch_id, custom_id) in self._billed
+            return {cid for cid in custom_ids if (batch_id, cid) not in self._billed}
 
     def reset(self) -> None:
         with self._lock:

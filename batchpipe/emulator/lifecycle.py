@@ -18,15 +18,23 @@ and every access to a batch first calls `refresh`, which catches up with it:
 The answers are appended before the record is saved, and the progress file wins on load
 (state.Store._reconcile), so a killed emulator neither answers nor bills a request twice.
 Progress is computed from timestamps rather than ticks, so tests can jump through 24 h.
+
+One exception to "no background worker": a batch with no latency and no rps limit is
+all due the moment it is created, so `process_soon` refreshes it from a thread right
+away, while the client uploads its next batch. Nothing observable changes: every line
+completes at `created_at` whenever it is answered, and any access in between waits for
+`store.lock` exactly as it would wait for its own refresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +60,7 @@ EXPIRY = dt.timedelta(hours=24)
 RETENTION = dt.timedelta(days=29)
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
 FORK_AT_LEAST = 5_000  # lines answered at once before a second core is worth a fork
+CHILD_SHARE = 0.6  # of those lines, to the child: ending the batch is left to the parent
 
 
 def create(
@@ -224,18 +233,28 @@ def _answer_range(
 
 
 def _answer_all(
-    store: Store, record: BatchRecord, schedule: Schedule, positions: range
-) -> _Answers:
-    """`_answer_range`, on both cores when that is safe and worth a fork: the prompt
-    cache makes answers depend on the order lines are processed in, so a batch that
-    has `cache_control` anywhere is answered in order, in this process."""
+    store: Store,
+    record: BatchRecord,
+    schedule: Schedule,
+    positions: range,
+    keep: Callable[[_Answers], None],
+) -> None:
+    """`keep(_answer_range(...))` for `positions`, in order, on both cores when that is
+    safe and worth a fork: the prompt cache makes answers depend on the order lines are
+    processed in, so a batch that has `cache_control` anywhere is answered in order, in
+    this process. Forked, this process answers the first part and keeps it while the
+    child answers the (bigger) rest, since ending the batch is left to this process."""
     if len(positions) < FORK_AT_LEAST or not _cache_free(store, record):
-        return _answer_range(store, record, schedule, positions)
+        keep(_answer_range(store, record, schedule, positions))
+        return
     _requests(store, record)  # parsed before the fork, so the child need not
-    first, second = forked.in_two(
-        lambda part: _answer_range(store, record, schedule, part), positions
+    _, rest = forked.in_two(
+        lambda part: _answer_range(store, record, schedule, part),
+        positions,
+        child_share=CHILD_SHARE,
+        meanwhile=keep,
     )
-    return first.extend(second)
+    keep(rest)
 
 
 def _cache_free(store: Store, record: BatchRecord) -> bool:
@@ -250,23 +269,26 @@ def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int)
     """Answer, record and bill the requests that became done since the last access."""
     if target <= record.done:
         return
-    progress = _progress(store, record)  # loaded before the append below, not after
-    answers = _answer_all(store, record, schedule, range(record.done, target))
-    lines = answers.lines()
-    store.append_progress(record.id, lines)
-    progress.extend(lines)
-    store.ledger.bill(answers.ledger_lines(record.id))
+    progress = _progress(store, record)  # loaded before the appends below, not after
+
+    def keep(answers: _Answers) -> None:
+        lines = answers.lines()
+        store.append_progress(record.id, lines)
+        progress.extend(lines)
+        store.ledger.bill(answers.ledger_lines(record.id))
+        for line in lines:
+            record.request_counts[line.kind] += 1
+        record.request_counts["processing"] -= len(lines)
+
+    _answer_all(store, record, schedule, range(record.done, target), keep)
     record.done = target
-    for line in lines:
-        record.request_counts[line.kind] += 1
-    record.request_counts["processing"] -= len(lines)
     store.save(record)
 
 
-def _result_order(line: ResultLine) -> str:
+def _result_order(line: ResultLine) -> bytes:
     """Results are served in a stable order unrelated to the request order, as the real
     API does, so pipelines that assume request order fail here and not in production."""
-    return hashlib.sha1(line.custom_id.encode()).hexdigest()
+    return hashlib.sha1(line.custom_id.encode()).digest()  # sorts as its hexdigest
 
 
 def _bill_the_rest(
@@ -275,8 +297,10 @@ def _bill_the_rest(
     """Bill the succeeded lines a crash left unbilled, parsing only those for their
     messages: normally every succeeded line was billed as it was processed."""
     stamp, bills = _Stamps(schedule), []
+    succeeded = [line.custom_id for line in progress if line.kind == "succeeded"]
+    unbilled = store.ledger.unbilled(record.id, succeeded)
     for at, line in enumerate(progress):
-        if line.kind == "succeeded" and not store.ledger.has(record.id, line.custom_id):
+        if line.custom_id in unbilled:
             message = json.loads(line.text)["result"]["message"]
             bills.append(ledger.bill_for(record.id, line.custom_id, message, stamp(at)))
     store.ledger.bill(bills)
@@ -325,6 +349,21 @@ def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
             record.archived_at = record.created_at + RETENTION
             store.save(record)
         return record
+
+
+def process_soon(store: Store, record: BatchRecord, latency: float) -> threading.Thread | None:
+    """Refresh a just-created batch from a background thread if all of it is due at once
+    (see the module docstring); the thread, or None when it is left to the next access."""
+    if latency > 0 or record.faults.requests_per_second is not None:
+        return None
+
+    def process() -> None:
+        with contextlib.suppress(ApiError):  # deleted, or the emulator reset, meanwhile
+            get(store, record.id, latency)
+
+    thread = threading.Thread(target=process, name=f"process {record.id}", daemon=True)
+    thread.start()
+    return thread
 
 
 def get(store: Store, batch_id: str, latency: float) -> BatchRecord:
