@@ -195,11 +195,6 @@ class _Answers:
     billed: list[str] = field(default_factory=list)  # custom_ids of the ledger lines
     bills: list[str] = field(default_factory=list)
 
-    def extend(self, other: _Answers) -> _Answers:
-        for name, column in vars(other).items():
-            getattr(self, name).extend(column)
-        return self
-
     def lines(self) -> list[ResultLine]:
         return list(map(ResultLine, self.custom_ids, self.kinds, self.texts))
 
