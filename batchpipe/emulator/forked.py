@@ -18,6 +18,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+AVAILABLE = hasattr(os, "fork")  # not on Windows: there everything runs in one process
 T = TypeVar("T")
 S = TypeVar("S", bound=Sequence)  # type: ignore[type-arg]
 

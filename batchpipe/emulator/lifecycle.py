@@ -239,7 +239,7 @@ def _answer_all(
     processed in, so a batch that has `cache_control` anywhere is answered in order, in
     this process. Forked, this process answers the first part and keeps it while the
     child answers the (bigger) rest, since ending the batch is left to this process."""
-    if len(positions) < FORK_AT_LEAST or not _cache_free(store, record):
+    if len(positions) < FORK_AT_LEAST or not forked.AVAILABLE or not _cache_free(store, record):
         keep(_answer_range(store, record, schedule, positions))
         return
     _requests(store, record)  # parsed before the fork, so the child need not
