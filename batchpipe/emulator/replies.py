@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,11 @@ from typing import Any
 from batchpipe.emulator.models import ModelSpec
 from batchpipe.emulator.schema_values import SchemaError, stable_int, value_for_schema
 from batchpipe.emulator.tokens import count_tokens, output_format_schema, truncate_to_tokens
-from batchpipe.emulator.wire import BASE62, invalid
+from batchpipe.emulator.wire import BASE62, invalid, json_encoder
 
 REPLY_PREFIX = "Emulated reply to: "
 # json.dumps(value, ensure_ascii=False), without building an encoder on every call.
-_json_text = json.JSONEncoder(ensure_ascii=False).encode
+_json_text = json_encoder(separators=(", ", ": "))
 THOUGHTS = (
     'The user wrote: "{prompt}". I will answer directly and keep it short.',
     'Request to handle: "{prompt}". A brief, direct reply fits best.',

@@ -12,10 +12,11 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from batchpipe.emulator.wire import json_encoder
 
 _PIECE = re.compile(r"\w+|[^\w\s]+")
 # The same pieces for ASCII text, found half again as fast: without re.UNICODE, \s
@@ -88,7 +89,7 @@ def _without_cache_control(block: Any) -> Any:
 
 # json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")), without
 # building an encoder on every call (every structured request canonicalizes its schema).
-_canonical = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
+_canonical = json_encoder(separators=(",", ":"), sort_keys=True)
 
 
 def block_text(block: Any) -> str:

@@ -12,8 +12,9 @@ import json
 import os
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring
 from pathlib import Path
 from typing import IO, Any
 
@@ -109,9 +110,34 @@ def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
     }
 
 
-# json.dumps(obj, separators=(",", ":"), ensure_ascii=False) builds this encoder anew on
-# every call; a result line is dumped per request, so it is built once.
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _not_serializable(obj: Any) -> Any:
+    raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
+
+
+def json_encoder(*, separators: tuple[str, str], sort_keys: bool = False) -> Callable[[Any], str]:
+    """`json.dumps(obj, ensure_ascii=False, separators=..., sort_keys=...)` as a function
+    that reuses one C encoder. `JSONEncoder.encode` makes a new one on every call, which
+    costs more than encoding a small value, and the emulator encodes several values per
+    request. No circular-reference check (a cycle is a RecursionError, not a ValueError):
+    what is encoded here was parsed from JSON or built by the emulator, never cyclic."""
+    if c_make_encoder is None:  # no C accelerator: the stdlib's own path
+        return json.JSONEncoder(
+            ensure_ascii=False, separators=separators, sort_keys=sort_keys
+        ).encode
+    item, key = separators
+    encoder = c_make_encoder(
+        None, _not_serializable, encode_basestring, None, key, item, sort_keys, False, True
+    )
+    join = "".join
+
+    def encode(obj: Any) -> str:
+        return join(encoder(obj, 0))
+
+    return encode
+
+
+# json.dumps(obj, separators=(",", ":"), ensure_ascii=False), for every line written.
+_compact = json_encoder(separators=(",", ":"))
 
 
 def dumps_line(obj: Any) -> str:
