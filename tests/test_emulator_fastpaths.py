@@ -8,10 +8,12 @@ it stands for, on inputs chosen to hit the corners (escaping, number forms, key 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
+from batchpipe.emulator import wire
 from batchpipe.emulator.wire import json_encoder
 
 AWKWARD: list[Any] = [
@@ -53,3 +55,16 @@ def test_json_encoder_refuses_what_json_dumps_refuses() -> None:
     with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
         encode({"a": {1}})
     assert encode({"after": "an error"}) == '{"after":"an error"}'
+
+
+def test_ids_are_uniform_base62_even_when_random_bytes_are_unusable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws = iter([b"\xff" * 32, bytes(range(248, 256)) + bytes(range(24)), b"\x3d" * 32])
+    monkeypatch.setattr(wire.secrets, "token_bytes", lambda count: next(draws))
+    assert wire.new_message_id() == "msg_01" + wire.BASE62[:22]
+    monkeypatch.undo()
+    ids = {wire.new_message_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch(r"msg_01[0-9A-Za-z]{22}", one) for one in ids)
+    assert set("".join(ids)) >= set(wire.BASE62)
