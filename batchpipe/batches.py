@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,25 +102,51 @@ def submit_partition(
     if total == 0:
         return 0
     per_batch = _batch_size(con, min(max_requests, MAX_REQUESTS_PER_BATCH))
-    for chunk in range((total + per_batch - 1) // per_batch):
-        submission_id = uuid.uuid4().hex
-        with warehouse.transaction(con):
-            count = con.execute(
-                "INSERT INTO batchpipe_batch_requests "
-                "SELECT ?, custom_id, request_hash FROM pending WHERE rn // ? = ?",
-                [submission_id, per_batch, chunk],
-            ).fetchone()[0]
-            con.execute(
-                "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-                "request_count, model, intent_at) VALUES (?, ?, ?, 'submitting', ?, ?, ?)",
-                [submission_id, pipeline, date, count, model, _now()],
-            )
-        sub = next(
-            s for s in open_submissions(con, pipeline, date) if s.submission_id == submission_id
-        )
-        _finish_submission(con, api, sub, log, interrupted=False, betas=betas)
+    chunks = (total + per_batch - 1) // per_batch
+
+    def intent(chunk: int) -> Submission:
+        return _record_intent(con, pipeline, date, model, per_batch, chunk)
+
+    # While one batch uploads, the next one's body is built on a second cursor: DuckDB and
+    # the socket both run without the GIL. Its intent is recorded first, as always, so a
+    # crash leaves at most two intents to reconcile, in the order they were recorded.
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        sub = intent(0)
+        body = _body(con, sub)
+        for chunk in range(chunks):
+            upcoming = None
+            if chunk + 1 < chunks:
+                following = intent(chunk + 1)
+                upcoming = (following, builder.submit(_body, con.cursor(), following, True))
+            _finish_submission(con, api, sub, log, interrupted=False, betas=betas, body=body)
+            if upcoming is not None:
+                sub, body = upcoming[0], upcoming[1].result()
     con.execute("DROP TABLE pending")
     return total
+
+
+def _record_intent(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    date: dt.date,
+    model: str,
+    per_batch: int,
+    chunk: int,
+) -> Submission:
+    """Commit which pending requests the chunk's batch will hold, before it is sent."""
+    submission_id, intent_at = uuid.uuid4().hex, _now()
+    with warehouse.transaction(con):
+        count = con.execute(
+            "INSERT INTO batchpipe_batch_requests "
+            "SELECT ?, custom_id, request_hash FROM pending WHERE rn // ? = ?",
+            [submission_id, per_batch, chunk],
+        ).fetchone()[0]
+        con.execute(
+            "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
+            "request_count, model, intent_at) VALUES (?, ?, ?, 'submitting', ?, ?, ?)",
+            [submission_id, pipeline, date, count, model, intent_at],
+        )
+    return Submission(submission_id, None, "submitting", count, intent_at)
 
 
 def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
@@ -136,6 +163,34 @@ def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
     return per_batch
 
 
+def _body(
+    con: duckdb.DuckDBPyConnection, sub: Submission, close: bool = False
+) -> tuple[int, bytes]:
+    """The create call's JSON for an intent, written by DuckDB, and how many requests it
+    holds (fewer than recorded if the partition's requests were rebuilt since). `close`
+    the connection after: a cursor made for a worker thread."""
+    try:
+        return _body_of(con, sub)
+    finally:
+        if close:
+            con.close()
+
+
+def _body_of(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
+    count, content = con.execute(
+        "SELECT count(*), encode('{\"requests\":[' || coalesce(string_agg("
+        "'{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' || CAST(r.params AS VARCHAR) "
+        "|| '}', ',' ORDER BY r.custom_id), '') || ']}') "
+        "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
+        "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
+        "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
+        "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
+        "WHERE b.submission_id = ?",
+        [sub.submission_id],
+    ).fetchone()
+    return count, content
+
+
 def _finish_submission(
     con: duckdb.DuckDBPyConnection,
     api: anthropic.Anthropic,
@@ -144,8 +199,10 @@ def _finish_submission(
     *,
     interrupted: bool,
     betas: Sequence[str] = (),
+    body: tuple[int, bytes] | None = None,
 ) -> None:
-    """Turn a recorded intent into exactly one batch upstream.
+    """Turn a recorded intent into exactly one batch upstream; `body` is `_body(sub)`
+    when the caller built it already.
 
     An intent left by an earlier process (`interrupted`) may already have its
     batch upstream: look for it before sending. A fresh intent is sent at once;
@@ -157,17 +214,7 @@ def _finish_submission(
             log(f"found batch {adopted.id} upstream for an interrupted submission; not resent")
             _record_created(con, sub.submission_id, adopted)
             return
-    count, body = con.execute(
-        "SELECT count(*), '{\"requests\":[' || coalesce(string_agg("
-        "'{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' || CAST(r.params AS VARCHAR) "
-        "|| '}', ',' ORDER BY r.custom_id), '') || ']}' "
-        "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
-        "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
-        "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
-        "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
-        "WHERE b.submission_id = ?",
-        [sub.submission_id],
-    ).fetchone()
+    count, content = body if body is not None else _body(con, sub)
     if count != sub.request_count:
         # The partition's requests were rebuilt (the file changed) before this intent was
         # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
@@ -177,7 +224,6 @@ def _finish_submission(
         )
         log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
         return
-    content = body.encode()
     del body
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         kill_point("before_create")
