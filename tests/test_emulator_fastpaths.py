@@ -7,14 +7,20 @@ it stands for, on inputs chosen to hit the corners (escaping, number forms, key 
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import re
 from typing import Any
 
 import pytest
 
-from batchpipe.emulator import wire
-from batchpipe.emulator.wire import json_encoder
+from batchpipe.emulator import ledger, wire
+from batchpipe.emulator.caching import PromptCache
+from batchpipe.emulator.responders import respond
+from batchpipe.emulator.wire import ApiError, Prepared, dumps_line, json_encoder
+from tests.test_emulator_golden import T0
+from tests.test_emulator_golden import _requests as golden_requests
 
 AWKWARD: list[Any] = [
     "plain",
@@ -68,3 +74,67 @@ def test_ids_are_uniform_base62_even_when_random_bytes_are_unusable(
     assert len(ids) == 2000
     assert all(re.fullmatch(r"msg_01[0-9A-Za-z]{22}", one) for one in ids)
     assert set("".join(ids)) >= set(wire.BASE62)
+
+
+def _plain_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _messages() -> list[dict[str, Any]]:
+    """A Message for every valid request of the golden set (thinking, tools, stop
+    sequences, truncation, structured output, prompt caching, geo), batch and not."""
+    cache = PromptCache()
+    found = []
+    for request in golden_requests():
+        for batch in (True, False):
+            answer = respond(
+                request["params"], api_version="2023-06-01", batch=batch, cache=cache, now=T0
+            )
+            if not isinstance(answer, ApiError):
+                found.append(answer)
+    return found
+
+
+def test_messages_and_ledger_lines_are_written_as_encoding_them_whole_would() -> None:
+    messages = _messages()
+    assert len(messages) > 60
+    assert {type(message) for message in messages} == {Prepared}
+    for message in messages:
+        plain = json.loads(_plain_json(message))
+        assert dumps_line(message) == _plain_json(plain)
+        line = {"custom_id": 'a"b', "result": {"type": "succeeded", "message": message}}
+        assert dumps_line(line) == _plain_json(json.loads(_plain_json(line)))
+        row = ledger.entry("msgbatch_1", "c\u2028d", message, "2026-11-25T12:00:00.000000Z")
+        assert type(row) is Prepared
+        assert dumps_line(row) == _plain_json(dict(row))
+        assert ledger.entry("msgbatch_1", "c\u2028d", plain, "2026-11-25T12:00:00.000000Z") == row
+
+
+def test_ledger_lines_of_odd_usage_records_are_encoded_key_by_key() -> None:
+    """1, 1.0 and True are one dict key but three JSON texts: a usage record of other
+    than ints is never written from the memo of another's text."""
+    for odd in (1, 1.0, True, None):
+        usage = {"input_tokens": odd, "output_tokens": 1, "cache_creation": {}}
+        row = ledger.entry("b", "c", {"model": "claude-haiku-4-5", "usage": usage}, "t")
+        assert dumps_line(row) == _plain_json(dict(row)), odd
+        assert (type(row) is Prepared) == (type(odd) in (int, type(None)))  # None: 0
+
+
+def test_prepared_dicts_are_read_only_and_copy_whole() -> None:
+    message = _messages()[0]
+    with pytest.raises(TypeError):
+        message["id"] = "changed"
+    with pytest.raises(TypeError):
+        message.update(id="changed")
+    with pytest.raises(TypeError):
+        del message["id"]
+    for copied in (copy.deepcopy(message), pickle.loads(pickle.dumps(message))):
+        assert type(copied) is Prepared and copied == message
+        assert dumps_line(copied) == dumps_line(message)
+    assert type({**message}) is dict
+
+
+def test_lines_holding_prepared_dicts_keep_json_dumps_key_handling() -> None:
+    message = _messages()[0]
+    for line in ({1: message, "x": [message]}, {"a": {"b": message}, "c": 1.5, "d": None}):
+        assert dumps_line(line) == _plain_json(line)

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from batchpipe import pricing
-from batchpipe.emulator.wire import append_lines, dumps_line, load_jsonl
+from batchpipe.emulator.wire import (
+    append_lines,
+    dumps_line,
+    json_string,
+    load_jsonl,
+    prepared,
+)
 
 TOKEN_FIELDS = (
     "input_tokens",
@@ -29,6 +35,8 @@ TOKEN_FIELDS = (
     "cache_read_input_tokens",
 )
 _SPLIT_FIELDS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+ROW_FIELDS = (*TOKEN_FIELDS, *_SPLIT_FIELDS)  # a ledger line's counts, in line order
+_STR, _INT = {str}, {int}
 USD_DIGITS = 12  # round away float noise so totals compare equal across summation orders
 
 
@@ -52,8 +60,15 @@ def _usage_cost(model: str, counts: tuple[Any, ...]) -> float:
 
 def _cost_key(usage: dict[str, Any], split: dict[str, Any]) -> tuple[Any, ...]:
     """Every value pricing.cost_usd reads from a usage record, where it reads it."""
-    counts = [usage.get(name) for name in TOKEN_FIELDS]
-    return (*counts, *(split.get(name, usage.get(name)) for name in _SPLIT_FIELDS))
+    get = usage.get
+    return (
+        get("input_tokens"),
+        get("output_tokens"),
+        get("cache_creation_input_tokens"),
+        get("cache_read_input_tokens"),
+        split.get("ephemeral_5m_input_tokens", get("ephemeral_5m_input_tokens")),
+        split.get("ephemeral_1h_input_tokens", get("ephemeral_1h_input_tokens")),
+    )
 
 
 class Bill(NamedTuple):
@@ -65,16 +80,49 @@ class Bill(NamedTuple):
 
 
 def entry(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> dict:
-    """The ledger line for one succeeded result's message."""
+    """The ledger line for one succeeded result's message; Prepared (see wire.Prepared)
+    when it holds what a Message holds, so writing it costs a template's filling."""
     usage = message.get("usage") or {}
     split = usage.get("cache_creation") or {}
-    row: dict[str, Any] = {"batch_id": batch_id, "custom_id": custom_id, "model": message["model"]}
-    row |= {name: usage.get(name) or 0 for name in TOKEN_FIELDS}
-    row["ephemeral_5m_input_tokens"] = split.get("ephemeral_5m_input_tokens") or 0
-    row["ephemeral_1h_input_tokens"] = split.get("ephemeral_1h_input_tokens") or 0
-    row["usd"] = _usage_cost(message["model"], _cost_key(usage, split))
-    row["billed_at"] = billed_at
-    return row
+    model = message["model"]
+    counts = _cost_key(usage, split)
+    row: dict[str, Any] = {
+        "batch_id": batch_id,
+        "custom_id": custom_id,
+        "model": model,
+        "input_tokens": usage.get("input_tokens") or 0,
+        "output_tokens": usage.get("output_tokens") or 0,
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens") or 0,
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens") or 0,
+        "ephemeral_5m_input_tokens": split.get("ephemeral_5m_input_tokens") or 0,
+        "ephemeral_1h_input_tokens": split.get("ephemeral_1h_input_tokens") or 0,
+        "usd": _usage_cost(model, counts),
+        "billed_at": billed_at,
+    }
+    tokens = tuple(row.values())[3:9]
+    if {type(model), type(batch_id), type(custom_id), type(billed_at)} != _STR or {
+        *map(type, tokens)
+    } != _INT:
+        return row  # not what a Message holds: encoded key by key when written
+    return prepared(row, _row_text(batch_id, custom_id, _priced(model, tokens, counts), billed_at))
+
+
+def _row_text(batch_id: str, custom_id: str, priced: str, billed_at: str) -> str:
+    """A ledger line's JSON from a template: of its 11 values, 8 come with `priced`."""
+    return (
+        f'{{"batch_id":{json_string(batch_id)},"custom_id":{json_string(custom_id)},'
+        f'{priced},"billed_at":{json_string(billed_at)}}}'
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _priced(model: str, tokens: tuple[int, ...], counts: tuple[Any, ...]) -> str:
+    """The ledger line's JSON from "model" to "usd", which lines of a batch mostly share.
+    Keyed on exact ints only (1, 1.0 and True are one key, but print differently), and
+    on `counts`, which decides the price (`usd` then depends on nothing else)."""
+    row = {"model": model, **dict(zip(ROW_FIELDS, tokens, strict=True))}
+    row["usd"] = _usage_cost(model, counts)
+    return dumps_line(row)[1:-1]
 
 
 def bill_for(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> Bill:

@@ -18,11 +18,20 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from batchpipe.emulator.caching import PromptCache, find_breakpoints, input_usage
+from batchpipe.emulator.caching import InputUsage, PromptCache, find_breakpoints, input_usage
 from batchpipe.emulator.models import EPOCH, MODELS, ModelSpec
-from batchpipe.emulator.replies import compose, forced_tool, thinks
+from batchpipe.emulator.replies import Reply, compose, forced_tool, thinks
 from batchpipe.emulator.tokens import count_input_tokens, extra_input_tokens, prompt_blocks
-from batchpipe.emulator.wire import ApiError, invalid, new_message_id, not_found
+from batchpipe.emulator.wire import (
+    ApiError,
+    Prepared,
+    dumps_line,
+    invalid,
+    json_string,
+    new_message_id,
+    not_found,
+    prepared,
+)
 
 __all__ = [
     "EPOCH",
@@ -43,6 +52,7 @@ EFFORTS = ("low", "medium", "high", "xhigh", "max")
 # The API's answer to forced tool_choice while thinking (research §7.2); the wording is the
 # long-standing extended-thinking error, which models that always think share.
 FORCED_TOOL_WITH_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
+TEXT_BLOCK_KEYS = ("type", "text")
 
 
 def _check_messages(params: dict[str, Any]) -> None:
@@ -177,7 +187,7 @@ def respond(
     seed: int = 0,
     cache: PromptCache | None = None,
     now: dt.datetime | None = None,
-) -> dict[str, Any] | ApiError:
+) -> Prepared | ApiError:
     """The Message for `params`, or the ApiError the real API would give for them.
 
     `cache` None means no prompt caching (all input is `input_tokens`); with a cache,
@@ -200,25 +210,69 @@ def respond(
         now=now or dt.datetime.now(dt.UTC),
     )
     geo = params.get("inference_geo")
-    details = None if reply.thinking_tokens is None else {"thinking_tokens": reply.thinking_tokens}
-    return {
-        "id": new_message_id(),
+    geo = geo if isinstance(geo, str) and geo else "not_available"
+    return _message(spec.id, reply, split, "batch" if batch else "standard", geo)
+
+
+def _content_text(content: list[dict[str, Any]]) -> str:
+    """The content blocks' JSON; a lone text block, the usual reply, from a template."""
+    if len(content) == 1:
+        block = content[0]
+        if tuple(block) == TEXT_BLOCK_KEYS and type(block["text"]) is str:
+            return '[{"type":"text","text":' + json_string(block["text"]) + "}]"
+    return dumps_line(content)
+
+
+def _message(model: str, reply: Reply, split: InputUsage, tier: str, geo: str) -> Prepared:
+    """The Message, with its line text made from a template (see wire.Prepared): only
+    the id, the content and the numbers vary from one request to the next."""
+    message_id = new_message_id()
+    written = split.write_5m + split.write_1h
+    thinking = reply.thinking_tokens
+    details = None if thinking is None else {"thinking_tokens": thinking}
+    usage = {
+        "input_tokens": split.input_tokens,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": split.cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": split.write_5m,
+            "ephemeral_1h_input_tokens": split.write_1h,
+        },
+        "output_tokens": reply.output_tokens,
+        "server_tool_use": None,
+        "service_tier": tier,
+        "inference_geo": geo,
+        "output_tokens_details": details,
+        "speed": None,
+    }
+    stop = reply.stop_sequence
+    text = (
+        f'{{"id":{json_string(message_id)},"type":"message","role":"assistant",'
+        f'"model":{json_string(model)},"content":{_content_text(reply.content)},'
+        f'"stop_reason":{json_string(reply.stop_reason)},'
+        f'"stop_sequence":{"null" if stop is None else json_string(stop)},'
+        f'"stop_details":null,"container":null,"diagnostics":null,"usage":'
+        f'{{"input_tokens":{split.input_tokens:d},"cache_creation_input_tokens":{written:d},'
+        f'"cache_read_input_tokens":{split.cache_read:d},"cache_creation":'
+        f'{{"ephemeral_5m_input_tokens":{split.write_5m:d},'
+        f'"ephemeral_1h_input_tokens":{split.write_1h:d}}},'
+        f'"output_tokens":{reply.output_tokens:d},"server_tool_use":null,'
+        f'"service_tier":{json_string(tier)},"inference_geo":{json_string(geo)},'
+        f'"output_tokens_details":'
+        f'{"null" if thinking is None else f"""{{"thinking_tokens":{thinking:d}}}"""},'
+        f'"speed":null}}}}'
+    )
+    message = {
+        "id": message_id,
         "type": "message",
         "role": "assistant",
-        "model": spec.id,
+        "model": model,
         "content": reply.content,
         "stop_reason": reply.stop_reason,
-        "stop_sequence": reply.stop_sequence,
+        "stop_sequence": stop,
         "stop_details": None,
         "container": None,
         "diagnostics": None,
-        "usage": {
-            **split.usage_fields(),
-            "output_tokens": reply.output_tokens,
-            "server_tool_use": None,
-            "service_tier": "batch" if batch else "standard",
-            "inference_geo": geo if isinstance(geo, str) and geo else "not_available",
-            "output_tokens_details": details,
-            "speed": None,
-        },
+        "usage": usage,
     }
+    return prepared(message, text)
