@@ -88,12 +88,16 @@ def _send_pending(
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
-    _, estimate = plan.estimate_pending(con, pf, date)
-    request = pf.pipeline.request
+    name, request = pf.pipeline.name, pf.pipeline.request
+    pending, estimate = plan.estimate_pending(con, pf, date)
+    interrupted = any(s.state == "submitting" for s in batches.open_submissions(con, name, date))
+    if not pending and not interrupted:
+        log("nothing to send: every request is answered, final or in flight")
+        return 0
     sent = batches.submit_partition(
         con,
         api,
-        pf.pipeline.name,
+        name,
         date,
         request.model,
         plan.PENDING_SQL,
@@ -102,13 +106,12 @@ def _send_pending(
         max_requests=request.max_batch_requests,
         betas=request.betas or (),
     )
-    con.execute(
-        "UPDATE batchpipe_batches SET estimated_usd = ? "
-        "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
-        [estimate["expected_usd"], pf.pipeline.name, date],
-    )
-    if sent == 0:
-        log("nothing to send: every request is answered, final or in flight")
+    if pending:  # each new batch its share of the estimate, by its number of requests
+        con.execute(
+            "UPDATE batchpipe_batches SET estimated_usd = ? * request_count / ? "
+            "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
+            [estimate["expected_usd"], pending, name, date],
+        )
     return sent
 
 

@@ -153,9 +153,14 @@ def test_a_partition_is_split_at_max_batch_requests(demo_db: Path, emulator: str
             "  max_tokens: 200\n", "  max_tokens: 200\n  max_batch_requests: 7\n"
         )
     )
-    run_partition(pipeline(), DAY, FAST)
+    lines = run_partition(pipeline(), DAY, FAST)
     sizes = query(demo_db, "SELECT request_count FROM batchpipe_batches ORDER BY request_count")
     assert sorted(s for (s,) in sizes) == [2, 7, 7, 7, 7]
+    # The partition's estimate is shared between its batches, not repeated in each.
+    (estimate,) = [float(x.split("estimated $")[1]) for x in lines if "estimated $" in x]
+    shares = query(demo_db, "SELECT request_count, estimated_usd FROM batchpipe_batches")
+    assert sum(usd for _, usd in shares) == pytest.approx(estimate, abs=1e-4)
+    assert all(usd == pytest.approx(estimate * n / 30, abs=1e-4) for n, usd in shares)
     assert query(
         demo_db, "SELECT count(*) FROM product_descriptions WHERE result_status = 'succeeded'"
     ) == [(30,)]
