@@ -1,15 +1,16 @@
 """Run one measured process and read its own peak RSS from the kernel.
 
 Every partition, loop and CLI run is its own process, so a peak RSS is that run's
-alone (not the benchmark's, not the emulator's, not an earlier run's): `os.wait4`
-returns the child's rusage when it is reaped.
+alone (not the benchmark's, not the emulator's, not an earlier run's). It is read by
+`bench/reap.py`, a small process between the two: Linux would otherwise carry this
+process's own high-water mark (about 1 GB) into every child's `ru_maxrss`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,31 +41,43 @@ def run(argv: list[str], env: dict[str, str], timeout_s: float = 3600) -> Finish
     Output goes to temporary files, not pipes, so a chatty child never blocks and
     the wall time is the child's own.
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        rss_file = Path(scratch) / "rss"
         started = time.time()
         clock = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
-        status, usage = _wait(process, timeout_s)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "reap.py"), *argv],
+            stdout=out,
+            stderr=err,
+            env={**env, "BENCH_RSS_FILE": str(rss_file)},
+            cwd=REPO,
+            start_new_session=True,  # so a timeout can stop the run behind the reaper too
+        )
+        status = _wait(process, timeout_s)
         wall_s = time.perf_counter() - clock
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited with {code}:\n{stderr[-4000:]}")
-    # Linux reports ru_maxrss in KiB.
-    return Finished(stdout, started, wall_s, usage.ru_maxrss / 1024)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited with {code}:\n{stderr[-4000:]}")
+        peak_kib = int(rss_file.read_text())  # Linux reports ru_maxrss in KiB
+    return Finished(stdout, started, wall_s, peak_kib / 1024)
 
 
-def _wait(process: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struct_rusage]:
+def _wait(process: subprocess.Popen, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return status, usage
+            return status
         if time.monotonic() > deadline:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             raise TimeoutError(f"{process.args} ran longer than {timeout_s} s")
         time.sleep(0.02)
 
