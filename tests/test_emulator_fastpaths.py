@@ -18,6 +18,7 @@ import pytest
 from batchpipe.emulator import ledger, wire
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.responders import respond
+from batchpipe.emulator.tokens import plain_prompt_tokens, prompt_blocks
 from batchpipe.emulator.wire import ApiError, Prepared, dumps_line, json_encoder
 from tests.test_emulator_golden import T0
 from tests.test_emulator_golden import _requests as golden_requests
@@ -138,3 +139,28 @@ def test_lines_holding_prepared_dicts_keep_json_dumps_key_handling() -> None:
     message = _messages()[0]
     for line in ({1: message, "x": [message]}, {"a": {"b": message}, "c": 1.5, "d": None}):
         assert dumps_line(line) == _plain_json(line)
+
+
+def test_plain_prompts_count_as_their_blocks_do() -> None:
+    """Requests whose blocks cannot carry cache_control skip making them: the same total."""
+    chat = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Grüße — 世界\uff01"},
+    ]
+    extra = [
+        {"messages": chat},
+        {"messages": chat, "system": "be brief", "tools": []},
+        {"messages": chat, "system": ""},
+        {"messages": chat, "system": [{"type": "text", "text": "listed"}]},
+        {"messages": [*chat, {"role": "user", "content": [{"type": "text", "text": "x"}]}]},
+    ]
+    params = [request["params"] for request in golden_requests()] + extra
+    plain = 0
+    for one in params:
+        total = plain_prompt_tokens(one)
+        if total is not None:
+            plain += 1
+            assert total == sum(block.tokens for block in prompt_blocks(one))
+            assert not any(block.cache_control for block in prompt_blocks(one))
+    assert plain > len(params) // 2

@@ -21,7 +21,12 @@ from typing import Any
 from batchpipe.emulator.caching import InputUsage, PromptCache, find_breakpoints, input_usage
 from batchpipe.emulator.models import EPOCH, MODELS, ModelSpec
 from batchpipe.emulator.replies import Reply, compose, forced_tool, thinks
-from batchpipe.emulator.tokens import count_input_tokens, extra_input_tokens, prompt_blocks
+from batchpipe.emulator.tokens import (
+    count_input_tokens,
+    extra_input_tokens,
+    plain_prompt_tokens,
+    prompt_blocks,
+)
 from batchpipe.emulator.wire import (
     ApiError,
     Prepared,
@@ -196,19 +201,24 @@ def respond(
     """
     try:
         spec = validate(params, api_version=api_version, betas=betas, batch=batch)
-        blocks = prompt_blocks(params)
-        breakpoints = find_breakpoints(params, blocks)
+        plain = plain_prompt_tokens(params) if params.get("cache_control") is None else None
+        if plain is None:
+            blocks = prompt_blocks(params)
+            breakpoints = find_breakpoints(params, blocks)
         reply = compose(params, spec, seed)
     except ApiError as error:
         return error
-    split = input_usage(
-        blocks,
-        breakpoints,
-        extra_tokens=extra_input_tokens(params),
-        model=spec.id,
-        cache=cache,
-        now=now or dt.datetime.now(dt.UTC),
-    )
+    if plain is not None:  # no breakpoint: all input is fresh, as input_usage would find
+        split = InputUsage(plain + extra_input_tokens(params))
+    else:
+        split = input_usage(
+            blocks,
+            breakpoints,
+            extra_tokens=extra_input_tokens(params),
+            model=spec.id,
+            cache=cache,
+            now=now or dt.datetime.now(dt.UTC),
+        )
     geo = params.get("inference_geo")
     geo = geo if isinstance(geo, str) and geo else "not_available"
     return _message(spec.id, reply, split, "batch" if batch else "standard", geo)

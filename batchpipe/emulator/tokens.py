@@ -178,6 +178,26 @@ def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
     return blocks
 
 
+def plain_prompt_tokens(params: dict[str, Any]) -> int | None:
+    """What `prompt_blocks`' tokens add up to, when no block can carry `cache_control`:
+    no tools, no system blocks, only string contents (the usual batch request). None
+    otherwise. Such a prompt needs no PromptBlocks: nothing in it is ever cached."""
+    if params.get("tools"):
+        return None
+    system = params.get("system")
+    total = 0
+    if isinstance(system, str):
+        total = count_tokens(system)
+    elif system is not None:
+        return None
+    for message in params.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            return None
+        total += count_tokens(content) + MESSAGE_OVERHEAD
+    return total
+
+
 def output_format_schema(params: dict[str, Any]) -> dict[str, Any] | None:
     """`output_config.format.schema` when structured output is requested, else None."""
     config = params.get("output_config")
