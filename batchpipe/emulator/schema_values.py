@@ -68,8 +68,17 @@ class _Generator:
         """The prompt's words, for strings: split only when a string is made."""
         return self.prompt.split() or ["emulated"]
 
+    @functools.cached_property
+    def _hashed(self) -> Any:
+        """sha256 fed with what every pick's input starts with (see stable_int): the
+        prompt is hashed once per value, not once per enum, number or string in it."""
+        return hashlib.sha256(f"{self.seed}\x1f{self.salt}\x1f{self.prompt}\x1f".encode())
+
     def pick(self, path: str) -> int:
-        return stable_int(self.seed, self.salt, self.prompt, path)
+        """stable_int(seed, salt, prompt, path), from the hash of what they share."""
+        hashed = self._hashed.copy()
+        hashed.update(path.encode())
+        return int.from_bytes(hashed.digest()[:8], "big")
 
     def value(self, schema: Any, path: str, depth: int) -> Any:
         if depth > MAX_DEPTH:

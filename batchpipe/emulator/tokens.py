@@ -26,12 +26,14 @@ MESSAGE_OVERHEAD = 3  # role markers around every message
 MEDIA_TOKENS = 1500  # an image or binary document, whatever its size: good enough for costs
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def count_tokens(text: str) -> int:
     """ceil(len/4) tokens for each word or punctuation run; whitespace is free.
 
     Cached: a request's prompt is counted as an input block and again inside the reply
-    that quotes it, and a batch's requests share schemas, systems and tools."""
+    that quotes it, and a batch's requests share schemas, systems and tools. Room for
+    thousands of texts, so a structured reply (a few hundred distinct ones for an enum
+    and a number) is still cached when it recurs between ever new prompts."""
     return sum([(len(piece) + 3) >> 2 for piece in _pieces(text).findall(text)])
 
 
