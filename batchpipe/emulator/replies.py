@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchpipe.emulator.models import ModelSpec
 from batchpipe.emulator.schema_values import SchemaError, stable_int, value_for_schema
@@ -30,8 +29,9 @@ THOUGHTS = (
 )
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
+    """A reply's parts, made once per request (a NamedTuple: cheaper than a dataclass)."""
+
     content: list[dict[str, Any]]
     stop_reason: str
     stop_sequence: str | None

@@ -187,19 +187,21 @@ def _holds_prepared(obj: dict[Any, Any], depth: int) -> bool:
 def _spliced(obj: dict[Any, Any]) -> str:
     """Compact JSON of `obj` with every Prepared dict reached through dicts put in as its
     text: the same bytes as encoding it whole, since a Prepared text is its encoding."""
-    if not all(type(key) is str for key in obj):
-        return _compact(obj)
-    items = [encode_basestring(key) + ":" + _value_text(value) for key, value in obj.items()]
-    return "{" + ",".join(items) + "}"
-
-
-def _value_text(value: Any) -> str:
-    kind = type(value)
-    if kind is Prepared:
-        return value.text
-    if kind is str:
-        return encode_basestring(value)
-    return _spliced(value) if kind is dict else _compact(value)
+    parts = []
+    for key, value in obj.items():
+        if type(key) is not str:  # json.dumps' own rules for other keys
+            return _compact(obj)
+        kind = type(value)
+        if kind is Prepared:
+            text = value.text
+        elif kind is str:
+            text = encode_basestring(value)
+        elif kind is dict:
+            text = _spliced(value)
+        else:
+            text = _compact(value)
+        parts.append(f"{encode_basestring(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
 
 
 def dumps_line(obj: Any) -> str:
