@@ -18,7 +18,13 @@ import pytest
 from batchpipe.emulator import ledger, wire
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.responders import respond
-from batchpipe.emulator.tokens import plain_prompt_tokens, prompt_blocks
+from batchpipe.emulator.schema_values import (
+    _Generator,
+    _plan,
+    schema_key,
+    value_for_schema,
+)
+from batchpipe.emulator.tokens import extra_input_tokens, plain_prompt_tokens, prompt_blocks
 from batchpipe.emulator.wire import ApiError, Prepared, dumps_line, json_encoder
 from tests.test_emulator_golden import T0
 from tests.test_emulator_golden import _requests as golden_requests
@@ -164,3 +170,52 @@ def test_plain_prompts_count_as_their_blocks_do() -> None:
             assert total == sum(block.tokens for block in prompt_blocks(one))
             assert not any(block.cache_control for block in prompt_blocks(one))
     assert plain > len(params) // 2
+
+
+FLAT_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"a": {"enum": ["x", 1, 1.0, True, None]}}},
+    {"properties": {"n": {"type": "integer", "minimum": 3.5, "exclusiveMaximum": 9}}},
+    {"properties": {"n": {"type": "number", "exclusiveMinimum": True, "minimum": -2}}},
+    {"properties": {"n": {"maximum": 7}, "m": {"type": ["null", "integer"]}}},
+    {"type": "object", "properties": {"s": {"type": "number", "minimum": 1, "maximum": 1}}},
+    {"type": "object", "properties": {}, "required": []},
+    # not planned: the generator's own way
+    {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}},
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 4}}},
+    {"type": "object", "properties": {"a": {"enum": [{"k": 1}, [2]]}}},
+    {"type": "object", "properties": {"a": {"enum": []}}},
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},
+    {"type": "object", "properties": {"a": {"enum": [1]}}, "minProperties": 3},
+    {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"enum": [1]}}},
+    {"type": "object", "properties": {"a": {"type": "number", "minimum": "low"}}},
+    {"type": "array", "items": {"enum": [1, 2]}},
+    {"enum": ["whole"]},
+]
+
+
+def test_planned_schema_values_are_the_generators() -> None:
+    planned = [_plan(schema, schema_key(schema)) is not None for schema in FLAT_SCHEMAS]
+    assert planned == [index < 6 for index in range(len(FLAT_SCHEMAS))]
+    for schema in FLAT_SCHEMAS:
+        for prompt, seed, salt in (("a b c", 0, ""), ("Grüße x", 7, "tool"), ("", 3, "")):
+            try:
+                expected = repr(_Generator(schema, prompt, seed, salt).value(schema, "$", 0))
+            except Exception as error:  # the same failure either way
+                with pytest.raises(type(error)):
+                    value_for_schema(schema, prompt=prompt, seed=seed, salt=salt)
+                continue
+            for _ in range(2):  # planned on first sight, then taken from the memo
+                found = value_for_schema(schema, prompt=prompt, seed=seed, salt=salt)
+                assert repr(found) == expected, schema
+
+
+def test_schemas_equal_in_python_but_not_in_json_are_planned_apart() -> None:
+    """1 == 1.0 == True, yet a value picked from them prints differently."""
+    values = []
+    for member in (1, 1.0, True):
+        schema = {"type": "object", "properties": {"a": {"enum": [member]}}}
+        values.append(json.dumps(value_for_schema(schema, prompt="p", seed=0)))
+        params = {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+        key = schema_key(schema)
+        assert extra_input_tokens(params, key) == extra_input_tokens(params)
+    assert values == ['{"a": 1}', '{"a": 1.0}', '{"a": true}']

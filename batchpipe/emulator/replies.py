@@ -137,15 +137,20 @@ def _thinking_block(
     return block, tokens
 
 
-def _schema_value(schema: dict[str, Any], where: str, prompt: str, seed: int, salt: str) -> Any:
+def _schema_value(
+    schema: dict[str, Any], where: str, prompt: str, seed: int, salt: str, key: str | None = None
+) -> Any:
     try:
-        return value_for_schema(schema, prompt=prompt, seed=seed, salt=salt)
+        return value_for_schema(schema, prompt=prompt, seed=seed, salt=salt, key=key)
     except SchemaError as error:
         raise invalid(f"{where}: {error}") from None
 
 
-def compose(params: dict[str, Any], spec: ModelSpec, seed: int) -> Reply:
-    """The reply to validated `params`: content blocks, stop reason and output tokens."""
+def compose(
+    params: dict[str, Any], spec: ModelSpec, seed: int, schema_key: str | None = None
+) -> Reply:
+    """The reply to validated `params`: content blocks, stop reason and output tokens.
+    `schema_key` is the output schema's schema_values.schema_key, if the caller made it."""
     prompt = last_user_text(params["messages"])
     budget = params["max_tokens"]
     content: list[dict[str, Any]] = []
@@ -169,7 +174,7 @@ def compose(params: dict[str, Any], spec: ModelSpec, seed: int) -> Reply:
             return Reply(content, "max_tokens", None, budget, thinking_tokens)
         content.append({**call, "input": value})
         return Reply(content, "tool_use", None, used + cost, thinking_tokens)
-    text, tokens = _text_reply(params, prompt, seed)
+    text, tokens = _text_reply(params, prompt, seed, schema_key)
     stop_reason, stop_sequence = "end_turn", None
     hit = _first_stop(text, params.get("stop_sequences"))
     if hit is not None:
@@ -182,11 +187,14 @@ def compose(params: dict[str, Any], spec: ModelSpec, seed: int) -> Reply:
     return Reply(content, stop_reason, stop_sequence, max(1, used + tokens), thinking_tokens)
 
 
-def _text_reply(params: dict[str, Any], prompt: str, seed: int) -> tuple[str, int]:
+def _text_reply(
+    params: dict[str, Any], prompt: str, seed: int, schema_key: str | None
+) -> tuple[str, int]:
     """The whole text reply (JSON for structured output) and its token count."""
     schema = output_format_schema(params)
     if schema is not None:
-        value = _schema_value(schema, "output_config.format.schema", prompt, seed, "")
+        where = "output_config.format.schema"
+        value = _schema_value(schema, where, prompt, seed, "", schema_key)
         text = _json_text(value)
         return text, count_tokens(text)
     # The prefix ends in a space, so no run spans the join: the prompt's count (already

@@ -21,9 +21,11 @@ from typing import Any
 from batchpipe.emulator.caching import InputUsage, PromptCache, find_breakpoints, input_usage
 from batchpipe.emulator.models import EPOCH, MODELS, ModelSpec
 from batchpipe.emulator.replies import Reply, compose, forced_tool, thinks
+from batchpipe.emulator.schema_values import schema_key
 from batchpipe.emulator.tokens import (
     count_input_tokens,
     extra_input_tokens,
+    output_format_schema,
     plain_prompt_tokens,
     prompt_blocks,
 )
@@ -205,16 +207,18 @@ def respond(
         if plain is None:
             blocks = prompt_blocks(params)
             breakpoints = find_breakpoints(params, blocks)
-        reply = compose(params, spec, seed)
+        schema = output_format_schema(params)
+        key = None if schema is None else schema_key(schema)  # made once, used twice
+        reply = compose(params, spec, seed, key)
     except ApiError as error:
         return error
     if plain is not None:  # no breakpoint: all input is fresh, as input_usage would find
-        split = InputUsage(plain + extra_input_tokens(params))
+        split = InputUsage(plain + extra_input_tokens(params, key))
     else:
         split = input_usage(
             blocks,
             breakpoints,
-            extra_tokens=extra_input_tokens(params),
+            extra_tokens=extra_input_tokens(params, key),
             model=spec.id,
             cache=cache,
             now=now or dt.datetime.now(dt.UTC),

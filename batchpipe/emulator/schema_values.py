@@ -13,6 +13,7 @@ import functools
 import hashlib
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 32  # a recursive schema that never bottoms out is an error, not a hang
@@ -176,20 +177,7 @@ class _Generator:
         return result
 
     def number(self, schema: dict[str, Any], path: str, integer: bool) -> int | float:
-        low, high = schema.get("minimum"), schema.get("maximum")
-        x_low, x_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-        if x_low is True:  # draft-04: a boolean that makes `minimum` exclusive
-            x_low, low = low, None
-        if x_high is True:
-            x_high, high = high, None
-        x_low = None if isinstance(x_low, bool) else x_low
-        x_high = None if isinstance(x_high, bool) else x_high
-        lows = [math.ceil(low)] if low is not None else []
-        lows += [math.floor(x_low) + 1] if x_low is not None else []
-        highs = [math.floor(high)] if high is not None else []
-        highs += [math.ceil(x_high) - 1] if x_high is not None else []
-        first = max(lows) if lows else (min(highs) - 100 if highs else 0)
-        last = min(highs) if highs else first + 100
+        low, high, x_low, x_high, first, last = _number_range(schema)
         step = schema.get("multipleOf")
         if step:
             start, stop = math.ceil(first / step), math.floor(last / step)
@@ -238,7 +226,102 @@ class _Generator:
         return word or "emulated"
 
 
-def value_for_schema(schema: dict[str, Any], *, prompt: str, seed: int, salt: str = "") -> Any:
+def _number_range(schema: dict[str, Any]) -> tuple[Any, ...]:
+    """A number schema's bounds as given (low, high, exclusive low, exclusive high), then
+    the first and last integers they allow (first > last when none is)."""
+    low, high = schema.get("minimum"), schema.get("maximum")
+    x_low, x_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if x_low is True:  # draft-04: a boolean that makes `minimum` exclusive
+        x_low, low = low, None
+    if x_high is True:
+        x_high, high = high, None
+    x_low = None if isinstance(x_low, bool) else x_low
+    x_high = None if isinstance(x_high, bool) else x_high
+    lows = [math.ceil(low)] if low is not None else []
+    lows += [math.floor(x_low) + 1] if x_low is not None else []
+    highs = [math.floor(high)] if high is not None else []
+    highs += [math.ceil(x_high) - 1] if x_high is not None else []
+    first = max(lows) if lows else (min(highs) - 100 if highs else 0)
+    last = min(highs) if highs else first + 100
+    return low, high, x_low, x_high, first, last
+
+
+Plan = Callable[[_Generator], Any]
+SCALARS = (str, int, float, bool, type(None))
+_COMPOSITE = ("$ref", "allOf", "anyOf", "oneOf", "const")
+_PLANS: dict[str, Plan | None] = {}
+MAX_PLANS = 1024  # distinct schemas remembered; more and the memo starts over
+
+
+def schema_key(schema: Any) -> str:
+    """An exact memo key for a schema: repr, not JSON text or ==, which take 1, 1.0 and
+    True (or a key 1 and a key "1") for the same, though values made from them differ."""
+    return repr(schema)
+
+
+def _leaf_plan(schema: Any, path: str) -> Callable[[_Generator], Any] | None:
+    """What `_Generator.value` does for an enum or a number schema with bounds that allow
+    an integer, its choices made once; None for every other schema."""
+    if not isinstance(schema, dict) or not schema or any(key in schema for key in _COMPOSITE):
+        return None
+    if "enum" in schema:
+        members = schema["enum"]
+        if (
+            type(members) is not list
+            or not members
+            or not all(type(member) in SCALARS for member in members)
+        ):
+            return None
+        return lambda generator: members[generator.pick(path) % len(members)]
+    kind = _Generator.kind(schema)
+    if kind not in ("integer", "number") or schema.get("multipleOf"):
+        return None
+    first, last = _number_range(schema)[4:]
+    if not first <= last:
+        return None
+    span = last - first + 1
+    if kind == "integer":
+        return lambda generator: first + generator.pick(path) % span
+    return lambda generator: float(first + generator.pick(path) % span)
+
+
+def _flat_plan(schema: Any) -> Plan | None:
+    """`_Generator.value(schema, "$", 0)` as a function of the generator, for an object
+    of enums and numbers (the usual structured output): what depends only on the schema
+    is worked out once per distinct schema. None for any other schema."""
+    if not isinstance(schema, dict) or any(key in schema for key in _COMPOSITE):
+        return None
+    if "enum" in schema or "minProperties" in schema or _Generator.kind(schema) != "object":
+        return None
+    properties = schema.get("properties") or {}
+    if type(properties) is not dict or any(
+        name not in properties for name in schema.get("required") or []
+    ):
+        return None
+    leaves = [(name, _leaf_plan(child, f"$.{name}")) for name, child in properties.items()]
+    if not all(leaf is not None for _, leaf in leaves):
+        return None
+    return lambda generator: {name: leaf(generator) for name, leaf in leaves}  # type: ignore[misc]
+
+
+def _plan(schema: dict[str, Any], key: str) -> Plan | None:
+    if key not in _PLANS:
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        try:
+            _PLANS[key] = _flat_plan(schema)
+        except Exception:  # whatever planning trips on, the generator meets and reports
+            _PLANS[key] = None
+    return _PLANS[key]
+
+
+def value_for_schema(
+    schema: dict[str, Any], *, prompt: str, seed: int, salt: str = "", key: str | None = None
+) -> Any:
     """A value valid against `schema` (local `$ref`s resolve against it), chosen by hash
-    of (seed, prompt, salt, path). Raises SchemaError for schemas it cannot satisfy."""
-    return _Generator(schema, prompt, seed, salt).value(schema, "$", 0)
+    of (seed, prompt, salt, path). Raises SchemaError for schemas it cannot satisfy.
+    `key` is `schema_key(schema)` when the caller has it: each distinct schema's plan is
+    made once and kept (see _flat_plan)."""
+    generator = _Generator(schema, prompt, seed, salt)
+    plan = _plan(schema, schema_key(schema) if key is None else key)
+    return plan(generator) if plan is not None else generator.value(schema, "$", 0)

@@ -212,10 +212,25 @@ def output_format_schema(params: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def extra_input_tokens(params: dict[str, Any]) -> int:
-    """Input outside the cacheable blocks: the structured-output schema the API compiles."""
+_SCHEMA_TOKENS: dict[str, int] = {}  # schema_values.schema_key -> the schema's tokens
+MAX_SCHEMAS = 1024  # distinct schemas remembered; more and the memo starts over
+
+
+def extra_input_tokens(params: dict[str, Any], schema_key: str | None = None) -> int:
+    """Input outside the cacheable blocks: the structured-output schema the API compiles.
+    With the schema's `schema_values.schema_key`, its count is looked up by that key, not
+    made again from its canonical JSON (2 us), which every request of a batch repeats."""
     schema = output_format_schema(params)
-    return count_tokens(_canonical(schema)) if schema is not None else 0
+    if schema is None:
+        return 0
+    if schema_key is None:
+        return count_tokens(_canonical(schema))
+    tokens = _SCHEMA_TOKENS.get(schema_key)
+    if tokens is None:
+        if len(_SCHEMA_TOKENS) >= MAX_SCHEMAS:
+            _SCHEMA_TOKENS.clear()
+        tokens = _SCHEMA_TOKENS[schema_key] = count_tokens(_canonical(schema))
+    return tokens
 
 
 def count_input_tokens(params: dict[str, Any]) -> int:
