@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import random
 import re
 from typing import Any
 
 import pytest
 
-from batchpipe.emulator import ledger, wire
+from batchpipe.emulator import ledger, tokens, wire
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.responders import respond
 from batchpipe.emulator.schema_values import (
@@ -219,3 +220,13 @@ def test_schemas_equal_in_python_but_not_in_json_are_planned_apart() -> None:
         key = schema_key(schema)
         assert extra_input_tokens(params, key) == extra_input_tokens(params)
     assert values == ['{"a": 1}', '{"a": 1.0}', '{"a": true}']
+
+
+def test_ascii_runs_are_the_patterns_runs() -> None:
+    rnd = random.Random(5)
+    alphabet = [chr(code) for code in range(128)]
+    texts = ["", " ", "a.b", "x" * 230 + " #1", "__init__(self)->None", "\x1c\x1d!\x1f?\x7f"]
+    texts += ["".join(rnd.choices(alphabet, k=rnd.randint(0, 60))) for _ in range(3000)]
+    for text in texts:
+        expected = [len(run) for run in tokens._ASCII_PIECE.findall(text)]
+        assert [len(run) for run in tokens._ascii_runs(text)] == expected, repr(text)
