@@ -63,20 +63,21 @@ class _Generator:
         self.prompt = prompt
         self.seed = seed
         self.salt = salt
+        self._hashed: Any = None  # see pick
 
     @functools.cached_property
     def words(self) -> list[str]:
         """The prompt's words, for strings: split only when a string is made."""
         return self.prompt.split() or ["emulated"]
 
-    @functools.cached_property
-    def _hashed(self) -> Any:
-        """sha256 fed with what every pick's input starts with (see stable_int): the
-        prompt is hashed once per value, not once per enum, number or string in it."""
-        return hashlib.sha256(f"{self.seed}\x1f{self.salt}\x1f{self.prompt}\x1f".encode())
-
     def pick(self, path: str) -> int:
-        """stable_int(seed, salt, prompt, path), from the hash of what they share."""
+        """stable_int(seed, salt, prompt, path), from a sha256 fed once per value with
+        what every pick's input starts with: the prompt is hashed once, not once per
+        enum, number or string in the value."""
+        if self._hashed is None:
+            self._hashed = hashlib.sha256(
+                f"{self.seed}\x1f{self.salt}\x1f{self.prompt}\x1f".encode()
+            )
         hashed = self._hashed.copy()
         hashed.update(path.encode())
         return int.from_bytes(hashed.digest()[:8], "big")
