@@ -306,14 +306,18 @@ def _flat_plan(schema: Any) -> Plan | None:
 
 
 def _plan(schema: dict[str, Any], key: str) -> Plan | None:
-    if key not in _PLANS:
-        if len(_PLANS) >= MAX_PLANS:
-            _PLANS.clear()
-        try:
-            _PLANS[key] = _flat_plan(schema)
-        except Exception:  # whatever planning trips on, the generator meets and reports
-            _PLANS[key] = None
-    return _PLANS[key]
+    """The memo's plan for the schema whose schema_key is `key` (made on first sight).
+    Held in a local, not read back: another thread may start the memo over meanwhile."""
+    if key in _PLANS:
+        return _PLANS.get(key)
+    try:
+        plan = _flat_plan(schema)
+    except Exception:  # whatever planning trips on, the generator meets and reports
+        plan = None
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
 def value_for_schema(
