@@ -103,7 +103,7 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     db = database()
     # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
     # memory should not grow with the partition, so it is capped and DuckDB spills instead.
-    memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "1GB")
+    memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "512MB")
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     delay = 0.1
     while True:
