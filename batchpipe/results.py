@@ -154,13 +154,13 @@ def write_enriched(
             SELECT custom_id, request_hash FROM batchpipe_requests
             WHERE pipeline = ? AND partition_date = ?
         ),
-        res AS (
-            SELECT * FROM batchpipe_results
-            WHERE pipeline = ? AND request_hash IN (SELECT request_hash FROM req)
-            QUALIFY row_number() OVER (
-                PARTITION BY request_hash
-                ORDER BY result_type = 'succeeded' DESC, loaded_at DESC
-            ) = 1
+        res AS (  -- a request's answer: its latest success, else its latest result
+            SELECT * FROM batchpipe_results WHERE rowid IN (
+                SELECT arg_max(rowid, (result_type = 'succeeded', loaded_at))
+                FROM batchpipe_results
+                WHERE pipeline = ? AND request_hash IN (SELECT request_hash FROM req)
+                GROUP BY request_hash
+            )
         )
         SELECT {resolved.output_columns_sql("s")},
                CAST(? AS DATE) AS partition_date,

@@ -82,6 +82,21 @@ def test_a_fault_heavy_run_accounts_for_every_row_and_pays_once(demo_db: Path, f
         "AND NOT contains(description, name || ' (' || category || ')')",
     )
     assert mismatched == []  # each answer belongs to its own row, whatever the order
+    # A request that failed and then succeeded on a retry shows its success.
+    retried = query(
+        demo_db,
+        "SELECT request_hash FROM batchpipe_results GROUP BY 1 "
+        "HAVING count(*) > 1 AND bool_or(result_type = 'succeeded')",
+    )
+    assert retried  # the faults made some
+    shown = query(
+        demo_db,
+        "SELECT DISTINCT p.result_status FROM product_descriptions p JOIN batchpipe_requests r "
+        "ON r.custom_id = CAST(p.product_id AS VARCHAR) AND r.partition_date = p.partition_date "
+        "WHERE r.request_hash IN ?",
+        [[h for (h,) in retried]],
+    )
+    assert shown == [("succeeded",)]
 
 
 def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> None:
