@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.record import heading, write_section
+from bench.workload import STRUCT_JSON_SCHEMA  # what struct_bench asks for
 from tests.support import start_emulator
 
 HEADERS = {
@@ -34,15 +35,6 @@ HEADERS = {
     "anthropic-version": "2026-10-21",
 }
 PROMPT = "Write a two-sentence description of this product for a catalogue: " + "x" * 230
-SCHEMA = {  # what bench/pipeline.py's struct_bench asks for
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["a", "b", "c"]},
-        "score": {"type": "number"},
-    },
-    "required": ["label", "score"],
-    "additionalProperties": False,
-}
 KINDS = ("text", "structured")
 ACCEPT_SERVE_TARGET = 20_000
 PROCESS_TARGET = 40_000
@@ -57,7 +49,9 @@ def request_body(count: int, kind: str = "text", prefix: str = "r") -> bytes:
             "messages": [{"role": "user", "content": f"{PROMPT} #{i}"}],
         }
         if kind == "structured":
-            params["output_config"] = {"format": {"type": "json_schema", "schema": SCHEMA}}
+            params["output_config"] = {
+                "format": {"type": "json_schema", "schema": STRUCT_JSON_SCHEMA}
+            }
         requests.append({"custom_id": f"{prefix}{i}", "params": params})
     return json.dumps({"requests": requests}).encode()
 

@@ -85,3 +85,14 @@ def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
 
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
+
+
+def wait_ended(client, batch_id: str, timeout: float = 15):
+    """Poll a batch through the SDK until it has ended, as a client without webhooks does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"{batch_id} did not end")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -18,7 +15,7 @@ from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query
+from tests.support import batchpipe, ledger, pipeline, query
 
 DAY = dt.date(2026, 11, 3)
 FAST = BatchpipeResource(poll_seconds=0.05, wait=True)
@@ -67,14 +64,7 @@ def test_the_plan_sends_nothing_and_its_tokens_match_the_bill(
 ) -> None:
     """The cached example: count_tokens on the emulator gives the plan's input tokens; the
     run's ledger then bills within 10% of them, and the plan shows the cache saving."""
-    env = {**os.environ}
-    shown = subprocess.run(
-        [sys.executable, "-m", "batchpipe", "plan", "ticket_triage", "--date", str(DAY)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    shown = batchpipe("plan", "ticket_triage", "--date", str(DAY))
     assert shown.returncode == 0, shown.stderr
     assert ledger(own_emulator) == [] and "nothing was sent" in shown.stdout
     planned = int(shown.stdout.split("input tokens:")[1].split()[0].replace(",", ""))

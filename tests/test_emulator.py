@@ -19,6 +19,8 @@ from typing import Any
 import anthropic
 import pytest
 
+from tests.support import wait_ended
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,16 +133,6 @@ def client(emu: Emulator) -> anthropic.Anthropic:
 def request(custom_id: str, prompt: str, **params: Any) -> dict[str, Any]:
     body = {"model": MODEL, "max_tokens": 200, "messages": [{"role": "user", "content": prompt}]}
     return {"custom_id": custom_id, "params": body | params}
-
-
-def wait_ended(client: anthropic.Anthropic, batch_id: str) -> Any:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        batch = client.messages.batches.retrieve(batch_id)
-        if batch.processing_status == "ended":
-            return batch
-        time.sleep(0.1)
-    raise AssertionError(f"{batch_id} did not end")
 
 
 def test_batch_lifecycle_and_results(emu: Emulator, client: anthropic.Anthropic) -> None:

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from batchpipe import pricing
 from batchpipe.emulator.protocol import version_and_betas
 from batchpipe.emulator.server import is_loopback
-from tests.support import start_emulator
+from tests.support import start_emulator, wait_ended
 
 pytestmark = pytest.mark.slow
 
@@ -75,14 +75,7 @@ class Emu:
         return self.client().messages.batches.create(requests=requests(n, prefix, **params))
 
     def wait_ended(self, batch_id: str, timeout: float = 15) -> Any:
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = client.messages.batches.retrieve(batch_id)
-            if batch.processing_status == "ended":
-                return batch
-            time.sleep(0.1)
-        raise AssertionError(f"{batch_id} did not end")
+        return wait_ended(self.client(), batch_id, timeout)
 
 
 def requests(n: int, prefix: str = "r", **params: Any) -> list[dict[str, Any]]:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from batchpipe import steps
+from batchpipe import batches, steps
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query
+from tests.support import batchpipe, ledger, pipeline, query
 
 pytestmark = pytest.mark.slow
 
@@ -103,18 +100,9 @@ def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> No
     url = faulty("--requests-per-second", "2")
     pf = pipeline()
     steps.build_requests(pf, DAY, print)
-    submitted = steps.submit(
-        pf, DAY, __import__("batchpipe").batches.client(), print, wait=False, poll_seconds=0.1
-    )
+    submitted = steps.submit(pf, DAY, batches.client(), print, wait=False, poll_seconds=0.1)
     (batch_id,) = submitted.open_batch_ids
-    env = {**os.environ}
-    run = subprocess.run(
-        [sys.executable, "-m", "batchpipe", "cancel", "product_descriptions", "--date", str(DAY)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    run = batchpipe("cancel", "product_descriptions", "--date", str(DAY))
     assert run.returncode == 0, run.stderr
     assert f"asked the API to cancel {batch_id}" in run.stdout
     outcomes = dict(
@@ -123,9 +111,7 @@ def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> No
     assert outcomes.get("canceled", 0) > 0 and sum(outcomes.values()) == 30
     assert len(ledger(url)) == outcomes.get("succeeded", 0)  # canceled ones cost nothing
 
-    status = subprocess.run(
-        [sys.executable, "-m", "batchpipe", "status"], capture_output=True, text=True, env=env
-    )
+    status = batchpipe("status")
     assert batch_id in status.stdout and "loaded" in status.stdout
 
 
