@@ -118,7 +118,7 @@ def submit_partition(
             upcoming = None
             if chunk + 1 < chunks:
                 following = intent(chunk + 1)
-                upcoming = (following, builder.submit(_body, con.cursor(), following, True))
+                upcoming = (following, builder.submit(_body_on, con.cursor(), following))
             _finish_submission(con, api, sub, log, interrupted=False, betas=betas, body=body)
             if upcoming is not None:
                 sub, body = upcoming[0], upcoming[1].result()
@@ -164,21 +164,16 @@ def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
     return per_batch
 
 
-def _body(
-    con: duckdb.DuckDBPyConnection, sub: Submission, close: bool = False
-) -> tuple[int, bytes]:
-    """The create call's JSON for an intent, written by DuckDB, and how many requests it
-    holds (fewer than recorded if the partition's requests were rebuilt since). `close`
-    the connection after: a cursor made for a worker thread."""
-    try:
-        return _body_of(con, sub)
-    finally:
-        if close:
-            con.close()
+def _body_on(cursor: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
+    """`_body` on a cursor made for a worker thread, closed when done."""
+    with cursor:
+        return _body(cursor, sub)
 
 
-def _body_of(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
-    """DuckDB writes each request's JSON line; they are fetched in slices and joined.
+def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
+    """The create call's JSON for an intent, and how many requests it holds (fewer than
+    recorded if the partition's requests were rebuilt since). DuckDB writes each
+    request's line; they are fetched in slices and joined.
     (One string_agg of the whole body needed about five times its size at once.)"""
     cursor = con.execute(
         "SELECT '{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' "
@@ -422,7 +417,7 @@ def download_results(
     directory = warehouse.state_dir() / "results"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{batch_id}.jsonl"
-    if final.exists() and line_count(final) == expected_lines:
+    if final.exists() and _line_count(final) == expected_lines:
         return final
     partial = final.with_suffix(".jsonl.part")
     problem = ""
@@ -432,7 +427,7 @@ def download_results(
         except (anthropic.APIError, httpx2.TransportError) as err:
             problem = f"{type(err).__name__}: {err}"
         else:
-            lines = line_count(partial)
+            lines = _line_count(partial)
             if lines == expected_lines:
                 partial.replace(final)
                 return final
@@ -457,7 +452,7 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
         os.fsync(out.fileno())
 
 
-def line_count(path: Path) -> int:
+def _line_count(path: Path) -> int:
     """Lines in a JSONL file, counting a last line without its newline."""
     count = 0
     last = b"\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe import batches, plan, pricing, schema, warehouse
+from batchpipe import plan, pricing, schema, warehouse
 from batchpipe.config import Pipeline
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
@@ -45,11 +45,13 @@ def _usage(field: str) -> str:
 
 @dataclass(frozen=True)
 class ResultsFile:
-    """A downloaded results file and the submission whose batch it answers."""
+    """A downloaded results file, the submission whose batch it answers, and how many
+    lines it holds (the download checked that, so loading need not read it again)."""
 
     submission_id: str
     batch_id: str
     path: Path
+    lines: int
 
 
 def load_results_files(
@@ -64,7 +66,7 @@ def load_results_files(
     """
     if not files:
         return 0
-    lines = sum(batches.line_count(f.path) for f in files)
+    lines = sum(f.lines for f in files)
     sources = [[str(f.path), f.submission_id, f.batch_id] for f in files]
     with warehouse.transaction(con):
         loaded = con.execute(
@@ -119,7 +121,7 @@ def _strangers(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> Batc
                 f"batch {f.batch_id} returned {count} result(s) for requests it was not sent "
                 f"(e.g. {example}); nothing of it was loaded"
             )
-    return BatchApiError("the results files held fewer matching lines than they have")
+    return BatchApiError("the results files' lines do not match their batches' requests one to one")
 
 
 @dataclass(frozen=True)

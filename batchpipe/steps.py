@@ -199,7 +199,7 @@ def _load_ended(
             [sub.submission_id],
         ).fetchone()
         path = batches.download_results(api, sub.batch_id, expected, log)
-        files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path))
+        files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path, expected))
     count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
     log(f"loaded {count} results of {len(files)} batch(es): {', '.join(f.batch_id for f in files)}")
     return count

@@ -71,7 +71,7 @@ def test_each_line_lands_once_with_text_tokens_and_cost(
             {"custom_id": "c", "result": {"type": "expired"}},
         ],
     )
-    files = [results.ResultsFile("s1", "msgbatch_1", path)]
+    files = [results.ResultsFile("s1", "msgbatch_1", path, 3)]
     loaded = results.load_results_files(con, "p", MODEL, files)
     assert loaded == 3
     rows = con.execute(
@@ -101,8 +101,8 @@ def test_a_line_for_a_request_never_sent_loads_nothing_of_any_file(
         [_succeeded("a", "fine", usage), _succeeded("stranger-9", "not ours", usage)],
     )
     files = [
-        results.ResultsFile("s2", "msgbatch_1", fine),
-        results.ResultsFile("s1", "msgbatch_2", path),
+        results.ResultsFile("s2", "msgbatch_1", fine, 1),
+        results.ResultsFile("s1", "msgbatch_2", path, 2),
     ]
     with pytest.raises(
         BatchApiError,
@@ -121,8 +121,8 @@ def test_several_files_load_in_one_go_each_to_its_own_batch(
     first = _write(tmp_path / "1.jsonl", [_succeeded("a", "A", usage), _errored("b")])
     second = _write(tmp_path / "2.jsonl", [_succeeded("d", "D", usage)])
     files = [
-        results.ResultsFile("s1", "msgbatch_1", first),
-        results.ResultsFile("s2", "msgbatch_2", second),
+        results.ResultsFile("s1", "msgbatch_1", first, 2),
+        results.ResultsFile("s2", "msgbatch_2", second, 1),
     ]
     assert results.load_results_files(con, "p", MODEL, files) == 3
     rows = con.execute(
