@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import start_emulator
+from tests.support import dagster_dev, start_emulator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,3 +69,11 @@ def demo_db(project: Path) -> Path:
     con.execute((project / "pipelines" / "demo_data.sql").read_text())
     con.close()
     return project
+
+
+@pytest.fixture
+def webserver(demo_db: Path, emulator_url: str) -> Iterator[str]:
+    """`batchpipe dev` (webserver and daemon) against the demo project: its URL.
+    Shared by the GraphQL tests and the browser test, which drive the same server."""
+    with dagster_dev(demo_db, emulator_url) as url:
+        yield url

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -96,3 +99,51 @@ def wait_ended(client, batch_id: str, timeout: float = 15):
             return batch
         time.sleep(0.1)
     raise AssertionError(f"{batch_id} did not end")
+
+
+@contextlib.contextmanager
+def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
+    """`batchpipe dev` (what `make dev` runs: webserver and daemon) on a free loopback port
+    against the test's project, yielding its URL once it answers.
+
+    Its output goes to `dagster_dev.log` in the project, so a failure can be read after
+    the fact; the whole process group is stopped afterwards, so no daemon or code server
+    outlives the test.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "ANTHROPIC_BASE_URL": emulator_url,
+        "DAGSTER_HOME": str(project / "dagster_home"),
+    }
+    # The sensor polls every poll_interval seconds: make it the shortest allowed.
+    for path in (project / "pipelines").glob("*.yaml"):
+        path.write_text(
+            path.read_text().replace("  max_tokens:", "  poll_interval: 5\n  max_tokens:", 1)
+        )
+    log = project / "dagster_dev.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchpipe", "dev", "--port", str(port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"dagster dev did not start:\n{tail}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

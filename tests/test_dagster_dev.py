@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
-
-from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,44 +26,6 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"]
-
-
-@pytest.fixture
-def webserver(demo_db: Path, emulator_url: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ANTHROPIC_BASE_URL": emulator_url,
-        "DAGSTER_HOME": str(demo_db / "dagster_home"),
-    }
-    # The sensor polls every poll_interval seconds: make it the shortest allowed.
-    for path in (demo_db / "pipelines").glob("*.yaml"):
-        path.write_text(
-            path.read_text().replace("  max_tokens:", "  poll_interval: 5\n  max_tokens:", 1)
-        )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchpipe", "dev", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("dagster dev did not start") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 LAUNCH = """
