@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install demo test test-fast dev bench bench-emulator lint format lock clean
+.PHONY: install browser demo test test-fast dev bench bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -27,7 +27,22 @@ demo: install
 	$(BIN)/batchpipe run --all --date $(DEMO_DATE)
 	$(BIN)/batchpipe show --all --date $(DEMO_DATE)
 
-test: install
+# tests/test_ui_browser.py drives Debian's chromium through Playwright, which never downloads
+# a browser. Installed only when missing; through sudo only when not root.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { \
+		echo "error: $(CHROMIUM) is missing and there is no apt-get: install Chromium there"; \
+		exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium
+
+test: install browser
 	$(BIN)/pytest -q
 
 test-fast: install
