@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anthropic
 
 from batchpipe import plan, pricing, warehouse
+from batchpipe.errors import unreachable_message
 from batchpipe.loader import PipelineFile
 
 SAMPLE = 20  # requests counted with count_tokens; the rest are scaled from their length
@@ -65,19 +66,25 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         resolved = plan.resolve(pf, con)
         plan.register_templates(con, resolved)
         plan.bind_date(con, date)
-        con.execute(
-            f"""
-            CREATE TEMP TABLE plan_requests AS
-            SELECT ?::VARCHAR AS pipeline, ?::DATE AS partition_date, custom_id,
-                   md5(CAST(params AS VARCHAR)) AS request_hash, params,
-                   length(CAST(params AS VARCHAR)) AS input_chars
-            FROM (
-                SELECT {resolved.custom_id_sql()} AS custom_id, {resolved.params_sql()} AS params
-                FROM ({resolved.partition_rows_sql()}) AS s
+        # What a run would refuse, the plan refuses too, with the same message.
+        plan.check_keys(con, resolved, date)
+        with plan.rendering(resolved):
+            con.execute(
+                f"""
+                CREATE TEMP TABLE plan_requests AS
+                SELECT ?::VARCHAR AS pipeline, ?::DATE AS partition_date, custom_id,
+                       md5(CAST(params AS VARCHAR)) AS request_hash, params,
+                       length(CAST(params AS VARCHAR)) AS input_chars, key_values
+                FROM (
+                    SELECT {resolved.custom_id_sql()} AS custom_id,
+                           {resolved.params_sql()} AS params,
+                           {resolved.key_values_sql()} AS key_values
+                    FROM ({resolved.partition_rows_sql()}) AS s
+                )
+                """,
+                [pf.pipeline.name, date],
             )
-            """,
-            [pf.pipeline.name, date],
-        )
+        plan.check_context(con, resolved, "plan_requests", date)
         pending_sql = plan.PENDING_SQL.replace(
             "FROM batchpipe_requests AS r", "FROM plan_requests AS r"
         )
@@ -155,9 +162,12 @@ def _input_tokens(
         counted = [_count(api, params) for params in sample]
         cached = _cached_prefix_tokens(api, sample[0])
     except anthropic.APIError as err:
+        why = (
+            unreachable_message(api, err) if isinstance(err, anthropic.APIConnectionError) else err
+        )
         return (
             approx,
-            f"about {pricing.CHARS_PER_TOKEN} characters a token (count_tokens failed: {err})",
+            f"about {pricing.CHARS_PER_TOKEN} characters a token (count_tokens failed: {why})",
             0,
         )
     sample_chars = sum(len(json.dumps(p)) for p in sample)

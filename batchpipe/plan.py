@@ -8,10 +8,13 @@ anything is sent, so a mistake costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -403,13 +406,21 @@ def build_requests(
     name = resolved.name
     register_templates(con, resolved)
     bind_date(con, date)
-    _check_keys(con, resolved, date)
+    check_keys(con, resolved, date)
     with warehouse.transaction(con):
         con.execute(
             "DELETE FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
             [name, date],
         )
         _insert_requests(con, resolved, date)
+        # Inside the transaction: a refused partition keeps the requests it had.
+        check_context(
+            con,
+            resolved,
+            f"(SELECT * FROM batchpipe_requests WHERE pipeline = {sql_string(name)} "
+            f"AND partition_date = {RUN_DATE})",
+            date,
+        )
     (requests,) = con.execute(
         "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
         [name, date],
@@ -419,7 +430,7 @@ def build_requests(
 
 
 def _insert_requests(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
-    try:
+    with rendering(resolved):
         con.execute(
             f"""
             INSERT INTO batchpipe_requests
@@ -436,11 +447,61 @@ def _insert_requests(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: d
             """,
             [resolved.name, date],
         )
+
+
+def _prompt_key(resolved: Resolved) -> tuple[str, ...]:
+    """Where a problem of the rendered prompt points: `request.prompt` when the file has
+    one, else the `request` mapping (a prompt_file or messages)."""
+    return ("request", "prompt") if resolved.file.pipeline.request.prompt else ("request",)
+
+
+@contextlib.contextmanager
+def rendering(resolved: Resolved) -> Iterator[None]:
+    """A statement that renders requests; a Jinja template that fails on one row's values
+    (a comparison with NULL, say) becomes the file's error, not DuckDB's UDF traceback."""
+    try:
+        yield
     except duckdb.Error as err:
-        # A Jinja template can fail on one row's values (a comparison with NULL, say).
         first = str(err).strip().splitlines()[0]
-        key = ("request", "prompt") if resolved.file.pipeline.request.prompt else ("request",)
-        raise resolved.file.error(key, f"rendering the requests failed: {first}") from None
+        first = first.split("TemplateError: ", 1)[-1]  # DuckDB's UDF wrapping says nothing
+        raise resolved.file.error(
+            _prompt_key(resolved), f"rendering the requests failed: {first}"
+        ) from None
+
+
+def check_context(
+    con: duckdb.DuckDBPyConnection, resolved: Resolved, relation: str, date: dt.date
+) -> None:
+    """Refuse requests over the model's context window before they are sent.
+
+    The API takes such a request into a batch and answers it a day later with an error;
+    here it costs nothing and names the row. `relation` holds the partition's requests
+    (input_chars, key_values). Input tokens are estimated at CHARS_PER_TOKEN characters
+    a token of the request's JSON, as the cost estimate is; the window holds input and
+    max_tokens together.
+    """
+    request = resolved.file.pipeline.request
+    info = pricing.model(request.model)
+    room = info.context_window - request.max_tokens
+    rows = con.execute(
+        f"SELECT count(*) OVER (), CAST(key_values AS VARCHAR), input_chars FROM {relation} "
+        "WHERE input_chars > ? ORDER BY input_chars DESC LIMIT 3",
+        [room * pricing.CHARS_PER_TOKEN],
+    ).fetchall()
+    if not rows:
+        return
+    examples = "; ".join(
+        f"key {key} is about {math.ceil(chars / pricing.CHARS_PER_TOKEN):,} input tokens"
+        for _, key, chars in rows
+    )
+    raise resolved.file.error(
+        _prompt_key(resolved),
+        f"{rows[0][0]} request(s) of {date} would not fit {info.id}'s context window of "
+        f"{info.context_window:,} tokens (input plus max_tokens {request.max_tokens:,}): "
+        f"{examples} (estimated at {pricing.CHARS_PER_TOKEN} characters a token). Shorten "
+        "the prompt, leave such rows out with source.where, or choose a model with a larger "
+        "window; nothing was sent",
+    )
 
 
 # Errors worth sending again: the request was fine, the service was not.
@@ -504,7 +565,7 @@ def estimate_pending(
     return count, pricing.estimate(request.model, chars, count, request.max_tokens)
 
 
-def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
+def check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
     """NULL or duplicate keys would merge rows; show a few examples and stop."""
     keys = ", ".join(f"s.{quote_ident(k)}" for k in resolved.key_columns)
     null_test = " OR ".join(f"s.{quote_ident(k)} IS NULL" for k in resolved.key_columns)
@@ -530,12 +591,18 @@ def _check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.dat
             ("source", "key"),
             f"the key is not unique on {date}: {examples}. Choose columns unique per row",
         )
+    # A key outside the API's custom_id rule is sent as h-<md5 of the key>, so two keys
+    # share an id only when one of them is itself such a hash: refused, never renamed.
     collisions = con.execute(
-        f"SELECT {resolved.custom_id_sql()} AS id, count(*) n FROM ({rows_sql}) s "
-        "GROUP BY id HAVING n > 1 LIMIT 3",
+        f"SELECT {resolved.custom_id_sql()} AS id, "
+        f"string_agg(CAST({resolved.key_values_sql()} AS VARCHAR), ' and ' ORDER BY {keys}) "
+        f"FROM ({rows_sql}) s GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 3",
     ).fetchall()
     if collisions:
+        examples = "; ".join(f"{key_values} would both be {id_}" for id_, key_values in collisions)
         raise resolved.file.error(
             ("source", "key"),
-            "distinct keys map to the same custom_id: " + ", ".join(row[0] for row in collisions),
+            f"different keys of {date} would be sent with the same custom_id: {examples}. "
+            f"A key that does not fit the API's rule ^{CUSTOM_ID_PATTERN}$ is sent as "
+            "h-<md5 of the key>, so a key value must not look like one",
         )

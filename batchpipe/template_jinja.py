@@ -217,6 +217,12 @@ def row_renderer(source: str) -> Callable[[str], str]:
         except TemplateError:
             raise
         except Exception as err:
-            raise TemplateError(f"cannot render a row: {type(err).__name__}: {err}") from None
+            # The row's values the template reads, so the analyst can find the row.
+            values = {k: v for k, v in json.loads(payload).items() if k != TEXT_KEY}
+            shown = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            raise TemplateError(
+                f"cannot render a row: {type(err).__name__}: {err} (the row's values: {shown})"
+            ) from None
 
     return render
