@@ -204,9 +204,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     from batchpipe import batches, steps
+    from batchpipe.errors import reaching
 
     (pf,) = _select(args)
-    steps.cancel(pf, args.date, batches.client(), print)
+    api = batches.client()
+    with reaching(api):
+        steps.cancel(pf, args.date, api, print)
     return 0
 
 

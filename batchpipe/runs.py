@@ -93,7 +93,7 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
         if step == "requests":
             if meta["batchpipe/requests"] == 0:
                 day = result.dagster_run.tags.get("dagster/partition")
-                lines.append(f"requests:     no source rows fall on {day}")
+                lines.append(f"requests:     no source rows fall on {day}, so nothing was sent")
             lines.append(
                 f"requests:     {meta['batchpipe/requests']} built, "
                 f"{meta['batchpipe/to_send']} to send, {meta['batchpipe/reused']} reused; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,11 +120,11 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
             if "lock" not in str(err).lower():
                 raise WarehouseError(f"cannot open the DuckDB database {db}: {err}") from None
             if time.monotonic() >= deadline:
-                holder = str(err).split("Conflicting lock is held in")[-1].strip()
                 raise WarehouseError(
                     f"the DuckDB database {db} is locked by another process "
-                    f"({holder or 'unknown'}); waited {LOCK_WAIT_SECONDS:.0f} s. "
-                    "Stop that process or wait for its run to finish."
+                    f"({_lock_holder(err)}); waited {LOCK_WAIT_SECONDS:.0f} s. Close that "
+                    "process's connection (a notebook, a DuckDB shell, another run) or wait "
+                    "for it to finish, then run again."
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -133,6 +134,12 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
     finally:
         con.close()
+
+
+def _lock_holder(err: duckdb.IOException) -> str:
+    """`PID 123: /usr/bin/python3` from DuckDB's lock error, for a person to find it."""
+    found = re.search(r"Conflicting lock is held in (.*?) \(PID (\d+)\)", str(err))
+    return f"PID {found[2]}: {found[1]}" if found else "which one, DuckDB did not say"
 
 
 @contextlib.contextmanager

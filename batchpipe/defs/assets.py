@@ -11,6 +11,7 @@ import dagster as dg
 from batchpipe import steps
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.errors import reaching
 from batchpipe.loader import PipelineFile
 
 
@@ -62,14 +63,16 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def batch_status(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        summary = steps.submit(
-            pf,
-            _date(context),
-            batchpipe.client(),
-            context.log.info,
-            wait=batchpipe.waits(pf.pipeline.request.wait),
-            poll_seconds=batchpipe.poll_interval(),
-        )
+        api = batchpipe.client()
+        with reaching(api):
+            summary = steps.submit(
+                pf,
+                _date(context),
+                api,
+                context.log.info,
+                wait=batchpipe.waits(pf.pipeline.request.wait),
+                poll_seconds=batchpipe.poll_interval(),
+            )
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/sent_now": summary.sent_now,
@@ -94,14 +97,16 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def results(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        summary = steps.load_results(
-            pf,
-            _date(context),
-            batchpipe.client(),
-            context.log.info,
-            wait=batchpipe.waits(pf.pipeline.request.wait),
-            poll_seconds=batchpipe.poll_interval(),
-        )
+        api = batchpipe.client()
+        with reaching(api):
+            summary = steps.load_results(
+                pf,
+                _date(context),
+                api,
+                context.log.info,
+                wait=batchpipe.waits(pf.pipeline.request.wait),
+                poll_seconds=batchpipe.poll_interval(),
+            )
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/batches_loaded": summary.batches_loaded,
