@@ -66,11 +66,12 @@ def browser_page(tmp_path: Path) -> Iterator:
             browser.close()
 
 
-def save_screenshot(page, tmp_path: Path, name: str) -> Path:
-    """The page as a PNG under the test's output, and in BATCHPIPE_SCREENSHOT_DIR if set."""
+def save_screenshot(page, tmp_path: Path, name: str, *, publish: bool = False) -> Path:
+    """The page as a PNG under the test's output; with `publish`, also in
+    BATCHPIPE_SCREENSHOT_DIR when set (the README's picture is made that way)."""
     path = tmp_path / name
     page.screenshot(path=str(path))
-    if target := os.environ.get("BATCHPIPE_SCREENSHOT_DIR"):
+    if publish and (target := os.environ.get("BATCHPIPE_SCREENSHOT_DIR")):
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / name)
     return path
@@ -116,7 +117,7 @@ def test_materialize_a_partition_from_the_ui_and_read_its_cost(
     expect(cost_row).to_be_visible()
     expect(page.get_by_role("row").filter(has_text="batchpipe/standard_cost_usd")).to_be_visible()
     shown = float(cost_row.get_by_role("cell").nth(1).inner_text())
-    save_screenshot(page, tmp_path, "ui.png")
+    save_screenshot(page, tmp_path, "ui.png", publish=True)
 
     # What the UI shows is what the warehouse holds for the partition.
     ((cost,),) = query(
