@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import batchpipe, ledger, start_emulator
+from tests.support import batchpipe
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +44,6 @@ def test_run_without_key_starts_an_emulator_once_and_reuses_it(demo_db: Path) ->
             os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
 
 
-def test_a_bad_file_fails_with_its_location_and_sends_nothing(
-    demo_db: Path, emulator_url: str
-) -> None:
-    path = demo_db / "pipelines" / "product_descriptions.yaml"
-    path.write_text(path.read_text().replace("{{ category }}", "{{ colour }}"))
-    billed = len(ledger(emulator_url))
-
-    result = batchpipe(
-        "run", "product_descriptions", "--date", DAY, env={"ANTHROPIC_BASE_URL": emulator_url}
-    )
-
-    assert result.returncode == 1
-    assert f"{path}:13:3: request.prompt: {{{{ colour }}}} is not a column" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    assert len(ledger(emulator_url)) == billed
-
-
 def test_validate_reports_every_broken_file_and_costs_nothing(demo_db: Path) -> None:
     pipelines = demo_db / "pipelines"
     descriptions = pipelines / "product_descriptions.yaml"
@@ -75,27 +58,6 @@ def test_validate_reports_every_broken_file_and_costs_nothing(demo_db: Path) -> 
     assert f"{descriptions}:5:3: source.table: table 'nope' does not exist" in result.stderr
     assert "ok  review_sentiment" in result.stdout  # the good files are still checked
     assert "Traceback" not in result.stderr
-
-
-def test_unknown_pipeline_and_early_date_are_plain_errors(demo_db: Path) -> None:
-    unknown = batchpipe("run", "nope", "--date", DAY)
-    assert unknown.returncode == 1
-    assert "no pipeline named nope (pipelines: product_descriptions, review_replies, " in (
-        unknown.stderr
-    )
-    early = batchpipe("run", "product_descriptions", "--date", "2026-10-01")
-    assert early.returncode == 1
-    assert "2026-10-01 is before the first partition of product_descriptions" in early.stderr
-    assert not (demo_db / ".batchpipe" / "emulator").exists()  # nothing was started
-
-
-def test_a_bad_memory_limit_names_the_variable(demo_db: Path) -> None:
-    run = batchpipe(
-        "run", "product_descriptions", "--date", DAY, env={"BATCHPIPE_MEMORY_LIMIT": "lots"}
-    )
-    assert run.returncode == 1
-    assert "BATCHPIPE_MEMORY_LIMIT='lots' is not a DuckDB memory size such as 1GB" in run.stderr
-    assert "Traceback" not in run.stderr
 
 
 def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str) -> None:
@@ -123,30 +85,6 @@ def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str
     assert result.returncode == 0, result.stderr[-3000:]
     shown = batchpipe("show", "product_descriptions", "--date", DAY, "--limit", "30")
     assert shown.stdout.count("│ succeeded ") == 30
-
-
-def test_a_wrong_api_key_is_a_clear_error_and_never_shown_or_stored(
-    demo_db: Path, tmp_path: Path
-) -> None:
-    secret = "sk-ant-api03-not-the-right-key-0123456789"
-    process, url = start_emulator(tmp_path / "locked", api_key="the-right-key")
-    try:
-        result = batchpipe(
-            "run",
-            "product_descriptions",
-            "--date",
-            DAY,
-            env={"ANTHROPIC_API_KEY": secret, "ANTHROPIC_BASE_URL": url},
-        )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert result.returncode == 1
-    assert "the Batches API refused the batch (401): API key is invalid." in result.stderr
-    assert "Traceback" not in result.stderr
-    assert secret not in result.stdout + result.stderr
-    stored = b"".join(p.read_bytes() for p in demo_db.rglob("*") if p.is_file())
-    assert secret.encode() not in stored
 
 
 def test_new_writes_a_starter_that_validates(demo_db: Path) -> None:

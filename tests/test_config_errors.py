@@ -1,4 +1,8 @@
-"""An analyst's mistakes: each message names the file, the line and what was expected."""
+"""How mistakes are reported together: every problem of a file at once, across files.
+
+One mistake per file, with its message, is the corpus in tests/bad_pipelines/ (checked
+by test_bad_pipelines.py through the command line); this file keeps what one broken
+file cannot show."""
 
 from __future__ import annotations
 
@@ -62,19 +66,6 @@ def test_the_example_pipelines_load() -> None:
     }
 
 
-def test_missing_key_names_file_line_and_key(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD.replace("  key: product_id\n", ""))
-    (problem,) = problems_of(path)
-    assert problem.startswith(f"{path}:2:1: ")  # the `source:` mapping that lacks it
-    assert "source.key: required key is missing" in problem
-
-
-def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD.replace("  system:", "  sytem:"))
-    (problem,) = problems_of(path)
-    assert problem.startswith(f"{path}:9:3: request.sytem: unknown key; did you mean 'system'?")
-
-
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     text = GOOD.replace("max_tokens: 200", "max_tokens: lots").replace("name: product", "name: P")
     problems = problems_of(write(tmp_path, text))
@@ -84,48 +75,11 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
 
 
-def test_unquoted_template_gets_a_hint(tmp_path: Path) -> None:
-    text = GOOD.replace('prompt: "Write', "prompt: {{ name }} Write").replace(')"', ")")
-    (problem,) = problems_of(write(tmp_path, text))
-    assert ":10:" in problem and "quote a value that starts with {{" in problem
-
-
 def test_duplicate_pipeline_names_are_refused(tmp_path: Path) -> None:
     write(tmp_path, GOOD, "a.yaml")
     write(tmp_path, GOOD, "b.yaml")
     with pytest.raises(ConfigError, match=r"b\.yaml:1:1: name: 'product_descriptions' is already"):
         load_pipelines(tmp_path)
-
-
-def test_unknown_template_column_names_file_line_and_columns(demo_db: Path) -> None:
-    message = resolve_problem(demo_db, GOOD.replace("{{ category }}", "{{ colour }}"))
-    assert message.startswith(f"{demo_db / 'p.yaml'}:10:3: request.prompt:")
-    assert "{{ colour }} is not a column of the source" in message
-    assert "product_id, name, category, price, added_on" in message
-
-
-def test_missing_table_names_file_line_and_existing_tables(demo_db: Path) -> None:
-    message = resolve_problem(demo_db, GOOD.replace("table: products", "table: product"))
-    assert message.startswith(f"{demo_db / 'p.yaml'}:3:3: source.table:")
-    assert "table 'product' does not exist" in message and "products, reviews" in message
-
-
-def test_missing_key_column_names_file_and_line(demo_db: Path) -> None:
-    message = resolve_problem(demo_db, GOOD.replace("key: product_id", "key: sku"))
-    assert message.startswith(f"{demo_db / 'p.yaml'}:4:3: source.key:")
-    assert "key column 'sku' is not in the source" in message
-
-
-def test_query_error_is_reported_at_the_query(demo_db: Path) -> None:
-    text = GOOD.replace("  table: products\n", '  query: "SELECT * FROM products WHERE"\n')
-    message = resolve_problem(demo_db, text)
-    assert message.startswith(f"{demo_db / 'p.yaml'}:3:3: source.query: the query fails")
-
-
-def test_unknown_model_is_refused_before_sending(demo_db: Path) -> None:
-    message = resolve_problem(demo_db, GOOD.replace("claude-haiku-4-5", "claude-haiku-4.5"))
-    assert ":7:3: request.model: unknown model 'claude-haiku-4.5'" in message
-    assert "did you mean 'claude-haiku-4-5'?" in message
 
 
 def test_every_warehouse_problem_of_a_file_is_reported_at_once(demo_db: Path) -> None:

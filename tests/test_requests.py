@@ -10,7 +10,6 @@ import duckdb
 import pytest
 
 from batchpipe import plan
-from batchpipe.errors import ConfigError
 from batchpipe.loader import load_pipelines
 
 DAY = dt.date(2026, 11, 3)
@@ -72,15 +71,6 @@ def test_null_column_renders_as_empty_text(demo_db: Path) -> None:
     assert params["messages"][0]["content"].endswith(": Cinder Lamp Mk 1 ()")
 
 
-def test_duplicate_keys_are_refused_with_examples(demo_db: Path) -> None:
-    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-        con.execute("UPDATE products SET product_id = 2 WHERE product_id = 12")
-    with pytest.raises(
-        ConfigError, match=r"source\.key: the key is not unique on 2026-11-03: 2 \(2 rows\)"
-    ):
-        build(demo_db)
-
-
 def test_rebuilding_a_partition_replaces_its_requests(demo_db: Path) -> None:
     build(demo_db)
     summary, rows = build(demo_db)
@@ -122,27 +112,6 @@ def test_sql_and_jinja_templates_build_the_same_requests(demo_db: Path) -> None:
     assert fast == slow and len(fast) == 30
     texts = [json.loads(params)["messages"][0]["content"] for _, params in fast]
     assert any(t.startswith("Describe CINDER LAMP MK 1 for kitchen: ") for t in texts)
-
-
-def test_a_row_that_breaks_a_jinja_template_names_the_file(demo_db: Path) -> None:
-    path = demo_db / "pipelines" / "product_descriptions.yaml"
-    text = path.read_text()
-    prompt = text.split("prompt: ")[1].split("\n")[0]
-    path.write_text(text.replace(prompt, "\"{% if price > 'x' %}a{% endif %}\""))
-    with pytest.raises(
-        ConfigError, match=r"product_descriptions\.yaml:13:3: request\.prompt: rendering"
-    ):
-        build(demo_db)
-
-
-def test_null_keys_are_refused_with_examples(demo_db: Path) -> None:
-    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-        con.execute("UPDATE products SET product_id = NULL WHERE product_id IN (2, 12)")
-    with pytest.raises(ConfigError) as caught:
-        build(demo_db)
-    message = str(caught.value)
-    assert "source.key: 2 row(s) of 2026-11-03 have a NULL key; keys must be set." in message
-    assert '"name":"Cinder Lamp Mk 1"' in message
 
 
 # md5 over "custom_id request_hash" lines of each example pipeline's 2026-11-03 partition,
