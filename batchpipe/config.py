@@ -211,9 +211,21 @@ class Output(_Strict):
     @field_validator("table")
     @classmethod
     def _table_name(cls, value: str) -> str:
-        for part in value.split("."):
-            _check_identifier(part)
-        return value
+        # A pipeline writes only its own table in the main schema of BATCHPIPE_DB: a
+        # schema or catalog prefix could reach another (ATTACHed) database, and the
+        # batchpipe_ tables hold the state that makes runs recoverable.
+        if "." in value:
+            raise ValueError(
+                f"{value!r}: expected a plain table name (letters, digits and _); the output "
+                "table is always created in the main schema of BATCHPIPE_DB, so it takes no "
+                "schema or database prefix"
+            )
+        if value.lower().startswith("batchpipe_"):
+            raise ValueError(
+                f"{value!r}: names starting with batchpipe_ are batchpipe's own state tables; "
+                "choose another name"
+            )
+        return _check_identifier(value)
 
     @field_validator("column")
     @classmethod
@@ -253,6 +265,17 @@ class Partitions(_Strict):
         return value
 
 
+class Budget(_Strict):
+    """Spend limits, checked before each batch is sent (see batchpipe/budget.py)."""
+
+    max_usd_per_run: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="USD one partition may spend, all its batches together."
+    )
+    max_usd_per_day: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="USD this pipeline may spend on batches sent on one day (UTC)."
+    )
+
+
 class Pipeline(_Strict):
     """One analyst-authored file in pipelines/."""
 
@@ -262,6 +285,7 @@ class Pipeline(_Strict):
     request: Request
     output: Output
     partitions: Partitions
+    budget: Budget | None = None
 
 
 def json_schema() -> dict:

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from batchpipe import pricing, schema, templates, warehouse
+from batchpipe import estimates, pricing, schema, sqlcheck, templates, warehouse
 from batchpipe.errors import ConfigError
 from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident, sql_string
@@ -257,6 +257,10 @@ def _describe_source(pf: PipelineFile, con: duckdb.DuckDBPyConnection, problem) 
             return source_sql, {}
     query = re.sub(r"\{\{\s*partition_date\s*\}\}", RUN_DATE, source.query or "")
     source_sql = f"({query})"
+    # Checked before it runs: DuckDB would run every statement a `)` or `;` let in.
+    if unsafe := sqlcheck.check_query(query):
+        problem(("source", "query"), unsafe)
+        return source_sql, {}
     try:
         if not con.execute("SELECT getvariable('batchpipe_date')").fetchone()[0]:
             bind_date(con, pf.pipeline.partitions.start)  # any date will do to describe
@@ -282,9 +286,11 @@ def _check_source_columns(
                 ("source", "columns", index),
                 f"column {column!r} is not in the source{_hint(column, available)}",
             )
-    if source.where:
+    if source.where and (unsafe := sqlcheck.check_filter(source.where)):
+        problem(("source", "where"), unsafe)  # never run: it could end the statement
+    elif source.where:
         try:
-            con.execute(f"EXPLAIN SELECT * FROM {source_sql} AS s WHERE {source.where}")
+            con.execute(f"EXPLAIN SELECT * FROM {source_sql} AS s WHERE ({source.where})")
         except duckdb.Error as err:
             first = str(err).strip().splitlines()[0]
             problem(("source", "where"), f"the filter fails in DuckDB: {first}")
@@ -310,6 +316,19 @@ def _check_source_columns(
             f"the source already has column(s) {', '.join(clashes)}, which the output "
             f"table adds; rename them in a query, or choose another output.column",
         )
+    if source.table is not None and _same_table(con, source.table, output.table):
+        problem(
+            ("output", "table"),
+            f"{output.table!r} is the source table; the output replaces rows of its table, "
+            "so it needs a table of its own: choose another output.table",
+        )
+
+
+def _same_table(con: duckdb.DuckDBPyConnection, source_table: str, output_table: str) -> bool:
+    """Whether the source names the table the output is written to (main schema)."""
+    *prefix, name = source_table.lower().split(".")
+    (catalog,) = con.execute("SELECT current_database()").fetchone()
+    return name == output_table.lower() and prefix in ([], ["main"], [catalog.lower(), "main"])
 
 
 def _hint(name: str, available: list[str]) -> str:
@@ -553,16 +572,27 @@ def pending_params(pf: PipelineFile, date: dt.date) -> dict:
     }
 
 
-def estimate_pending(
+def pending_size(
     con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date
-) -> tuple[int, dict[str, float]]:
-    """How many requests would be sent now, and what they would cost."""
+) -> tuple[int, int]:
+    """How many requests would be sent now, and their characters of params."""
     count, chars = con.execute(
         f"SELECT count(*), coalesce(sum(input_chars), 0) FROM ({PENDING_SQL})",
         pending_params(pf, date),
     ).fetchone()
+    return int(count), int(chars)
+
+
+def estimate_pending(
+    con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date
+) -> tuple[int, dict[str, float]]:
+    """How many requests would be sent now, and what they would cost."""
+    count, chars = pending_size(con, pf, date)
+    # Characters only: counting tokens needs the API, which the send step asks.
     request = pf.pipeline.request
-    return count, pricing.estimate(request.model, chars, count, request.max_tokens)
+    *_, priced = estimates.for_requests(con, pf.pipeline.name, request, None, (), count)
+    batches = -(-count // request.max_batch_requests)
+    return count, priced(count, chars, batches).as_dict()
 
 
 def check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:
