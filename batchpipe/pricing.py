@@ -35,7 +35,6 @@ __all__ = [
     "check_request",
     "cost_sql",
     "cost_usd",
-    "estimate",
     "geo_factor",
     "max_tokens_cap",
     "model",
@@ -166,21 +165,3 @@ def cost_sql(model: str, usage: str, *, batch: bool = True) -> str:
     for tier in sorted(info.tiers, key=lambda t: t.above_prompt_tokens):
         cost = f"CASE WHEN {prompt} > {tier.above_prompt_tokens} THEN {at(tier)} ELSE {cost} END"
     return cost
-
-
-def estimate(model: str, input_chars: int, requests: int, max_tokens: int) -> dict[str, float]:
-    """A cost range at batch prices before anything is sent.
-
-    Input is approximated from characters; output is bounded by max_tokens (the high end)
-    and taken as a quarter of it for the expected figure until a pipeline has history to
-    learn from. The tier is chosen by the average prompt, so a Haiku 5.5 pipeline of long
-    prompts is estimated at its long-prompt prices.
-    """
-    input_tokens = input_chars / CHARS_PER_TOKEN
-    per_request = round(input_tokens / requests) if requests else 0
-    p = price_for(model, per_request)
-    factor = price_list().batch_discount
-    low = input_tokens * p.input * factor / 1e6
-    high = low + requests * max_tokens * p.output * factor / 1e6
-    expected = low + requests * max_tokens / 4 * p.output * factor / 1e6
-    return {"low_usd": low, "expected_usd": expected, "high_usd": high}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from anthropic.types.model import Model
 
-from batchpipe import pricing
+from batchpipe import estimates, pricing
 
 BETA = "output-300k-2026-03-24"
 
@@ -183,11 +183,30 @@ def test_a_retired_model_names_its_successor_and_has_no_price() -> None:
 
 
 def test_estimate_uses_batch_prices_and_the_tier_of_the_average_prompt() -> None:
-    short = pricing.estimate("claude-haiku-5-5", 4 * 1_000_000, requests=100, max_tokens=1_000)
-    assert short["low_usd"] == pytest.approx(1_000_000 * 0.10 * 0.5 / 1e6)
-    long = pricing.estimate("claude-haiku-5-5", 4 * 20_000_000, requests=100, max_tokens=1_000)
-    assert long["low_usd"] == pytest.approx(20_000_000 * 0.50 * 0.5 / 1e6)
-    assert long["high_usd"] == pytest.approx(long["low_usd"] + 100 * 1_000 * 2.50 * 0.5 / 1e6)
+    approx = estimates.InputTokens(0.25, 0.25, 0, "about 4 characters a token")
+    no_history = estimates.OutputTokens(0.0, 250.0, 1_000.0, "max_tokens")
+    short = estimates.price("claude-haiku-5-5", 100, 4 * 1_000_000, approx, no_history)
+    assert short.low_usd == pytest.approx(1_000_000 * 0.10 * 0.5 / 1e6)
+    long = estimates.price("claude-haiku-5-5", 100, 4 * 20_000_000, approx, no_history)
+    assert long.low_usd == pytest.approx(20_000_000 * 0.50 * 0.5 / 1e6)
+    assert long.high_usd == pytest.approx(long.low_usd + 100 * 1_000 * 2.50 * 0.5 / 1e6)
+    assert long.expected_usd == pytest.approx(long.low_usd + 100 * 250 * 2.50 * 0.5 / 1e6)
+    assert long.standard_usd == pytest.approx(long.expected_usd * 2)
+
+
+def test_a_cached_prefix_is_written_once_a_batch_expected_and_by_every_request_at_most() -> None:
+    """Sonnet 5.5: 1,000 of each request's 1,100 input tokens are a 1-hour cached prefix."""
+    p = pricing.price_for("claude-sonnet-5-5", 1_100)
+    counted = estimates.InputTokens(1.0, 1.0, 1_000, "count_tokens")
+    no_output = estimates.OutputTokens(0.0, 0.0, 0.0, "none")
+    cold = estimates.price("claude-sonnet-5-5", 10, 11_000, counted, no_output, cache_ttl="1h")
+    writes, reads, plain = 1_000 * p.cache_write_1h, 9_000 * p.cache_read, 1_000 * p.input
+    assert cold.expected_usd == pytest.approx((writes + reads + plain) * 0.5 / 1e6)
+    assert cold.high_usd == pytest.approx((10 * 1_000 * p.cache_write_1h + plain) * 0.5 / 1e6)
+    warm = estimates.price(
+        "claude-sonnet-5-5", 10, 11_000, counted, no_output, cache_ttl="1h", cache_warm=True
+    )
+    assert warm.expected_usd == pytest.approx((10_000 * p.cache_read + plain) * 0.5 / 1e6)
 
 
 @pytest.mark.parametrize(
