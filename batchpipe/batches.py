@@ -10,6 +10,7 @@ endpoint before anything is sent again.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import time
 import uuid
@@ -17,13 +18,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anthropic
 import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
-from batchpipe import warehouse
-from batchpipe.errors import BatchApiError
+from batchpipe import budget, estimates, warehouse
+from batchpipe.errors import BatchApiError, unreachable_message
 from batchpipe.failpoints import kill_point
 
 MAX_REQUESTS_PER_BATCH = 100_000
@@ -33,8 +35,13 @@ DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
 OPEN_STATES = ("submitting", "submitted", "ended")
 BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
+# How long a run waits out an API it cannot reach (or that answers 429/5xx) while polling
+# or downloading; the batches carry on upstream meanwhile, and results keep 29 days.
+API_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_API_PATIENCE", "900"))
+OUTAGE_MAX_DELAY = 30.0
 
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 def client() -> anthropic.Anthropic:
@@ -52,6 +59,15 @@ def client() -> anthropic.Anthropic:
 
 def using_emulator() -> bool:
     return not os.environ.get("ANTHROPIC_API_KEY")
+
+
+@dataclass(frozen=True)
+class Spend:
+    """How a partition's batches are priced and what they may spend: each batch's intent
+    records its estimate, and is refused if its high end would pass a limit."""
+
+    price: Callable[[int, int], estimates.Range]  # (requests, characters of params) -> USD
+    limits: list[budget.Limit]
 
 
 @dataclass(frozen=True)
@@ -85,11 +101,15 @@ def submit_partition(
     log: Log,
     max_requests: int = MAX_REQUESTS_PER_BATCH,
     betas: Sequence[str] = (),
+    spend: Spend | None = None,
 ) -> int:
     """Send the partition's pending requests; return how many were sent now.
 
     Intents left by a killed run are finished first (found upstream, or sent);
     requests already in an open batch are not pending, so nothing goes twice.
+    With `spend`, a batch whose reservation would pass a limit is not sent: it and the
+    batches after it are recorded as skipped, the ones before it are sent, and then
+    BudgetExceeded says which limit stopped what.
     """
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitting":
@@ -99,30 +119,50 @@ def submit_partition(
         f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
         pending_params,
     )
+    budget.clear_skipped(con, pipeline, date)
     total = con.execute("SELECT count(*) FROM pending").fetchone()[0]
     if total == 0:
         return 0
     per_batch = _batch_size(con, min(max_requests, MAX_REQUESTS_PER_BATCH))
     chunks = (total + per_batch - 1) // per_batch
 
-    def intent(chunk: int) -> Submission:
-        return _record_intent(con, pipeline, date, model, per_batch, chunk)
+    def intent(chunk: int) -> Submission | budget.Refusal:
+        return _record_intent(con, pipeline, date, model, per_batch, chunk, spend)
 
     # While one batch uploads, the next one's body is built on a second cursor: DuckDB and
     # the socket both run without the GIL. Its intent is recorded first, as always, so a
     # crash leaves at most two intents to reconcile, in the order they were recorded.
+    sent = 0
+    refused: budget.Refusal | None = None
     with ThreadPoolExecutor(max_workers=1) as builder:
-        sub = intent(0)
-        body = _body(con, sub)
-        for chunk in range(chunks):
-            upcoming = None
-            if chunk + 1 < chunks:
-                following = intent(chunk + 1)
-                upcoming = (following, builder.submit(_body_on, con.cursor(), following))
-            _finish_submission(con, api, sub, log, interrupted=False, betas=betas, body=body)
-            if upcoming is not None:
+        first = intent(0)
+        if isinstance(first, budget.Refusal):
+            refused = first
+        else:
+            sub, body = first, _body(con, first)
+            for chunk in range(chunks):
+                upcoming = None
+                if chunk + 1 < chunks:
+                    following = intent(chunk + 1)
+                    if isinstance(following, budget.Refusal):
+                        refused = following
+                    else:
+                        upcoming = (following, builder.submit(_body_on, con.cursor(), following))
+                _finish_submission(con, api, sub, log, interrupted=False, betas=betas, body=body)
+                sent += sub.request_count
+                if upcoming is None:
+                    break
                 sub, body = upcoming[0], upcoming[1].result()
     con.execute("DROP TABLE pending")
+    if refused is not None and spend is not None:
+        count, chars = con.execute(
+            "SELECT count(*), coalesce(sum(s.input_chars), 0) FROM batchpipe_skipped k "
+            "JOIN batchpipe_requests s USING (pipeline, partition_date, custom_id) "
+            "WHERE k.pipeline = ? AND k.partition_date = ?",
+            [pipeline, date],
+        ).fetchone()
+        refused_usd = spend.price(count, chars).high_usd
+        raise budget.BudgetExceeded(budget.refused_message(refused, sent, count, refused_usd))
     return total
 
 
@@ -133,10 +173,34 @@ def _record_intent(
     model: str,
     per_batch: int,
     chunk: int,
-) -> Submission:
-    """Commit which pending requests the chunk's batch will hold, before it is sent."""
+    spend: Spend | None = None,
+) -> Submission | budget.Refusal:
+    """Commit which pending requests the chunk's batch will hold, before it is sent, with
+    its estimate; or, when its reservation would pass a limit, record it and every later
+    chunk as skipped and return the refusal. One transaction: the limit is checked against
+    what is committed at that instant, by this run or any other."""
     submission_id, intent_at = uuid.uuid4().hex, _now()
     with warehouse.transaction(con):
+        estimate = None
+        if spend is not None:
+            count, chars = con.execute(
+                "SELECT count(*), coalesce(sum(input_chars), 0) FROM pending WHERE rn // ? = ?",
+                [per_batch, chunk],
+            ).fetchone()
+            estimate = spend.price(count, chars)
+            refusal = budget.check(
+                con, spend.limits, pipeline, date, estimate.high_usd, intent_at.date()
+            )
+            if refusal is not None:
+                budget.record_skipped(
+                    con,
+                    pipeline,
+                    date,
+                    refusal,
+                    "SELECT custom_id, request_hash FROM pending WHERE rn >= ?",
+                    [per_batch * chunk],
+                )
+                return refusal
         count = con.execute(
             "INSERT INTO batchpipe_batch_requests "
             "SELECT ?, custom_id, request_hash FROM pending WHERE rn // ? = ?",
@@ -144,9 +208,14 @@ def _record_intent(
         ).fetchone()[0]
         con.execute(
             "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-            "request_count, model, intent_at) VALUES (?, ?, ?, 'submitting', ?, ?, ?)",
-            [submission_id, pipeline, date, count, model, intent_at],
-        )
+            "request_count, model, intent_at, estimated_low_usd, estimated_usd, reserved_usd) "
+            "VALUES (?, ?, ?, 'submitting', ?, ?, ?, ?, ?, ?)",
+            [
+                submission_id, pipeline, date, count, model, intent_at,
+                *((estimate.low_usd, estimate.expected_usd, estimate.high_usd)
+                  if estimate else (None, None, None)),
+            ],
+        )  # fmt: skip
     return Submission(submission_id, None, "submitting", count, intent_at)
 
 
@@ -329,14 +398,87 @@ def _record_failed(
     )
 
 
+class Outage:
+    """Rides out an API that is down for a while, for calls that are safe to repeat.
+
+    The SDK retries a failed call twice within about two seconds; an API restarting, a
+    network blip or a run of 529s lasts longer, and a run that dies of it leaves its
+    batches to finish upstream with nobody waiting. Retrieving a batch or downloading
+    its results changes nothing upstream, so they are simply tried again, with a growing
+    delay, for at most `patience` seconds from the first failure. A create is never
+    passed through here: a repeated create can make a second, paid batch.
+    """
+
+    def __init__(self, api: anthropic.Anthropic, log: Log, patience: float | None = None):
+        self.api, self.log = api, log
+        self.patience = API_PATIENCE_SECONDS if patience is None else patience
+        self.since: float | None = None
+        self.delay = 1.0
+
+    def call(self, fn: Callable[[], T], doing: str) -> T:
+        while True:
+            try:
+                result = fn()
+            except (anthropic.APIConnectionError, anthropic.APIStatusError) as err:
+                if not _transient(err):
+                    raise
+                self._wait(err, doing)
+                continue
+            if self.since is not None:
+                down = time.monotonic() - self.since
+                self.log(f"the Batches API answers again after {down:.0f} s; carrying on")
+                self.since, self.delay = None, 1.0
+            return result
+
+    def _wait(self, err: anthropic.APIError, doing: str) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            self.log(
+                f"the Batches API is unavailable while {doing} ({self._reason(err)}); "
+                f"the batches go on upstream, so this run tries again for up to "
+                f"{self.patience:.0f} s (BATCHPIPE_API_PATIENCE)"
+            )
+        left = self.since + self.patience - now
+        if left <= 0:
+            raise BatchApiError(
+                f"the Batches API was unavailable for {now - self.since:.0f} s while {doing} "
+                f"({self._reason(err)}); gave up after BATCHPIPE_API_PATIENCE="
+                f"{self.patience:.0f} s. The batches go on upstream and keep their results "
+                "29 days: run the same command again once it answers; nothing is sent twice"
+            ) from None
+        time.sleep(min(self.delay, left))
+        self.delay = min(self.delay * 2, OUTAGE_MAX_DELAY)
+
+    def _reason(self, err: anthropic.APIError) -> str:
+        if isinstance(err, anthropic.APIStatusError):
+            return f"{err.status_code}: {_api_message(err)}"
+        return unreachable_message(self.api, err)
+
+
+def _transient(err: anthropic.APIError) -> bool:
+    """Unreachable, timed out, rate limited (not a spend limit: those are subclasses),
+    or a server error: worth trying again. A 4xx about the request itself is not."""
+    if isinstance(err, anthropic.APIConnectionError):
+        return True
+    status = getattr(err, "status_code", 0)
+    return status >= 500 or status == 408 or type(err) is anthropic.RateLimitError
+
+
 def poll(
-    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, pipeline: str, date: dt.date
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    pipeline: str,
+    date: dt.date,
+    outage: Outage | None = None,
 ) -> list[anthropic.types.messages.MessageBatch]:
-    """Retrieve every submitted batch of the partition once and record its counts."""
+    """Retrieve every submitted batch of the partition once and record its counts; with
+    `outage`, a retrieve that cannot reach the API is tried again (see Outage)."""
     seen = []
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitted":
-            batch = api.messages.batches.retrieve(sub.batch_id)
+            retrieve = functools.partial(api.messages.batches.retrieve, sub.batch_id)
+            batch = retrieve() if outage is None else outage.call(retrieve, "polling batches")
             record_status(con, sub.submission_id, batch)
             seen.append(batch)
     return seen
@@ -350,10 +492,12 @@ def wait_until_ended(
     poll_seconds: float,
     log: Log,
 ) -> None:
-    """Poll the partition's open batches until all have ended (the API has no webhooks)."""
+    """Poll the partition's open batches until all have ended (the API has no webhooks),
+    riding out an API that is unreachable for a while (see Outage)."""
     last_report = ""
+    outage = Outage(api, log)
     while True:
-        batches = poll(con, api, pipeline, date)
+        batches = poll(con, api, pipeline, date, outage)
         report = "; ".join(
             f"{b.id}: {b.processing_status} ({b.request_counts.processing} processing, "
             f"{b.request_counts.succeeded} succeeded, {b.request_counts.errored} errored)"
@@ -421,9 +565,15 @@ def download_results(
         return final
     partial = final.with_suffix(".jsonl.part")
     problem = ""
+    # An API that cannot be reached is waited out (Outage) without using up an attempt;
+    # the attempts are for streams that start and then break.
+    outage = Outage(api, log)
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
-            _stream_to(api, batch_id, partial)
+            outage.call(
+                lambda: _stream_to(api, batch_id, partial),
+                f"downloading the results of {batch_id}",
+            )
         except (anthropic.APIError, httpx2.TransportError) as err:
             problem = f"{type(err).__name__}: {err}"
         else:

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   batchpipe run --all --date 2026-11-03
   batchpipe validate
   batchpipe show product_descriptions --date 2026-11-03
+  batchpipe costs --since 2026-11-01 --by pipeline
   batchpipe emulator --host 127.0.0.1 --port 8765 --state-dir .batchpipe/emulator
 """
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to carry on", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `batchpipe costs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="open and recent batches: counts, age, cost so far")
     status.add_argument("names", nargs="*", metavar="NAME")
     status.set_defaults(handler=_status)
+
+    costs = sub.add_parser(
+        "costs", help="what was spent, estimated, and saved by batching, caching and reuse"
+    )
+    costs.add_argument("names", nargs="*", metavar="NAME", help="default: every pipeline")
+    costs.add_argument("--since", type=_date, help="only days from this one, YYYY-MM-DD")
+    costs.add_argument("--by", choices=["day", "pipeline", "model"], default="day")
+    costs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    costs.set_defaults(handler=_costs)
 
     cancel = sub.add_parser("cancel", help="cancel a partition's open batches")
     cancel.add_argument("names", nargs=1, metavar="NAME")
@@ -168,6 +181,13 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"plan for {pf.pipeline.name} {args.date} (a dry run)")
     for line in forecast(pf, args.date, _reachable_api()).lines():
         print(f"   {line}")
+    return 0
+
+
+def _costs(args: argparse.Namespace) -> int:
+    from batchpipe.spending import render, spending
+
+    print(render(spending(args.names or None, args.since, args.by), args.by, args.format))
     return 0
 
 

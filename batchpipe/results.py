@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe import plan, pricing, schema, warehouse
+from batchpipe import budget, plan, pricing, schema, warehouse
 from batchpipe.config import Pipeline
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
@@ -37,6 +37,14 @@ TEXT_SQL = (
     "lambda b: b.type = 'text'), lambda b: b.text), '')"
 )
 USAGE = "j.result.message.usage"
+# The same usage with every cache token billed as plain input: what caching saved.
+UNCACHED = (
+    f"{{'input_tokens': coalesce({USAGE}.input_tokens, 0) "
+    f"+ coalesce({USAGE}.cache_creation_input_tokens, 0) "
+    f"+ coalesce({USAGE}.cache_read_input_tokens, 0), "
+    f"'output_tokens': {USAGE}.output_tokens, 'cache_creation_input_tokens': 0, "
+    "'cache_read_input_tokens': 0, 'cache_creation': {'ephemeral_1h_input_tokens': 0}}"
+)
 
 
 def _usage(field: str) -> str:
@@ -83,7 +91,8 @@ def load_results_files(
                    {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
                    {pricing.cost_sql(model, USAGE, batch=True)},
                    {pricing.cost_sql(model, USAGE, batch=False)},
-                   j.result.error.error.type, j.result.error.error.message, now()::TIMESTAMP
+                   j.result.error.error.type, j.result.error.error.message, now()::TIMESTAMP,
+                   {pricing.cost_sql(model, UNCACHED, batch=True)}
             FROM {_lines("?")}
             JOIN source f ON f.path = j.filename
             JOIN batchpipe_batch_requests b
@@ -94,9 +103,11 @@ def load_results_files(
         if loaded != lines:
             raise _strangers(con, files)
         kill_point("mid_results_load")
+        # A loaded batch counts against the budgets at what it cost, not its reservation.
         con.execute(
-            "UPDATE batchpipe_batches SET state = 'loaded', loaded_at = now()::TIMESTAMP "
-            "WHERE submission_id IN ?",
+            "UPDATE batchpipe_batches b SET state = 'loaded', loaded_at = now()::TIMESTAMP, "
+            "actual_usd = (SELECT coalesce(sum(r.cost_usd), 0) FROM batchpipe_results r "
+            "WHERE r.batch_id = b.batch_id) WHERE submission_id IN ?",
             [[f.submission_id for f in files]],
         )
     return loaded
@@ -142,6 +153,10 @@ class EnrichedSummary:
     preview: str  # a markdown table of a few rows, for the asset's metadata
     parse_errors: int = 0  # succeeded replies that do not fit output.schema
     unfinished: int = 0  # rows whose request is still in flight or due for a retry
+    # the partition's estimate, the sum of its batches' (batchpipe_costs), beside cost_usd
+    estimated_low_usd: float = 0.0
+    estimated_usd: float = 0.0
+    estimated_high_usd: float = 0.0
 
 
 def write_enriched(
@@ -153,8 +168,10 @@ def write_enriched(
     name = resolved.name
     select = f"""
         WITH req AS (
-            SELECT custom_id, request_hash FROM batchpipe_requests
-            WHERE pipeline = ? AND partition_date = ?
+            SELECT r.custom_id, r.request_hash, k.limit_name IS NOT NULL AS skipped
+            FROM batchpipe_requests r LEFT JOIN batchpipe_skipped k
+            USING (pipeline, partition_date, custom_id)
+            WHERE r.pipeline = ? AND r.partition_date = ?
         ),
         res AS (  -- a request's answer: its latest success, else its latest result
             SELECT * FROM batchpipe_results WHERE rowid IN (
@@ -167,9 +184,11 @@ def write_enriched(
         SELECT {resolved.output_columns_sql("s")},
                CAST(? AS DATE) AS partition_date,
                {_reply_columns(pipeline)},
-               coalesce(res.result_type, 'missing') AS result_status,
+               coalesce(res.result_type, CASE WHEN req.skipped THEN '{budget.STATUS}' END,
+                        'missing') AS result_status,
                res.error_message,
-               res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id
+               res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id,
+               req.custom_id
         FROM ({resolved.partition_rows_sql()}) AS s
         JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
         LEFT JOIN res ON res.request_hash = req.request_hash
@@ -224,6 +243,12 @@ def write_enriched(
             f"SELECT count(*) FROM {out} WHERE partition_date = ? AND parse_error IS NOT NULL",
             [date],
         ).fetchone()
+    estimated = con.execute(
+        "SELECT coalesce(estimated_low_usd, 0), coalesce(estimated_expected_usd, 0), "
+        "coalesce(estimated_high_usd, 0) FROM batchpipe_costs "
+        "WHERE pipeline = ? AND partition_date = ?",
+        [name, date],
+    ).fetchone() or (0.0, 0.0, 0.0)
     return EnrichedSummary(
         *counts,
         *(int(v) for v in spent[:4]),
@@ -232,6 +257,9 @@ def write_enriched(
         batch_ids=list(spent[6] or []),
         preview=_markdown([*pipeline.source.key_columns, *shown, "status"], preview),
         parse_errors=parse_errors,
+        estimated_low_usd=float(estimated[0]),
+        estimated_usd=float(estimated[1]),
+        estimated_high_usd=float(estimated[2]),
     )
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anthropic
 import duckdb
 
-from batchpipe import batches, plan, results, warehouse
+from batchpipe import batches, budget, estimates, plan, results, warehouse
 from batchpipe.loader import PipelineFile
 
 Log = Callable[[str], None]
@@ -89,30 +90,45 @@ def _send_pending(
     log: Log,
 ) -> int:
     name, request = pf.pipeline.name, pf.pipeline.request
-    pending, estimate = plan.estimate_pending(con, pf, date)
+    pending, chars = plan.pending_size(con, pf, date)
     interrupted = any(s.state == "submitting" for s in batches.open_submissions(con, name, date))
     if not pending and not interrupted:
         log("nothing to send: every request is answered, final or in flight")
         return 0
-    sent = batches.submit_partition(
+    params = plan.pending_params(pf, date)
+    # Input tokens counted on a sample of what is pending, output learned from history:
+    # each batch's intent records its estimate and reserves its high end.
+    sample = con.execute(
+        estimates.sample_sql(
+            f"SELECT r.params, r.input_chars FROM ({plan.PENDING_SQL}) AS p "
+            "JOIN batchpipe_requests AS r ON r.pipeline = $pipeline "
+            "AND r.partition_date = $date AND r.custom_id = p.custom_id"
+        ),
+        params,
+    ).fetchall()
+    inp, out, priced = estimates.for_requests(
+        con, name, request, api, [(json.loads(p), chars) for p, chars in sample], pending
+    )
+    if pending:
+        batches_needed = -(-pending // request.max_batch_requests)
+        whole = priced(pending, chars, batches_needed)
+        log(
+            f"estimated ${whole.expected_usd:.4f} (${whole.low_usd:.4f} to ${whole.high_usd:.4f}) "
+            f"for {pending} request(s); input: {inp.basis}; output: {out.basis}"
+        )
+    return batches.submit_partition(
         con,
         api,
         name,
         date,
         request.model,
         plan.PENDING_SQL,
-        plan.pending_params(pf, date),
+        params,
         log,
         max_requests=request.max_batch_requests,
         betas=request.betas or (),
+        spend=batches.Spend(priced, budget.limits(pf)),
     )
-    if pending:  # each new batch its share of the estimate, by its number of requests
-        con.execute(
-            "UPDATE batchpipe_batches SET estimated_usd = ? * request_count / ? "
-            "WHERE pipeline = ? AND partition_date = ? AND estimated_usd IS NULL",
-            [estimate["expected_usd"], pending, name, date],
-        )
-    return sent
 
 
 def _batches_summary(
@@ -155,7 +171,7 @@ def load_results(
     loaded_batches = lines = retried = 0
     with warehouse.connect() as con:
         while True:
-            batches.poll(con, api, name, date)
+            batches.poll(con, api, name, date, batches.Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
                 lines += _load_ended(con, pf, ended, api, log)

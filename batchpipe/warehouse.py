@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS batchpipe_batches (
     created_at TIMESTAMP,
     ended_at TIMESTAMP,
     loaded_at TIMESTAMP,
-    error VARCHAR
+    error VARCHAR,
+    estimated_low_usd DOUBLE,
+    reserved_usd DOUBLE,
+    actual_usd DOUBLE
 );
 -- Which request went out in which submission.
 CREATE TABLE IF NOT EXISTS batchpipe_batch_requests (
@@ -79,8 +82,101 @@ CREATE TABLE IF NOT EXISTS batchpipe_results (
     standard_cost_usd DOUBLE,
     error_type VARCHAR,
     error_message VARCHAR,
-    loaded_at TIMESTAMP NOT NULL
+    loaded_at TIMESTAMP NOT NULL,
+    uncached_cost_usd DOUBLE
 );
+-- What each line would have cost at batch prices had its cache tokens been plain input.
+ALTER TABLE batchpipe_results ADD COLUMN IF NOT EXISTS uncached_cost_usd DOUBLE;
+-- Each batch's estimate, recorded with its intent; reserved_usd (the high end) counts
+-- against the budgets until the batch's results are loaded and actual_usd replaces it.
+ALTER TABLE batchpipe_batches ADD COLUMN IF NOT EXISTS estimated_low_usd DOUBLE;
+ALTER TABLE batchpipe_batches ADD COLUMN IF NOT EXISTS reserved_usd DOUBLE;
+ALTER TABLE batchpipe_batches ADD COLUMN IF NOT EXISTS actual_usd DOUBLE;
+-- Requests a budget stopped from being sent at the partition's latest attempt.
+CREATE TABLE IF NOT EXISTS batchpipe_skipped (
+    pipeline VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,
+    custom_id VARCHAR NOT NULL,
+    request_hash VARCHAR NOT NULL,
+    limit_name VARCHAR NOT NULL,     -- max_usd_per_run, max_usd_per_day or the variable
+    limit_usd DOUBLE NOT NULL,
+    limit_set_at VARCHAR NOT NULL,   -- the file:line:col that sets it, or environment
+    skipped_at TIMESTAMP NOT NULL
+);
+"""
+
+# Views over the state tables, for people: what each request cost, and each partition.
+VIEWS = """
+-- For every request of a partition: the result that answers it (its latest success, else
+-- its latest result), from which batch, at which attempt, by which model, at what cost.
+CREATE OR REPLACE VIEW batchpipe_request_costs AS
+WITH results AS (
+    SELECT r.*, b.partition_date AS billed_partition,
+           row_number() OVER (PARTITION BY r.pipeline, r.request_hash ORDER BY r.loaded_at,
+                              r.batch_id) AS attempt
+    FROM batchpipe_results r JOIN batchpipe_batches b USING (batch_id)
+),
+answers AS (
+    SELECT pipeline, request_hash,
+           arg_max(results, (result_type = 'succeeded', loaded_at)) AS a
+    FROM results GROUP BY ALL
+)
+SELECT q.pipeline, q.partition_date, q.custom_id, q.key_values, q.request_hash,
+       a.batch_id, a.attempt, a.model, coalesce(a.result_type, 'missing') AS result_type,
+       a.billed_partition, a.cost_usd, a.standard_cost_usd, a.input_tokens, a.output_tokens,
+       a.cache_creation_input_tokens, a.cache_read_input_tokens
+FROM batchpipe_requests q LEFT JOIN (SELECT pipeline, request_hash, unnest(a) FROM answers) a
+USING (pipeline, request_hash);
+-- One row per partition: its estimate (the sum of its batches') next to what it was billed.
+CREATE OR REPLACE VIEW batchpipe_costs AS
+WITH requests AS (
+    SELECT pipeline, partition_date, count(*) AS requests FROM batchpipe_requests GROUP BY ALL
+),
+sent AS (
+    SELECT b.pipeline, b.partition_date, arg_max(b.model, b.intent_at) AS model,
+           count(DISTINCT r.request_hash) AS sent_requests
+    FROM batchpipe_batches b JOIN batchpipe_batch_requests r USING (submission_id)
+    WHERE b.state <> 'failed' GROUP BY ALL
+),
+estimates AS (
+    SELECT pipeline, partition_date, count(*) AS batches, min(intent_at) AS first_sent_at,
+           sum(estimated_low_usd) AS estimated_low_usd,
+           sum(estimated_usd) AS estimated_expected_usd,
+           sum(reserved_usd) AS estimated_high_usd
+    FROM batchpipe_batches WHERE state <> 'failed' GROUP BY ALL
+),
+billed AS (
+    SELECT b.pipeline, b.partition_date, sum(r.cost_usd) AS actual_usd,
+           sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens,
+           sum(r.cache_creation_input_tokens) AS cache_write_tokens,
+           sum(r.cache_read_input_tokens) AS cache_read_tokens,
+           sum(r.standard_cost_usd) AS standard_usd,
+           sum(coalesce(r.uncached_cost_usd, r.cost_usd)) AS uncached_usd,
+           sum(r.cost_usd) FILTER (r.result_type = 'succeeded') AS answers_billed_usd
+    FROM batchpipe_results r JOIN batchpipe_batches b USING (batch_id) GROUP BY ALL
+),
+answered AS (  -- what the partition's answers cost wherever they were bought
+    SELECT pipeline, partition_date, sum(cost_usd) AS answers_usd
+    FROM batchpipe_request_costs WHERE result_type = 'succeeded' GROUP BY ALL
+)
+SELECT q.pipeline, q.partition_date, s.model, q.requests,
+       q.requests - coalesce(s.sent_requests, 0) AS reused,
+       coalesce(e.batches, 0) AS batches, e.first_sent_at,
+       e.estimated_low_usd, e.estimated_expected_usd, e.estimated_high_usd,
+       coalesce(b.actual_usd, 0) AS actual_usd,
+       coalesce(b.input_tokens, 0) AS input_tokens,
+       coalesce(b.output_tokens, 0) AS output_tokens,
+       coalesce(b.cache_write_tokens, 0) AS cache_write_tokens,
+       coalesce(b.cache_read_tokens, 0) AS cache_read_tokens,
+       coalesce(b.standard_usd, 0) AS standard_usd,
+       coalesce(b.uncached_usd, 0) - coalesce(b.actual_usd, 0) AS caching_saved_usd,
+       greatest(coalesce(a.answers_usd, 0) - coalesce(b.answers_billed_usd, 0), 0)
+           AS reuse_saved_usd
+FROM requests q
+LEFT JOIN sent s USING (pipeline, partition_date)
+LEFT JOIN estimates e USING (pipeline, partition_date)
+LEFT JOIN billed b USING (pipeline, partition_date)
+LEFT JOIN answered a USING (pipeline, partition_date);
 """
 
 
@@ -131,6 +227,7 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         if not read_only:
             con.execute(STATE_TABLES)
+            con.execute(VIEWS)
         yield con
     finally:
         con.close()
@@ -167,6 +264,8 @@ def shadow_missing_state_tables(con: duckdb.DuckDBPyConnection) -> None:
         name = statement.split("IF NOT EXISTS")[-1].split("(")[0].strip()
         if "CREATE TABLE" in statement and name not in existing:
             con.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+    if "batchpipe_costs" not in existing:
+        con.execute(VIEWS.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
 
 
 def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:

@@ -145,6 +145,10 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
                 "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
                 "batchpipe/cost_usd": _usd(summary.cost_usd),
                 "batchpipe/standard_cost_usd": _usd(summary.standard_cost_usd),
+                # the estimate the batches were sent with, to plot against cost_usd
+                "batchpipe/estimated_usd": _usd(summary.estimated_usd),
+                "batchpipe/estimated_low_usd": _usd(summary.estimated_low_usd),
+                "batchpipe/estimated_high_usd": _usd(summary.estimated_high_usd),
                 "batchpipe/preview": dg.MetadataValue.md(summary.preview),
             }
         )
