@@ -37,7 +37,7 @@ class Forecast:
     def lines(self) -> list[str]:
         cost = self.cost
         caching = (
-            f"; prompt caching counted ({self.cached_tokens:,} cached tokens a request)"
+            f", with prompt caching ({self.cached_tokens:,} cached tokens a request)"
             if self.cached_tokens
             else ""
         )

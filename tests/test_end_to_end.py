@@ -156,11 +156,13 @@ def test_a_partition_is_split_at_max_batch_requests(demo_db: Path, emulator: str
     lines = run_partition(pipeline(), DAY, FAST)
     sizes = query(demo_db, "SELECT request_count FROM batchpipe_batches ORDER BY request_count")
     assert sorted(s for (s,) in sizes) == [2, 7, 7, 7, 7]
-    # The partition's estimate is shared between its batches, not repeated in each.
+    # Each batch is estimated for its own requests, not given the whole partition's: the
+    # batches add up to the partition's estimate (made from characters before counting).
     (estimate,) = [float(x.split("estimated $")[1]) for x in lines if "estimated $" in x]
     shares = query(demo_db, "SELECT request_count, estimated_usd FROM batchpipe_batches")
-    assert sum(usd for _, usd in shares) == pytest.approx(estimate, abs=1e-4)
-    assert all(usd == pytest.approx(estimate * n / 30, abs=1e-4) for n, usd in shares)
+    assert sum(usd for _, usd in shares) == pytest.approx(estimate, rel=0.3)
+    per_request = [usd / n for n, usd in shares]
+    assert max(per_request) == pytest.approx(min(per_request), rel=0.2)
     assert query(
         demo_db, "SELECT count(*) FROM product_descriptions WHERE result_status = 'succeeded'"
     ) == [(30,)]
