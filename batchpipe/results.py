@@ -243,12 +243,13 @@ def write_enriched(
             f"SELECT count(*) FROM {out} WHERE partition_date = ? AND parse_error IS NOT NULL",
             [date],
         ).fetchone()
+    # As batchpipe_costs adds them up, without that view's pass over every result.
     estimated = con.execute(
-        "SELECT coalesce(estimated_low_usd, 0), coalesce(estimated_expected_usd, 0), "
-        "coalesce(estimated_high_usd, 0) FROM batchpipe_costs "
-        "WHERE pipeline = ? AND partition_date = ?",
+        "SELECT coalesce(sum(estimated_low_usd), 0), coalesce(sum(estimated_usd), 0), "
+        "coalesce(sum(reserved_usd), 0) FROM batchpipe_batches "
+        "WHERE pipeline = ? AND partition_date = ? AND state <> 'failed'",
         [name, date],
-    ).fetchone() or (0.0, 0.0, 0.0)
+    ).fetchone()
     return EnrichedSummary(
         *counts,
         *(int(v) for v in spent[:4]),
