@@ -14,6 +14,7 @@ from pathlib import Path
 from batchpipe import warehouse
 from batchpipe.config import NAME_PATTERN
 from batchpipe.errors import BatchpipeError
+from batchpipe.templates import quote_ident
 
 TEXT_TYPES = ("VARCHAR",)
 DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
@@ -29,11 +30,14 @@ def write_starter(name: str, table: str, directory: Path) -> Path:
         if table not in warehouse.table_names(con):
             known = ", ".join(warehouse.table_names(con)) or "none"
             raise BatchpipeError(f"no table {table!r} in {warehouse.database()} (tables: {known})")
-        columns = warehouse.describe(con, table)
+        relation = quote_ident(table)  # a real table's name, but any name a table can have
+        columns = warehouse.describe(con, relation)
         dated = next((c for c, t in columns.items() if t.upper() in DATE_TYPES), None)
         first = None
         if dated:  # partitions start on the table's first date, so its history can backfill
-            first = con.execute(f'SELECT CAST(min("{dated}") AS DATE) FROM {table}').fetchone()[0]
+            first = con.execute(
+                f"SELECT CAST(min({quote_ident(dated)}) AS DATE) FROM {relation}"
+            ).fetchone()[0]
     key = _guess_key(table, columns)
     texts = [c for c, t in columns.items() if t.upper() in TEXT_TYPES and c != key][:3]
     shown = ", ".join(f"{c}: {{{{ {c} }}}}" for c in (texts or [key]))

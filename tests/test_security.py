@@ -59,7 +59,8 @@ def tables(project: Path) -> dict[str, int]:
     """Every table of the warehouse with its row count: what a stray statement would change."""
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-        return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+        quoted = {n: '"' + n.replace('"', '""') + '"' for n in names}
+        return {n: con.execute(f"SELECT count(*) FROM {quoted[n]}").fetchone()[0] for n in names}
 
 
 def resolve_refusal(project: Path, text: str) -> str:
@@ -160,6 +161,22 @@ def test_an_attached_database_is_out_of_reach_of_the_output(demo_db: Path) -> No
         load_file(write(demo_db, text))
     with duckdb.connect(str(other), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_batchpipe_new_quotes_the_names_it_reads_from_the_warehouse(demo_db: Path) -> None:
+    """`batchpipe new --table T` reads T and its date column by name: any name a table or
+    column can have is quoted, never pasted into the SQL."""
+    from batchpipe.starter import write_starter
+
+    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
+        con.execute(
+            'CREATE TABLE "odd ""name""; DROP TABLE products" AS SELECT 1 AS id, '
+            'DATE \'2026-11-02\' AS "added ""on""", \'x\' AS body'
+        )
+    before = tables(demo_db)
+    path = write_starter("odd", 'odd "name"; DROP TABLE products', demo_db)
+    assert "start: 2026-11-02" in path.read_text()
+    assert tables(demo_db) == before
 
 
 # --- SQL from a pipeline file: one read-only SELECT, or one expression ----------------
@@ -361,11 +378,12 @@ def _duckdb_text(path: Path) -> str:
     be compressed (FSST, dictionaries), so its raw bytes alone could hide a key."""
     with duckdb.connect(str(path), read_only=True) as con:
         names = con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
+        relations = [".".join('"' + p.replace('"', '""') + '"' for p in n) for n in names]
         return "\n".join(
             str(row[0])
-            for schema, name in names
+            for relation in relations
             for row in con.execute(
-                f'SELECT CAST(to_json(t) AS VARCHAR) FROM "{schema}"."{name}" AS t'
+                f"SELECT CAST(to_json(t) AS VARCHAR) FROM {relation} AS t"
             ).fetchall()
         )
 
