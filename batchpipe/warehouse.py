@@ -201,11 +201,14 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
     # memory should not grow with the partition, so it is capped and DuckDB spills instead.
     memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "512MB")
+    # A query naming an https:// path or another format would make DuckDB download and
+    # install an extension into ~/.duckdb: a pipeline file must not change the machine.
+    settings = {"memory_limit": memory, "autoinstall_known_extensions": False}
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     delay = 0.1
     while True:
         try:
-            con = duckdb.connect(db, read_only=read_only, config={"memory_limit": memory})
+            con = duckdb.connect(db, read_only=read_only, config=settings)
             break
         except duckdb.ParserException as err:
             raise WarehouseError(
