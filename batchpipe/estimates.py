@@ -16,6 +16,7 @@ estimate recorded next to the bill in `batchpipe_costs`, so the three never disa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import anthropic
@@ -25,6 +26,7 @@ from batchpipe import pricing
 from batchpipe.config import Request
 from batchpipe.errors import unreachable_message
 
+COUNT_CALLS_AT_ONCE = 5
 SAMPLE = 20  # requests counted with count_tokens; the rest are scaled from their length
 HISTORY = 10_000  # the latest succeeded replies a pipeline's output estimate learns from
 LOW, HIGH = 0.05, 0.95  # percentiles of that history for the ends of the range
@@ -93,7 +95,10 @@ def input_tokens(
     if api is None or not sample:
         return InputTokens(approx, approx, 0, f"{fallback}: no API to count with")
     try:
-        counted = [(_count(api, params), chars) for params, chars in sample]
+        # Free calls, but each a round trip to the API: a few at once, not twenty in a row.
+        with ThreadPoolExecutor(max_workers=COUNT_CALLS_AT_ONCE) as pool:
+            tokens = list(pool.map(lambda item: _count(api, item[0]), sample))
+        counted = [(t, chars) for t, (_, chars) in zip(tokens, sample, strict=True)]
         cached = _cached_prefix_tokens(api, sample[0][0])
     except anthropic.APIError as err:
         why = (
