@@ -34,10 +34,12 @@ HTTP_FAULTS: tuple[tuple[int, str, str], ...] = (
     (500, "api_error", "Internal server error (emulated)."),
     (529, "overloaded_error", "Overloaded (emulated)."),
 )
+# An injected fault is the service failing, never the request: a valid request is not
+# refused as invalid by chance, so `--errored-rate` draws only the errors a retry can cure.
+# (Invalid requests still come back `invalid_request_error`, from validating them.)
 LINE_ERRORS: tuple[tuple[str, str], ...] = (
     ("api_error", "Internal server error (emulated)."),
     ("overloaded_error", "Overloaded (emulated)."),
-    ("invalid_request_error", "Request could not be processed (emulated)."),
 )
 
 
