@@ -154,7 +154,7 @@ def submit_partition(
                     break
                 sub, body = upcoming[0], upcoming[1].result()
     con.execute("DROP TABLE pending")
-    if refused is not None and spend is not None:
+    if refused is not None:  # only a `spend` refuses
         count, chars = con.execute(
             "SELECT count(*), coalesce(sum(s.input_chars), 0) FROM batchpipe_skipped k "
             "JOIN batchpipe_requests s USING (pipeline, partition_date, custom_id) "

@@ -137,7 +137,7 @@ def record_skipped(
     rows_sql: str,
     params: list,
 ) -> int:
-    """Write the refused requests (`rows_sql` yields custom_id, request_hash, input_chars)
+    """Write the refused requests (`rows_sql` yields custom_id and request_hash)
     as skipped_budget with the limit that stopped them; returns how many."""
     (count,) = con.execute(
         f"""

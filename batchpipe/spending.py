@@ -23,10 +23,8 @@ GROUPS: dict[str, str] = {
     "pipeline": "pipeline",
     "model": "coalesce(model, '(nothing sent)')",
 }
-COLUMNS = (
-    "partitions",
-    "requests",
-    "reused",
+COUNTS = ("partitions", "requests", "reused")
+MONEY = (
     "spent_usd",
     "estimated_usd",
     "standard_usd",
@@ -34,6 +32,7 @@ COLUMNS = (
     "caching_saved_usd",
     "reuse_saved_usd",
 )
+COLUMNS = COUNTS + MONEY
 
 
 def spending(names: list[str] | None, since: dt.date | None, by: By) -> list[dict]:
@@ -106,20 +105,4 @@ def _table(rows: list[dict], by: By) -> str:
 
 
 def _cells(key: object, r: dict) -> list[str]:
-    return [
-        str(key),
-        f"{r['partitions']:,}",
-        f"{r['requests']:,}",
-        f"{r['reused']:,}",
-        *(
-            f"${r[c]:.4f}"
-            for c in (
-                "spent_usd",
-                "estimated_usd",
-                "standard_usd",
-                "batch_saved_usd",
-                "caching_saved_usd",
-                "reuse_saved_usd",
-            )
-        ),
-    ]
+    return [str(key), *(f"{r[c]:,}" for c in COUNTS), *(f"${r[c]:.4f}" for c in MONEY)]
