@@ -82,6 +82,25 @@ def pipeline(name: str = "product_descriptions"):
     return next(pf for pf in load_pipelines() if pf.pipeline.name == name)
 
 
+def resolve_problem(project: Path, path: Path) -> str:
+    """`plan.resolve` of a pipeline file on the writable connection a run uses: the
+    ConfigError's message (the test then checks nothing ran)."""
+    import duckdb
+    import pytest
+
+    from batchpipe import plan
+    from batchpipe.errors import ConfigError
+    from batchpipe.loader import load_file
+
+    pf = load_file(path)
+    with (
+        duckdb.connect(str(project / "warehouse.duckdb")) as con,
+        pytest.raises(ConfigError) as caught,
+    ):
+        plan.resolve(pf, con)
+    return str(caught.value)
+
+
 def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
     """Read the test project's warehouse, read-only, as an analyst would."""
     import duckdb

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 
-from batchpipe import plan
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file, load_pipelines
+from tests.support import resolve_problem
 
 GOOD = """\
 name: product_descriptions
@@ -44,16 +43,6 @@ def problems_of(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_file(path)
     return caught.value.problems
-
-
-def resolve_problem(demo_db: Path, text: str) -> str:
-    pf = load_file(write(demo_db, text))
-    with (
-        duckdb.connect(str(demo_db / "warehouse.duckdb")) as con,
-        pytest.raises(ConfigError) as caught,
-    ):
-        plan.resolve(pf, con)
-    return str(caught.value)
 
 
 def test_the_example_pipelines_load() -> None:
@@ -88,7 +77,7 @@ def test_every_warehouse_problem_of_a_file_is_reported_at_once(demo_db: Path) ->
         .replace("{{ category }}", "{{ colour }}")
         .replace("claude-haiku-4-5", "claude-haiku-4.5")
     )
-    message = resolve_problem(demo_db, text)
+    message = resolve_problem(demo_db, write(demo_db, text))
     path = demo_db / "p.yaml"
     assert f"{path}:7:3: request.model: unknown model 'claude-haiku-4.5'" in message
     assert (

@@ -26,7 +26,7 @@ import pytest
 from batchpipe import plan, warehouse
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
-from tests.support import batchpipe, free_port, ledger, start_emulator
+from tests.support import batchpipe, free_port, ledger, resolve_problem, start_emulator
 
 DAY = "2026-11-03"
 
@@ -64,14 +64,7 @@ def tables(project: Path) -> dict[str, int]:
 
 
 def resolve_refusal(project: Path, text: str) -> str:
-    """resolve() on the writable connection a run uses: the message, after nothing ran."""
-    pf = load_file(write(project, text))
-    with (
-        duckdb.connect(str(project / "warehouse.duckdb")) as con,
-        pytest.raises(ConfigError) as caught,
-    ):
-        plan.resolve(pf, con)
-    return str(caught.value)
+    return resolve_problem(project, write(project, text))
 
 
 # --- Names from a pipeline file -------------------------------------------------------
