@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import query
+from tests.support import dagster_dev, query
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,20 @@ PIPELINE = "product_descriptions"
 DATE = "2026-11-03"
 # Dagster's UI answers slowly on a 2-core machine while the daemon and code server start.
 TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def webserver(demo_db: Path, emulator_url: str) -> Iterator[str]:
+    """`batchpipe dev` on the demo project, its pipeline set to `wait: true`: the run the
+    UI launches polls its batch and loads the results itself, so its enriched partition
+    has its cost when the run succeeds (without it, that is the sensor's job, later).
+    Without this the test raced the emulator and lost once the SDK calls got fast."""
+    path = demo_db / "pipelines" / f"{PIPELINE}.yaml"
+    path.write_text(
+        path.read_text().replace("  max_tokens: 200\n", "  max_tokens: 200\n  wait: true\n")
+    )
+    with dagster_dev(demo_db, emulator_url) as url:
+        yield url
 
 
 @pytest.fixture
