@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import traceback
 from collections.abc import Iterator
 
 import anthropic
@@ -40,11 +42,77 @@ class BatchApiError(BatchpipeError):
     """The Batches API refused or failed in a way a retry will not fix."""
 
 
+class ApiKeyError(BatchpipeError):
+    """ANTHROPIC_API_KEY cannot be a key; the message says why without showing any of it."""
+
+
+KEY_VARIABLE = "ANTHROPIC_API_KEY"
+KEY_PLACEHOLDER = f"[{KEY_VARIABLE}]"
+SCRUB_MIN_LENGTH = 8  # shorter values (test keys like "x") are not worth hunting in text
+
+
+def api_key() -> str | None:
+    """ANTHROPIC_API_KEY without surrounding whitespace (a key file saved on Windows ends
+    in \\r\\n); None when unset or blank. A key with whitespace, a control character or
+    anything but printable ASCII inside is refused before anything is sent: httpx would
+    put the whole header, key and all, into its error."""
+    key = os.environ.get(KEY_VARIABLE, "").strip()
+    bad = next((c for c in key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = {" ": "a space", "\t": "a tab", "\r": "a line break", "\n": "a line break"}.get(
+            bad, "a control character" if bad.isascii() else "a character that is not ASCII"
+        )
+        raise ApiKeyError(
+            f"{KEY_VARIABLE} has {what} inside it, which no API key has (the key is not "
+            "shown here). Set it again to the key alone; nothing was sent"
+        )
+    return key or None
+
+
+def scrub(text: str) -> str:
+    """`text` with the value of ANTHROPIC_API_KEY (as set, stripped, or escaped as Python
+    and httpx print it) replaced by [ANTHROPIC_API_KEY]: for any error text before it is
+    printed, logged or stored. A no-op when the variable is unset or very short."""
+    raw = os.environ.get(KEY_VARIABLE, "")
+    secrets = {raw, raw.strip()}
+    secrets |= {repr(s)[1:-1] for s in secrets} | {repr(s.encode())[2:-1] for s in secrets}
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= SCRUB_MIN_LENGTH:
+            text = text.replace(secret, KEY_PLACEHOLDER)
+    return text
+
+
+def _without_key(err: Exception) -> Exception | None:
+    """What to raise instead of `err` when its text or chain holds the key, else None."""
+    text = "".join(traceback.format_exception(err))
+    if scrub(text) == text:
+        return None
+    if isinstance(err, BatchpipeError):  # keep its class (and metadata) for the caller
+        err.message = scrub(err.message)
+        err.description = scrub(err.description or "")
+        err.args = (err.description,)
+        return err
+    return BatchpipeError(scrub(f"{type(err).__name__}: {err}"))
+
+
+@contextlib.contextmanager
+def scrubbed() -> Iterator[None]:
+    """A boundary (an asset body, the sensor, the CLI): an exception that leaves it holds
+    no API key, in its message nor in a chained cause, so Dagster never stores one."""
+    try:
+        yield
+    except Exception as err:
+        clean = _without_key(err)
+        if clean is None:
+            raise
+        raise clean from None  # and from None: the chain kept the key
+
+
 def unreachable_message(api: anthropic.Anthropic, err: anthropic.APIConnectionError) -> str:
     """Which URL could not be reached and why, without its credentials: the SDK's own
     text is only "Connection error.", which leaves an operator guessing where it went."""
     url = api.base_url.copy_with(userinfo=b"", query=None)
-    reason = str(err.__cause__ or err.message).strip() or type(err).__name__
+    reason = scrub(str(err.__cause__ or err.message).strip()) or type(err).__name__
     return f"cannot reach the Anthropic API at {str(url).rstrip('/')} ({reason})"
 
 

@@ -11,12 +11,17 @@ import dagster as dg
 from batchpipe import steps
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
-from batchpipe.errors import reaching
+from batchpipe.errors import reaching, scrub, scrubbed
 from batchpipe.loader import PipelineFile
 
 
 def _date(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
+
+
+def _log(context: dg.AssetExecutionContext) -> steps.Log:
+    """The step's log lines, which quote API errors, go to Dagster without the API key."""
+    return lambda line: context.log.info(scrub(line))
 
 
 def _usd(value: float) -> dg.MetadataValue:
@@ -42,7 +47,8 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
         **common,
     )
     def requests(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        summary = steps.build_requests(pf, _date(context), context.log.info)
+        with scrubbed():  # every asset body: its failure reaches Dagster without the key
+            summary = steps.build_requests(pf, _date(context), _log(context))
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/requests": summary.requests,
@@ -63,16 +69,17 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def batch_status(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        api = batchpipe.client()
-        with reaching(api):
-            summary = steps.submit(
-                pf,
-                _date(context),
-                api,
-                context.log.info,
-                wait=batchpipe.waits(pf.pipeline.request.wait),
-                poll_seconds=batchpipe.poll_interval(),
-            )
+        with scrubbed():
+            api = batchpipe.client()
+            with reaching(api):
+                summary = steps.submit(
+                    pf,
+                    _date(context),
+                    api,
+                    _log(context),
+                    wait=batchpipe.waits(pf.pipeline.request.wait),
+                    poll_seconds=batchpipe.poll_interval(),
+                )
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/sent_now": summary.sent_now,
@@ -97,16 +104,17 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def results(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        api = batchpipe.client()
-        with reaching(api):
-            summary = steps.load_results(
-                pf,
-                _date(context),
-                api,
-                context.log.info,
-                wait=batchpipe.waits(pf.pipeline.request.wait),
-                poll_seconds=batchpipe.poll_interval(),
-            )
+        with scrubbed():
+            api = batchpipe.client()
+            with reaching(api):
+                summary = steps.load_results(
+                    pf,
+                    _date(context),
+                    api,
+                    _log(context),
+                    wait=batchpipe.waits(pf.pipeline.request.wait),
+                    poll_seconds=batchpipe.poll_interval(),
+                )
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/batches_loaded": summary.batches_loaded,
@@ -128,7 +136,8 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
         **common,
     )
     def enriched(context: dg.AssetExecutionContext):
-        summary = steps.write_enriched(pf, _date(context), context.log.info)
+        with scrubbed():
+            summary = steps.write_enriched(pf, _date(context), _log(context))
         yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": summary.rows,

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.errors import scrub, scrubbed
 from batchpipe.loader import PipelineFile
 
 
@@ -45,6 +46,12 @@ def batch_sensor(pf: PipelineFile) -> dg.SensorDefinition:
     def poll_batches(
         context: dg.SensorEvaluationContext, batchpipe: BatchpipeResource
     ) -> dg.SensorResult | dg.SkipReason:
+        with scrubbed():  # a failed tick is stored by Dagster: without the API key
+            return _poll(context, batchpipe)
+
+    def _poll(
+        context: dg.SensorEvaluationContext, batchpipe: BatchpipeResource
+    ) -> dg.SensorResult | dg.SkipReason:
         cursor = SensorCursor.model_validate_json(context.cursor or "{}")
         cursor = _track_new_materializations(context.instance, watched, cursor)
         if not cursor.open:
@@ -55,7 +62,7 @@ def batch_sensor(pf: PipelineFile) -> dg.SensorDefinition:
             try:
                 states = [api.messages.batches.retrieve(b) for b in batch_ids]
             except anthropic.APIError as err:
-                context.log.warning(f"could not poll {partition} ({err}); trying next time")
+                context.log.warning(scrub(f"could not poll {partition} ({err}); trying next time"))
                 continue
             observations.append(_progress(watched[0], partition, states))
             if all(s.processing_status == "ended" for s in states):
