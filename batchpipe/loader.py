@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,17 +56,76 @@ def load_pipelines(directory: Path | None = None) -> list[PipelineFile]:
             files.append(load_file(path))
         except ConfigError as err:
             problems.extend(err.problems)
-    seen: dict[str, PipelineFile] = {}
-    for pf in files:
-        other = seen.setdefault(pf.pipeline.name, pf)
-        if other is not pf:
-            problems.append(
-                f"{pf.where('name')}: name: {pf.pipeline.name!r} is already used by "
-                f"{other.where('name')}; pipeline names must be unique"
-            )
+    problems.extend(message for _, message in clashes(files))
     if problems:
         raise ConfigError(problems)
     return files
+
+
+def clashes(
+    files: Sequence[PipelineFile], concerning: Sequence[PipelineFile] | None = None
+) -> list[tuple[PipelineFile, str]]:
+    """What two files of one folder must not share: a pipeline name (the Dagster asset
+    keys), or an output table (a run of one would delete the other's rows of that date).
+
+    Each clash is reported at the later file, naming the first one, as `(file, message)`.
+    With `concerning` (`batchpipe validate FILE`), only those files are reported, each
+    against the first other file it clashes with. Table names are compared as DuckDB
+    compares them, case-insensitively.
+    """
+    found: list[tuple[PipelineFile, str]] = []
+    for index, pf in enumerate(files if concerning is None else concerning):
+        others = files[:index] if concerning is None else files
+        others = [o for o in others if o.path.resolve() != pf.path.resolve()]
+        name = pf.pipeline.name
+        if same := next((o for o in others if o.pipeline.name == name), None):
+            found.append(
+                (
+                    pf,
+                    f"{pf.where('name')}: name: {name!r} is already used by "
+                    f"{same.where('name')}; pipeline names must be unique",
+                )
+            )
+        table = pf.pipeline.output.table
+        if same := next(
+            (o for o in others if o.pipeline.output.table.lower() == table.lower()), None
+        ):
+            spelled = same.pipeline.output.table
+            spelling = "" if spelled == table else f", as {spelled!r}: DuckDB ignores case"
+            found.append(
+                (
+                    pf,
+                    f"{pf.where('output', 'table')}: output.table: {table!r} is also the output "
+                    f"table of {same.pipeline.name!r} ({same.where('output', 'table')}"
+                    f"{spelling}); an output table belongs to one pipeline, and a run of "
+                    "either would delete the other's rows: choose another output.table",
+                )
+            )
+    return found
+
+
+def folder_clashes(files: Sequence[PipelineFile]) -> list[tuple[PipelineFile, str]]:
+    """`clashes` of the given files with the other files of their folders, as
+    `load_pipelines` of each folder would report them: `batchpipe validate FILE` then
+    catches a copy beside the file that would make the folder unloadable. The others
+    are read quietly; their own problems are theirs to report."""
+    by_folder: dict[Path, list[PipelineFile]] = {}
+    for pf in files:
+        by_folder.setdefault(pf.path.resolve().parent, []).append(pf)
+    found: list[tuple[PipelineFile, str]] = []
+    for group in by_folder.values():
+        given = {pf.path.resolve(): pf for pf in group}
+        folder: list[PipelineFile] = []
+        for path in sorted(group[0].path.parent.glob("*.y*ml")):
+            if path.resolve() in given:
+                folder.append(given[path.resolve()])
+                continue
+            try:
+                folder.append(load_file(path))
+            except (ConfigError, OSError):
+                continue
+        found += clashes(folder, concerning=group)
+    return found
 
 
 def load_file(path: Path) -> PipelineFile:

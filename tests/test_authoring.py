@@ -210,7 +210,8 @@ def test_append_mode_keeps_other_rows_and_never_duplicates(
         CUSTOM.format(
             source="  table: products\n  key: product_id\n  partition_column: added_on",
             request='  prompt: "Describe {{ name }}"',
-            output="  column: text\n  mode: append",
+            # A table made outside batchpipe is written into only when the file says so.
+            output="  column: text\n  mode: append\n  adopt_existing: true",
         ),
     )
     with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
