@@ -142,7 +142,7 @@ def record_skipped(
     (count,) = con.execute(
         f"""
         INSERT INTO batchpipe_skipped
-        SELECT ?, ?, custom_id, request_hash, ?, ?, ?, now()::TIMESTAMP FROM ({rows_sql})
+        SELECT ?, ?, custom_id, request_hash, ?, ?, ?, timezone('UTC', now()) FROM ({rows_sql})
         """,
         [pipeline, date, refusal.limit.name, refusal.limit.usd, refusal.limit.where, *params],
     ).fetchone()

@@ -206,7 +206,8 @@ def cache_is_warm(con: duckdb.DuckDBPyConnection, pipeline: str, ttl: str) -> bo
     (warm,) = con.execute(
         "SELECT count(*) > 0 FROM batchpipe_results WHERE pipeline = ? "
         "AND cache_creation_input_tokens + cache_read_input_tokens > 0 "
-        f"AND loaded_at > now()::TIMESTAMP - INTERVAL {'1 hour' if ttl == '1h' else '5 minutes'}",
+        "AND loaded_at > timezone('UTC', now()) - INTERVAL "
+        f"{'1 hour' if ttl == '1h' else '5 minutes'}",
         [pipeline],
     ).fetchone()
     return bool(warm)

@@ -33,6 +33,7 @@ class Forecast:
     cached_tokens: int  # of each request, in a prefix marked for caching
     cost: estimates.Range
     budget: list[str]  # one line per limit that applies
+    notes: tuple[str, ...] = ()  # file:line:col notes that are no error (NULL dates)
 
     def lines(self) -> list[str]:
         cost = self.cost
@@ -60,7 +61,8 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         warehouse.shadow_missing_state_tables(con)
         resolved = plan.resolve(pf, con)
         plan.register_templates(con, resolved)
-        plan.bind_date(con, date)
+        undated = plan.undated_rows_note(con, resolved, date)
+        plan.bind_date(con, date, pf.pipeline.partitions.timezone)
         # What a run would refuse, the plan refuses too, with the same message.
         plan.check_keys(con, resolved, date)
         with plan.rendering(resolved):
@@ -122,4 +124,5 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         cached_tokens=inp.cached,
         cost=cost,
         budget=budget_lines,
+        notes=(undated,) if undated else (),
     )
