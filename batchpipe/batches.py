@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import os
 import time
 import uuid
@@ -25,7 +26,7 @@ import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import budget, estimates, warehouse
-from batchpipe.errors import BatchApiError, unreachable_message
+from batchpipe.errors import BatchApiError, api_key, scrub, unreachable_message
 from batchpipe.failpoints import kill_point
 
 MAX_REQUESTS_PER_BATCH = 100_000
@@ -33,7 +34,17 @@ MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the 
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
-OPEN_STATES = ("submitting", "submitted", "ended")
+OPEN_STATES = warehouse.OPEN_STATES
+UNSENT_STATES = ("intent", "submitting")  # no batch known yet; 'submitting': maybe sent
+# On the wire a request's custom_id is `<its custom_id>-<the submission's token>`, so every
+# line of a results file says which submission it answers: a batch sent by another
+# installation on the same API key (even a copy of this pipeline, with the same keys)
+# never passes for ours. A custom_id too long to leave room goes as h-<its md5>.
+TOKEN_LENGTH = 12
+WIRE_ID_SQL = (
+    f"CASE WHEN length(custom_id) <= {64 - 1 - TOKEN_LENGTH} THEN custom_id "
+    "ELSE 'h-' || md5(custom_id) END || '-' || ?"
+)
 BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
 # How long a run waits out an API it cannot reach (or that answers 429/5xx) while polling
 # or downloading; the batches carry on upstream meanwhile, and results keep 29 days.
@@ -46,7 +57,7 @@ T = TypeVar("T")
 
 def client() -> anthropic.Anthropic:
     """The SDK client: the real API with a key, else the emulator (started if need be)."""
-    key = os.environ.get("ANTHROPIC_API_KEY")
+    key = api_key()  # stripped; a key with whitespace inside is refused here
     base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
     if key:
         return anthropic.Anthropic(api_key=key, base_url=base_url)
@@ -58,7 +69,7 @@ def client() -> anthropic.Anthropic:
 
 
 def using_emulator() -> bool:
-    return not os.environ.get("ANTHROPIC_API_KEY")
+    return api_key() is None
 
 
 @dataclass(frozen=True)
@@ -111,9 +122,12 @@ def submit_partition(
     batches after it are recorded as skipped, the ones before it are sent, and then
     BudgetExceeded says which limit stopped what.
     """
+    check_state_writable()
     for sub in open_submissions(con, pipeline, date):
-        if sub.state == "submitting":
-            _finish_submission(con, api, sub, log, interrupted=True, betas=betas)
+        if sub.state in UNSENT_STATES:
+            _finish_submission(
+                con, api, sub, log, interrupted=sub.state == "submitting", betas=betas
+            )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
         f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
@@ -131,7 +145,7 @@ def submit_partition(
 
     # While one batch uploads, the next one's body is built on a second cursor: DuckDB and
     # the socket both run without the GIL. Its intent is recorded first, as always, so a
-    # crash leaves at most two intents to reconcile, in the order they were recorded.
+    # crash leaves at most two intents to finish, in the order they were recorded.
     sent = 0
     refused: budget.Refusal | None = None
     with ThreadPoolExecutor(max_workers=1) as builder:
@@ -166,6 +180,22 @@ def submit_partition(
     return total
 
 
+def check_state_writable() -> None:
+    """Results are streamed to BATCHPIPE_STATE once a batch ends; a folder that cannot be
+    written would fail a day later with the batch paid for, so it is tried before any create."""
+    directory = warehouse.state_dir() / "results"
+    probe = directory / f".writable-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BatchApiError(
+            f"cannot write results under {directory} ({err.strerror}): set BATCHPIPE_STATE "
+            "to a writable folder; nothing was sent"
+        ) from None
+
+
 def _record_intent(
     con: duckdb.DuckDBPyConnection,
     pipeline: str,
@@ -176,9 +206,10 @@ def _record_intent(
     spend: Spend | None = None,
 ) -> Submission | budget.Refusal:
     """Commit which pending requests the chunk's batch will hold, before it is sent, with
-    its estimate; or, when its reservation would pass a limit, record it and every later
-    chunk as skipped and return the refusal. One transaction: the limit is checked against
-    what is committed at that instant, by this run or any other."""
+    its estimate and each request's wire id; or, when its reservation would pass a limit,
+    record it and every later chunk as skipped and return the refusal. One transaction:
+    the limit is checked against what is committed at that instant, by this run or any
+    other."""
     submission_id, intent_at = uuid.uuid4().hex, _now()
     with warehouse.transaction(con):
         estimate = None
@@ -202,21 +233,27 @@ def _record_intent(
                 )
                 return refusal
         count = con.execute(
-            "INSERT INTO batchpipe_batch_requests "
-            "SELECT ?, custom_id, request_hash FROM pending WHERE rn // ? = ?",
-            [submission_id, per_batch, chunk],
+            "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash, "
+            f"wire_id) SELECT ?, custom_id, request_hash, {WIRE_ID_SQL} "
+            "FROM pending WHERE rn // ? = ?",
+            [submission_id, token(submission_id), per_batch, chunk],
         ).fetchone()[0]
         con.execute(
             "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
             "request_count, model, intent_at, estimated_low_usd, estimated_usd, reserved_usd) "
-            "VALUES (?, ?, ?, 'submitting', ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?)",
             [
                 submission_id, pipeline, date, count, model, intent_at,
                 *((estimate.low_usd, estimate.expected_usd, estimate.high_usd)
                   if estimate else (None, None, None)),
             ],
         )  # fmt: skip
-    return Submission(submission_id, None, "submitting", count, intent_at)
+    return Submission(submission_id, None, "intent", count, intent_at)
+
+
+def token(submission_id: str) -> str:
+    """The submission's mark on each of its custom_ids: 48 random bits of its id."""
+    return submission_id[:TOKEN_LENGTH]
 
 
 def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
@@ -245,7 +282,7 @@ def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     request's line; they are fetched in slices and joined.
     (One string_agg of the whole body needed about five times its size at once.)"""
     cursor = con.execute(
-        "SELECT '{\"custom_id\":' || to_json(r.custom_id) || ',\"params\":' "
+        "SELECT '{\"custom_id\":' || to_json(coalesce(b.wire_id, b.custom_id)) || ',\"params\":' "
         "|| CAST(r.params AS VARCHAR) || '}' "
         "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
         "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
@@ -274,15 +311,15 @@ def _finish_submission(
     """Turn a recorded intent into exactly one batch upstream; `body` is `_body(sub)`
     when the caller built it already.
 
-    An intent left by an earlier process (`interrupted`) may already have its
-    batch upstream: look for it before sending. A fresh intent is sent at once;
-    looking first would only risk adopting someone else's batch.
+    An intent whose create was called by an earlier process (`interrupted`) may already
+    have its batch upstream: look for it before sending. An intent never sent, and a
+    fresh one, is sent at once: looking first would only risk taking someone else's batch.
+    Whatever is found upstream is only provisional until its results prove it ours.
     """
     if interrupted:
-        adopted = _reconcile(con, api, sub)
-        if adopted is not None:
-            log(f"found batch {adopted.id} upstream for an interrupted submission; not resent")
-            _record_created(con, sub.submission_id, adopted)
+        found = _reconcile(con, api, sub)
+        if found:
+            _hold(con, sub, found, log)
             return
     count, content = body if body is not None else _body(con, sub)
     if count != sub.request_count:
@@ -296,11 +333,15 @@ def _finish_submission(
         return
     del body
     for attempt in range(1, CREATE_ATTEMPTS + 1):
+        # Committed before the call goes out: from here on a crash leaves an outcome to
+        # find upstream, and before it, an intent known never to have been sent.
+        _set_state(con, sub.submission_id, "submitting")
         kill_point("before_create")
         try:
             batch = _create(api, content, betas)
             kill_point("after_create")
         except anthropic.RateLimitError as err:
+            _set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
             _wait_before_retry(err, attempt, log)
             continue
         except anthropic.APIStatusError as err:
@@ -317,16 +358,22 @@ def _finish_submission(
             log(f"submitted batch {batch.id} with {sub.request_count} requests")
             return
         # The create may or may not have reached the API: look before sending again.
-        adopted = _reconcile(con, api, sub)
-        if adopted is not None:
-            _record_created(con, sub.submission_id, adopted)
-            log(f"submitted batch {adopted.id} (confirmed through the list endpoint)")
+        found = _reconcile(con, api, sub)
+        if found:
+            _hold(con, sub, found, log)
             return
+        _set_state(con, sub.submission_id, "intent")  # looked: it did not
         log(f"create failed ({type(outcome).__name__}); no batch upstream, retrying")
         time.sleep(min(2**attempt, 30))
     raise BatchApiError(
         f"could not create a batch after {CREATE_ATTEMPTS} attempts; nothing was submitted. "
         "Run again to retry."
+    )
+
+
+def _set_state(con: duckdb.DuckDBPyConnection, submission_id: str, state: str) -> None:
+    con.execute(
+        "UPDATE batchpipe_batches SET state = ? WHERE submission_id = ?", [state, submission_id]
     )
 
 
@@ -349,32 +396,162 @@ def _create(
 
 def _reconcile(
     con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission
-) -> anthropic.types.messages.MessageBatch | None:
-    """A batch upstream that matches this intent and that no submission has claimed.
+) -> list[anthropic.types.messages.MessageBatch]:
+    """The batches upstream that could be this submission's: as many requests, created
+    after its intent (less the clock skew), claimed by no submission here, and not
+    already shown by their results to be someone else's.
 
-    The API keeps no client metadata on a batch, so the match is by size and by
-    creation after the intent was recorded. If a foreign batch ever matched, the
-    results loader refuses it (its custom_ids are not ours) before loading anything.
+    The API keeps no client metadata on a batch, and teams share API keys, so size and
+    time only make a batch a candidate; its results decide (see `_prove`).
     """
-    known = {r[0] for r in con.execute("SELECT batch_id FROM batchpipe_batches").fetchall()}
+    known = {
+        r[0]
+        for r in con.execute(
+            "SELECT batch_id FROM batchpipe_batches WHERE batch_id IS NOT NULL UNION ALL "
+            "SELECT batch_id FROM batchpipe_candidates WHERE submission_id = ? "
+            "AND verdict IN ('foreign', 'gone')",
+            [sub.submission_id],
+        ).fetchall()
+    }
     since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
     matches = []
     for batch in api.messages.batches.list(limit=100):
         if batch.created_at < since:
             break  # newest first: everything after this is older
-        counts = batch.request_counts
-        total = (
-            counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-        )
-        if batch.id not in known and total == sub.request_count:
+        if batch.id not in known and _size(batch) == sub.request_count:
             matches.append(batch)
-    if len(matches) > 1:
-        raise BatchApiError(
-            f"{len(matches)} unclaimed batches upstream could belong to interrupted submission "
-            f"{sub.submission_id}: {', '.join(b.id for b in matches)}. Cancel the extra ones "
-            "(or delete them once ended) and run again."
+    return matches
+
+
+def _size(batch: anthropic.types.messages.MessageBatch) -> int:
+    c = batch.request_counts
+    return c.processing + c.succeeded + c.errored + c.canceled + c.expired
+
+
+def _hold(
+    con: duckdb.DuckDBPyConnection,
+    sub: Submission,
+    found: list[anthropic.types.messages.MessageBatch],
+    log: Log,
+) -> None:
+    """Record the candidates of a submission whose create may have gone through, and
+    send nothing for it until their results say whether one of them is its batch."""
+    with warehouse.transaction(con):
+        con.execute(
+            "INSERT INTO batchpipe_candidates SELECT ?, unnest(?::VARCHAR[]), ?, NULL",
+            [sub.submission_id, [b.id for b in found], _now()],
         )
-    return matches[0] if matches else None
+        _set_state(con, sub.submission_id, "provisional")
+    log(
+        f"the create of {sub.request_count} request(s) may have reached the API: "
+        f"{len(found)} batch(es) upstream could be it ({', '.join(b.id for b in found)}). "
+        "Nothing is sent again and nothing is canceled: once they end, their results show "
+        "whose they are (a batch sent by anyone else on this API key is left alone)"
+    )
+
+
+def unproven_candidates(con: duckdb.DuckDBPyConnection, submission_id: str) -> list[str]:
+    rows = con.execute(
+        "SELECT batch_id FROM batchpipe_candidates WHERE submission_id = ? AND verdict IS NULL "
+        "ORDER BY batch_id",
+        [submission_id],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def watched_batch_ids(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> list[str]:
+    """The batches a partition waits on: its own, and the candidates of a provisional one."""
+    rows = con.execute(
+        "SELECT batch_id FROM batchpipe_batches WHERE pipeline = ? AND partition_date = ? "
+        "AND state IN ('submitted', 'ended') UNION ALL "
+        "SELECT c.batch_id FROM batchpipe_candidates c JOIN batchpipe_batches b "
+        "USING (submission_id) WHERE b.pipeline = ? AND b.partition_date = ? "
+        "AND b.state = 'provisional' AND c.verdict IS NULL",
+        [pipeline, date, pipeline, date],
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _prove(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    sub: Submission,
+    batch: anthropic.types.messages.MessageBatch,
+    log: Log,
+) -> None:
+    """Decide an ended candidate by its results: ours when every line answers one of the
+    submission's requests under its wire id, foreign when none does. A foreign batch is
+    released, never canceled, and its file removed; once every candidate is foreign, the
+    submission is known never to have been created, and goes out as an intent again.
+    Anything in between cannot be decided, and nothing is done."""
+    path = download_results(api, batch.id, _size(batch), log)
+    try:
+        lines, ours = _count_matches(con, path, sub)
+    except duckdb.InvalidInputException:
+        path = download_results(api, batch.id, _size(batch), log, again=True)
+        try:
+            lines, ours = _count_matches(con, path, sub)
+        except duckdb.InvalidInputException:
+            raise BatchApiError(
+                f"the results of batch {batch.id} do not parse even when fetched again, so "
+                "whose batch it is cannot be told; nothing of it was loaded or sent again. "
+                "Run again later"
+            ) from None
+    if ours == lines == sub.request_count:
+        with warehouse.transaction(con):
+            con.execute(
+                "UPDATE batchpipe_candidates SET verdict = CASE WHEN batch_id = ? THEN 'ours' "
+                "ELSE 'released' END WHERE submission_id = ? AND verdict IS NULL",
+                [batch.id, sub.submission_id],
+            )
+            _record_created(con, sub.submission_id, batch)
+            record_status(con, sub.submission_id, batch)
+        log(f"batch {batch.id} is this pipeline's: its results answer the requests it was sent")
+        return
+    if ours:
+        raise BatchApiError(
+            f"batch {batch.id} answers {ours} of the {sub.request_count} requests of an "
+            f"interrupted submission and {lines - ours} other line(s): batchpipe cannot tell "
+            "whose it is, so it loads nothing of it and sends nothing again for those "
+            f"requests (submission {sub.submission_id} in batchpipe_candidates)"
+        )
+    path.unlink(missing_ok=True)  # someone else's answers: not ours to keep
+    _release(con, sub, batch.id, "foreign", log)
+
+
+def _release(
+    con: duckdb.DuckDBPyConnection, sub: Submission, batch_id: str, verdict: str, log: Log
+) -> None:
+    with warehouse.transaction(con):
+        con.execute(
+            "UPDATE batchpipe_candidates SET verdict = ? WHERE submission_id = ? AND batch_id = ?",
+            [verdict, sub.submission_id, batch_id],
+        )
+        left = unproven_candidates(con, sub.submission_id)
+        if not left:
+            _set_state(con, sub.submission_id, "intent")
+    why = "its results answer other requests" if verdict == "foreign" else "it is gone upstream"
+    log(
+        f"batch {batch_id} is not this pipeline's ({why}); left alone, not canceled"
+        + ("" if left else f"; the {sub.request_count} request(s) it was taken for go out now")
+    )
+
+
+def _count_matches(con: duckdb.DuckDBPyConnection, path: Path, sub: Submission) -> tuple[int, int]:
+    """A results file's lines, and how many answer the submission under their wire ids."""
+    lines, ours = con.execute(
+        f"SELECT count(*), count(b.custom_id) FROM {_id_lines('?')} LEFT JOIN "
+        "batchpipe_batch_requests b ON b.submission_id = ? "
+        "AND coalesce(b.wire_id, b.custom_id) = j.custom_id",
+        [str(path), sub.submission_id],
+    ).fetchone()
+    return int(lines), int(ours)
+
+
+def _id_lines(path: str) -> str:
+    return (
+        f"read_json({path}, format = 'newline_delimited', columns = {{custom_id: 'VARCHAR'}}) AS j"
+    )
 
 
 def _record_created(
@@ -465,27 +642,78 @@ def _transient(err: anthropic.APIError) -> bool:
     return status >= 500 or status == 408 or type(err) is anthropic.RateLimitError
 
 
+@dataclass(frozen=True)
+class Watch:
+    """A batch a partition waits on: a submission's own, or a candidate to prove."""
+
+    sub: Submission
+    batch_id: str
+    candidate: bool
+
+
+def watching(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> list[Watch]:
+    watch = []
+    for sub in open_submissions(con, pipeline, date):
+        if sub.state == "submitted":
+            watch.append(Watch(sub, sub.batch_id, False))
+        elif sub.state == "provisional":
+            watch += [Watch(sub, b, True) for b in unproven_candidates(con, sub.submission_id)]
+    return watch
+
+
+def retrieve_all(
+    api: anthropic.Anthropic, watch: list[Watch], outage: Outage | None = None
+) -> list[anthropic.types.messages.MessageBatch | None]:
+    """Each watched batch as the API has it now (None: a candidate that is gone); with
+    `outage`, a retrieve that cannot reach the API is tried again (see Outage). Touches
+    no database, so a waiting run holds no lock while the API answers."""
+    seen: list[anthropic.types.messages.MessageBatch | None] = []
+    for w in watch:
+        retrieve = functools.partial(api.messages.batches.retrieve, w.batch_id)
+        try:
+            seen.append(retrieve() if outage is None else outage.call(retrieve, "polling batches"))
+        except anthropic.NotFoundError:
+            if not w.candidate:
+                raise
+            seen.append(None)  # deleted by whoever sent it: it was not ours to wait on
+    return seen
+
+
+def record_polled(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    watch: list[Watch],
+    seen: list[anthropic.types.messages.MessageBatch | None],
+    log: Log,
+) -> None:
+    """Record what `retrieve_all` saw, and decide the candidates that have ended."""
+    for w, batch in zip(watch, seen, strict=True):
+        if not w.candidate:
+            record_status(con, w.sub.submission_id, batch)
+        elif w.batch_id in unproven_candidates(con, w.sub.submission_id):  # still undecided
+            if batch is None:
+                _release(con, w.sub, w.batch_id, "gone", log)
+            elif batch.processing_status == "ended":
+                _prove(con, api, w.sub, batch, log)
+
+
 def poll(
     con: duckdb.DuckDBPyConnection,
     api: anthropic.Anthropic,
     pipeline: str,
     date: dt.date,
+    log: Log,
     outage: Outage | None = None,
 ) -> list[anthropic.types.messages.MessageBatch]:
-    """Retrieve every submitted batch of the partition once and record its counts; with
-    `outage`, a retrieve that cannot reach the API is tried again (see Outage)."""
-    seen = []
-    for sub in open_submissions(con, pipeline, date):
-        if sub.state == "submitted":
-            retrieve = functools.partial(api.messages.batches.retrieve, sub.batch_id)
-            batch = retrieve() if outage is None else outage.call(retrieve, "polling batches")
-            record_status(con, sub.submission_id, batch)
-            seen.append(batch)
-    return seen
+    """Retrieve every batch the partition waits on once, record its counts, and prove or
+    release the candidates that have ended."""
+    watch = watching(con, pipeline, date)
+    seen = retrieve_all(api, watch, outage)
+    record_polled(con, api, watch, seen, log)
+    return [b for b in seen if b is not None]
 
 
 def wait_until_ended(
-    con: duckdb.DuckDBPyConnection,
     api: anthropic.Anthropic,
     pipeline: str,
     date: dt.date,
@@ -493,11 +721,19 @@ def wait_until_ended(
     log: Log,
 ) -> None:
     """Poll the partition's open batches until all have ended (the API has no webhooks),
-    riding out an API that is unreachable for a while (see Outage)."""
+    riding out an API that is unreachable for a while (see Outage).
+
+    The warehouse is opened only to read what to poll and to record what was seen, never
+    while waiting, so `batchpipe cancel` (or any other writer) gets in between polls."""
     last_report = ""
     outage = Outage(api, log)
     while True:
-        batches = poll(con, api, pipeline, date, outage)
+        with warehouse.connect() as con:
+            watch = watching(con, pipeline, date)
+        seen = retrieve_all(api, watch, outage)
+        with warehouse.connect() as con:
+            record_polled(con, api, watch, seen, log)
+        batches = [b for b in seen if b is not None]
         report = "; ".join(
             f"{b.id}: {b.processing_status} ({b.request_counts.processing} processing, "
             f"{b.request_counts.succeeded} succeeded, {b.request_counts.errored} errored)"
@@ -512,16 +748,45 @@ def wait_until_ended(
 
 
 def cancel(
-    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, pipeline: str, date: dt.date
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    pipeline: str,
+    date: dt.date,
+    log: Log,
 ) -> list[str]:
-    """Ask the API to cancel the partition's batches that are still processing."""
+    """Ask the API to cancel the partition's batches that are still processing. A
+    candidate not yet proven ours is never canceled (it may be someone else's), and an
+    intent never sent is dropped, so nothing goes out after a cancel."""
     canceled = []
     for sub in open_submissions(con, pipeline, date):
         if sub.state == "submitted":
             batch = api.messages.batches.cancel(sub.batch_id)
             record_status(con, sub.submission_id, batch)
             canceled.append(batch.id)
+        elif sub.state in UNSENT_STATES:
+            stop_unsent(con, api, sub, log)
+        elif sub.state == "provisional":
+            ids = ", ".join(unproven_candidates(con, sub.submission_id))
+            log(
+                f"not canceled: {ids}, not yet proven this pipeline's (it may be another "
+                "installation's on the same API key); waiting for its results to show whose"
+            )
     return canceled
+
+
+def stop_unsent(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, sub: Submission, log: Log
+) -> None:
+    """A canceled partition's intent with no batch: dropped, so it is not sent later; one
+    whose create may have gone through is first looked for upstream (and held if found)."""
+    if sub.state == "submitting" and (found := _reconcile(con, api, sub)):
+        _hold(con, sub, found, log)
+        return
+    con.execute(
+        "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
+        ["canceled before it was sent", sub.submission_id],
+    )
+    log(f"dropped {sub.request_count} request(s) not yet sent")
 
 
 def record_status(
@@ -550,19 +815,30 @@ def record_status(
 
 
 def download_results(
-    api: anthropic.Anthropic, batch_id: str, expected_lines: int, log: Log = print
+    api: anthropic.Anthropic,
+    batch_id: str,
+    expected_lines: int,
+    log: Log = print,
+    *,
+    again: bool = False,
 ) -> Path:
     """Stream a batch's results to a file, complete or not at all.
 
-    The file is written under a temporary name and renamed only once it holds
-    one line per request, so a cut stream is never loaded as if whole; a cut or
-    failed download is tried again from the start, a bounded number of times.
+    The file is written under a temporary name and renamed only once it is whole (one
+    line per request, the last one not cut), so a cut stream is never loaded as if
+    whole; a cut or failed download is tried again from the start, a bounded number of
+    times. A file already on disk is used only while it is whole; `again` (a file that
+    did not parse) fetches it anew: results stay upstream 29 days.
     """
     directory = warehouse.state_dir() / "results"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{batch_id}.jsonl"
-    if final.exists() and _line_count(final) == expected_lines:
-        return final
+    if final.exists():
+        problem = "it did not parse" if again else _whole(final, expected_lines)
+        if problem is None:
+            return final
+        log(f"the results file of {batch_id} on disk is not whole ({problem}); fetching it again")
+        final.unlink()
     partial = final.with_suffix(".jsonl.part")
     problem = ""
     # An API that cannot be reached is waited out (Outage) without using up an attempt;
@@ -577,17 +853,48 @@ def download_results(
         except (anthropic.APIError, httpx2.TransportError) as err:
             problem = f"{type(err).__name__}: {err}"
         else:
-            lines = _line_count(partial)
-            if lines == expected_lines:
+            problem = _whole(partial, expected_lines)
+            if problem is None:
                 partial.replace(final)
                 return final
-            problem = f"the stream was cut short: {lines} of {expected_lines} lines"
         log(f"downloading the results of {batch_id} failed ({problem}); attempt {attempt}")
         time.sleep(min(2**attempt * 0.25, 10))
     raise BatchApiError(
         f"could not download the results of {batch_id} after {DOWNLOAD_ATTEMPTS} attempts "
         f"({problem}). They stay upstream for 29 days: run again to retry."
     )
+
+
+def _whole(path: Path, expected_lines: int) -> str | None:
+    """Why a results file is not whole, or None: the count of lines, and its last line,
+    which is where a cut copy, a crash or a short body loses bytes. Every line is parsed
+    when the file is loaded; one that does not parse sends it back here with `again`."""
+    lines = _line_count(path)
+    if lines != expected_lines:
+        return f"the stream was cut short: {lines} of {expected_lines} lines"
+    if lines and not _last_line_parses(path):
+        return "its last line is cut short"
+    return None
+
+
+def _last_line_parses(path: Path) -> bool:
+    """Whether the file's last line is one JSON value, reading only the file's tail."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        tail, position = b"", end
+        while position > 0:
+            step = min(1 << 16, position)
+            position -= step
+            f.seek(position)
+            tail = f.read(step) + tail
+            if b"\n" in tail.rstrip(b"\n"):
+                break
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        json.loads(last)
+    except ValueError:
+        return False
+    return True
 
 
 def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
@@ -623,7 +930,7 @@ def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) ->
 def _api_message(err: anthropic.APIStatusError) -> str:
     body = err.body if isinstance(err.body, dict) else {}
     inner = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-    return str(inner.get("message") or err.message)
+    return scrub(str(inner.get("message") or err.message))  # a proxy may echo the key
 
 
 def _now() -> dt.datetime:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batchpipe.errors import BatchpipeError, ConfigError
+from batchpipe.errors import BatchpipeError, ConfigError, scrub, scrubbed
 
 EXAMPLES = """examples:
   batchpipe run product_descriptions --date 2026-11-03
@@ -29,9 +29,10 @@ EXAMPLES = """examples:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
+        with scrubbed():  # an error that quotes the API key is shown without it
+            return args.handler(args) or 0
     except BatchpipeError as err:
-        print(f"error: {err.message}", file=sys.stderr)
+        print(f"error: {scrub(err.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to carry on", file=sys.stderr)
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"   {line}")
         except BatchpipeError as err:
             failed += 1
-            print(f"error: {err.message}", file=sys.stderr)
+            print(f"error: {scrub(err.message)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -179,8 +180,11 @@ def _plan(args: argparse.Namespace) -> int:
 
     (pf,) = _select(args)
     print(f"plan for {pf.pipeline.name} {args.date} (a dry run)")
-    for line in forecast(pf, args.date, _reachable_api()).lines():
-        print(f"   {line}")
+    shown = forecast(pf, args.date, _reachable_api())
+    for note in shown.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for line in shown.lines():
+        print(f"   {scrub(line)}")  # a count_tokens failure is quoted in it
     return 0
 
 
@@ -236,7 +240,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     """Every problem of every file at once: one broken file does not hide another's."""
     from batchpipe import plan, warehouse
-    from batchpipe.loader import load_file, pipelines_dir
+    from batchpipe.loader import folder_clashes, load_file, pipelines_dir
 
     paths = [Path(n) for n in args.names if n.endswith((".yaml", ".yml"))]
     names = {n for n in args.names if not n.endswith((".yaml", ".yml"))}
@@ -254,12 +258,19 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             if not names or pf.pipeline.name in names:
                 files.append(pf)
+    # What `run` would refuse about the folder: another file with the same name or table.
+    clashed = folder_clashes(files)
+    problems.extend(message for _, message in clashed)
     with warehouse.connect(read_only=True) as con:
         warehouse.shadow_missing_state_tables(con)
         for pf in files:
             try:
-                plan.resolve(pf, con)
-                print(f"ok  {pf.pipeline.name} ({pf.path})")
+                resolved = plan.resolve(pf, con)
+                if not any(other is pf for other, _ in clashed):
+                    print(f"ok  {pf.pipeline.name} ({pf.path})")
+                # Not an error: the file is valid, but some rows will never be sent.
+                if note := plan.undated_rows_note(con, resolved, pf.pipeline.partitions.start):
+                    print(f"note: {note}", file=sys.stderr)
             except ConfigError as err:
                 problems.extend(err.problems)
     if problems:

@@ -8,7 +8,10 @@ instead of a setting silently ignored.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import functools
 import re
+import zoneinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -207,6 +210,15 @@ class Output(_Strict):
         float,
         Field(ge=0, le=1, description="Largest share of errored rows the asset check accepts."),
     ] = 0.05
+    # An output table belongs to the one pipeline that created it (batchpipe_outputs): a
+    # typo or a copied file must not add columns to, and delete rows of, someone's table.
+    # Writing into a table batchpipe did not create is therefore a choice made in the file.
+    adopt_existing: bool = Field(
+        False,
+        description="true: write into an existing table that batchpipe did not create "
+        "(its key columns present, shared columns of the same types); this pipeline then "
+        "owns it. A table another pipeline owns is refused either way.",
+    )
 
     @field_validator("table")
     @classmethod
@@ -252,6 +264,29 @@ class Partitions(_Strict):
     schedule: str | None = Field(
         None, description="Cron for a daily run of that day's partition, e.g. '0 6 * * *'."
     )
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone, e.g. Europe/Paris: the day a TIMESTAMP WITH TIME ZONE "
+        "partition column falls on, and how such values print in prompts. DATE and "
+        "TIMESTAMP values are taken as they are.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        # Checked here, not left to DuckDB's SET TimeZone at run time: a typo would
+        # otherwise surface only when a partition's rows are first read.
+        known = iana_timezones()
+        if value in known:
+            return value
+        lowered = {name.lower(): name for name in known}
+        close = [lowered[value.lower()]] if value.lower() in lowered else []
+        close = close or difflib.get_close_matches(value, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"{value!r} is not an IANA time zone name such as 'UTC', 'Europe/Paris' or "
+            f"'America/New_York'{hint}"
+        )
 
     @field_validator("schedule")
     @classmethod
@@ -263,6 +298,15 @@ class Partitions(_Strict):
         if not is_valid_cron_string(value):
             raise ValueError(f"{value!r} is not a cron expression like '0 6 * * *'")
         return value
+
+
+@functools.cache
+def iana_timezones() -> frozenset[str]:
+    """The zone names `partitions.timezone` accepts: the IANA database's, as Python's
+    zoneinfo finds them (the system's, else the tzdata package that requirements.lock
+    pins through dagster); DuckDB's ICU knows each of them. `localtime` is left out: it
+    means the machine's zone, which is what the setting exists to be independent of."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime"})
 
 
 class Budget(_Strict):

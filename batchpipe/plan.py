@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -30,8 +30,17 @@ from batchpipe.templates import quote_ident, sql_string
 RUN_DATE = "getvariable('batchpipe_date')"
 
 
-def bind_date(con: duckdb.DuckDBPyConnection, date: dt.date) -> None:
+def bind_date(con: duckdb.DuckDBPyConnection, date: dt.date, timezone: str) -> None:
+    """Set the run date and the pipeline's `partitions.timezone` on the connection.
+
+    Every statement over a partition's rows comes after this, and the zone decides what
+    they see: the day a TIMESTAMPTZ partition column falls on, and the text a TIMESTAMPTZ
+    puts in a prompt on both template paths (CAST to VARCHAR, and to_json for Jinja). Set
+    together, a rerun builds the same requests whatever the TZ of the shell. The session
+    stays in that zone, so timestamps batchpipe stores say UTC explicitly.
+    """
     con.execute("SET VARIABLE batchpipe_date = CAST(? AS DATE)", [date])
+    warehouse.set_timezone(con, timezone)
 
 
 # Columns batchpipe adds to every output table, beside the source columns.
@@ -226,6 +235,14 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
     available = list(columns)
     if columns:
         _check_source_columns(pf, con, source_sql, columns, problem)
+    hold: OutputHold | None = None
+    source_table = pf.pipeline.source.table
+    # Writing the source is refused above, with a better reason than its ownership.
+    if source_table is None or not _same_table(con, source_table, pf.pipeline.output.table):
+        try:
+            hold = check_output_table(con, pf)
+        except ConfigError as err:
+            problems.extend(err.problems)
 
     messages: list[tuple[str, templates.Template]] = []
     system: list[tuple[templates.Template, bool | str]] | None = None
@@ -235,7 +252,10 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
         problems.extend(err.problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
-    return Resolved(pf, source_sql, columns, messages, system)
+    resolved = Resolved(pf, source_sql, columns, messages, system)
+    if hold == "adopting":
+        _check_adoptable(con, resolved)  # needs the output's columns, so the whole pipeline
+    return resolved
 
 
 def _describe_source(pf: PipelineFile, con: duckdb.DuckDBPyConnection, problem) -> tuple[str, dict]:
@@ -263,7 +283,8 @@ def _describe_source(pf: PipelineFile, con: duckdb.DuckDBPyConnection, problem) 
         return source_sql, {}
     try:
         if not con.execute("SELECT getvariable('batchpipe_date')").fetchone()[0]:
-            bind_date(con, pf.pipeline.partitions.start)  # any date will do to describe
+            # Any date will do to describe.
+            bind_date(con, pf.pipeline.partitions.start, pf.pipeline.partitions.timezone)
         return source_sql, warehouse.describe(con, source_sql)
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0]
@@ -329,6 +350,152 @@ def _same_table(con: duckdb.DuckDBPyConnection, source_table: str, output_table:
     *prefix, name = source_table.lower().split(".")
     (catalog,) = con.execute("SELECT current_database()").fetchone()
     return name == output_table.lower() and prefix in ([], ["main"], [catalog.lower(), "main"])
+
+
+# How a pipeline holds its output table; see check_output_table.
+OutputHold = Literal["new", "owned", "proven", "adopting"]
+
+
+def check_output_table(con: duckdb.DuckDBPyConnection, pf: PipelineFile) -> OutputHold:
+    """Whether this pipeline may write its output table; a ConfigError at output.table if not.
+
+    An output table belongs to one pipeline (batchpipe_outputs), because a run deletes the
+    rows of its date and ALTERs the table to its columns: a copied file (a v2 prompt) or
+    a typo naming someone's table must be refused before anything is sent, not discovered
+    as lost rows. Returns "new" (no such table: the first write creates it and records
+    the owner), "owned" (recorded as this pipeline's), "proven" (written by an earlier
+    batchpipe for this pipeline, see `_written_here`: recorded now when the connection is
+    writable) or "adopting" (a table batchpipe did not create, which the file adopts with
+    output.adopt_existing; its columns are checked by `_check_adoptable`).
+    """
+    output, name = pf.pipeline.output, pf.pipeline.name
+    found = con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = 'main' "
+        "AND lower(table_name) = lower(?)",
+        [output.table],
+    ).fetchone()
+    if found is None:
+        return "new"
+    table, kind = found
+    owner = _owner(con, table)
+    if owner is not None and owner[0] == name:
+        return "owned"
+    if owner is not None:
+        holder, adopted = owner
+        raise pf.error(
+            ("output", "table"),
+            f"table {table!r} belongs to pipeline {holder!r}, which "
+            f"{'adopted' if adopted else 'created'} it (batchpipe_outputs); an output table "
+            "belongs to one pipeline, even with output.adopt_existing, since a run of this "
+            f"one would delete that one's rows. Choose another output.table (if {holder!r} "
+            "no longer writes it, say it was renamed to this one, hand the table over: "
+            f"DELETE FROM batchpipe_outputs WHERE table_name = {sql_string(table)}, then "
+            "set output.adopt_existing: true)",
+        )
+    if kind != "BASE TABLE":
+        raise pf.error(
+            ("output", "table"),
+            f"{table!r} is a view in {warehouse.database()}, not a table batchpipe can "
+            "write: choose another output.table",
+        )
+    if _written_here(con, table, name):
+        if not _read_only(con):
+            record_output_owner(con, pf, adopted=False)
+        return "proven"
+    if not output.adopt_existing:
+        raise pf.error(
+            ("output", "table"),
+            f"table {table!r} already exists in {warehouse.database()} and batchpipe did not "
+            "create it (no pipeline owns it in batchpipe_outputs); a run would add columns "
+            "to it and delete and insert its rows. Choose another output.table, or, to write "
+            "into this table deliberately, set output.adopt_existing: true",
+        )
+    return "adopting"
+
+
+def record_output_owner(con: duckdb.DuckDBPyConnection, pf: PipelineFile, *, adopted: bool) -> None:
+    """Record the pipeline as its output table's owner. A row left by a table since
+    dropped (and now created again) is replaced: ownership follows the table."""
+    table = pf.pipeline.output.table
+    con.execute("DELETE FROM batchpipe_outputs WHERE lower(table_name) = lower(?)", [table])
+    con.execute(
+        "INSERT INTO batchpipe_outputs VALUES (?, ?, timezone('UTC', now()), ?)",
+        [table, pf.pipeline.name, adopted],
+    )
+
+
+def _owner(con: duckdb.DuckDBPyConnection, table: str) -> tuple[str, bool] | None:
+    """(pipeline, adopted) recorded for a table, or None."""
+    try:
+        return con.execute(
+            "SELECT pipeline, adopted FROM batchpipe_outputs "
+            "WHERE lower(table_name) = lower(?) ORDER BY created_at DESC LIMIT 1",
+            [table],
+        ).fetchone()
+    except duckdb.CatalogException:  # a connection opened without batchpipe's state tables
+        return None
+
+
+def _written_here(con: duckdb.DuckDBPyConnection, table: str, pipeline: str) -> bool:
+    """Whether an unrecorded table is provably this pipeline's, written by a batchpipe
+    from before batchpipe_outputs: it has batchpipe's result columns, and every batch id
+    in it is a batch of this pipeline (at least one). Anyone else's table fails that."""
+    have = {column.lower() for column in warehouse.describe(con, quote_ident(table))}
+    if not set(RESULT_COLUMNS) <= have:
+        return False
+    try:
+        (proven,) = con.execute(
+            "SELECT count(*) > 0 AND bool_and(batch_id IN (SELECT batch_id FROM "
+            "batchpipe_batches WHERE pipeline = ? AND batch_id IS NOT NULL)) "
+            "FROM (SELECT DISTINCT CAST(batch_id AS VARCHAR) AS batch_id "
+            f"FROM {quote_ident(table)} WHERE batch_id IS NOT NULL)",
+            [pipeline],
+        ).fetchone()
+    except duckdb.CatalogException:  # no batchpipe_batches: nothing was ever sent here
+        return False
+    return bool(proven)
+
+
+def _read_only(con: duckdb.DuckDBPyConnection) -> bool:
+    (read_only,) = con.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return bool(read_only)
+
+
+def _check_adoptable(con: duckdb.DuckDBPyConnection, resolved: Resolved) -> None:
+    """An adopted table must take the output's rows as they are: its key columns there
+    (rows are replaced by key or date), and each column both have of the same type, or
+    the INSERT would cast or fail a day later, after the batch was paid for."""
+    from batchpipe import results  # results imports this module
+
+    pf = resolved.file
+    table = pf.pipeline.output.table
+    have = {c.lower(): (c, kind) for c, kind in warehouse.describe(con, quote_ident(table)).items()}
+    try:
+        want = results.output_types(con, resolved)
+    except duckdb.Error as err:
+        first = str(err).strip().splitlines()[0]
+        raise pf.error(
+            ("output", "table"), f"cannot compare {table!r} with the output's columns: {first}"
+        ) from None
+    reasons = []
+    missing = [k for k in resolved.key_columns if k.lower() not in have]
+    if missing:
+        reasons.append(f"key column(s) {', '.join(missing)} are not in the table")
+    for column, kind in want.items():
+        existing = have.get(column.lower())
+        if existing is not None and existing[1] != kind:
+            reasons.append(
+                f"column {existing[0]} is {existing[1]} in the table but {kind} in the output"
+            )
+    if reasons:
+        raise pf.error(
+            ("output", "table"),
+            f"table {table!r} cannot be adopted (output.adopt_existing): {'; '.join(reasons)}. "
+            "Choose another output.table, or change the table's columns to match",
+        )
 
 
 def _hint(name: str, available: list[str]) -> str:
@@ -424,7 +591,7 @@ def build_requests(
     """Rebuild the partition's requests in one SQL statement, after checking its keys."""
     name = resolved.name
     register_templates(con, resolved)
-    bind_date(con, date)
+    bind_date(con, date, resolved.file.pipeline.partitions.timezone)
     check_keys(con, resolved, date)
     with warehouse.transaction(con):
         con.execute(
@@ -558,7 +725,7 @@ WHERE r.pipeline = $pipeline AND r.partition_date = $date
   AND r.request_hash NOT IN (  -- in flight: an open batch will answer it
       SELECT r2.request_hash
       FROM batchpipe_batch_requests AS r2 JOIN batchpipe_batches AS b2 USING (submission_id)
-      WHERE b2.pipeline = $pipeline AND b2.state IN ('submitting', 'submitted', 'ended')
+      WHERE b2.pipeline = $pipeline AND b2.state IN {warehouse.OPEN_STATES}
   )
 GROUP BY r.request_hash
 """
@@ -593,6 +760,37 @@ def estimate_pending(
     *_, priced = estimates.for_requests(con, pf.pipeline.name, request, None, (), count)
     batches = -(-count // request.max_batch_requests)
     return count, priced(count, chars, batches).as_dict()
+
+
+def undated_rows_note(
+    con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
+) -> str | None:
+    """A note when source rows have a NULL partition column, else None.
+
+    Such a row falls on no date, so no partition ever sends it, and no error would say
+    so: validate and plan report the count (rows source.where drops are not counted).
+    `date` binds a query's {{ partition_date }}; any date will do for validate.
+    """
+    source = resolved.file.pipeline.source
+    if source.partition_column is None:
+        return None
+    column = quote_ident(source.partition_column)
+    where = f" AND ({source.where})" if source.where else ""
+    bind_date(con, date, resolved.file.pipeline.partitions.timezone)
+    try:
+        (count,) = con.execute(
+            f"SELECT count(*) FROM {resolved.source_sql} AS s WHERE s.{column} IS NULL{where}"
+        ).fetchone()
+    except duckdb.Error:
+        return None  # reading the rows fails in the run too, which says why
+    if not count:
+        return None
+    kept = " that source.where keeps" if source.where else ""
+    return (
+        f"{resolved.file.where('source', 'partition_column')}: source.partition_column: "
+        f"{count} source row(s){kept} have no {source.partition_column} (NULL) and fall on "
+        "no date: they are never sent"
+    )
 
 
 def check_keys(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> None:

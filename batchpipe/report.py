@@ -63,11 +63,11 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
                    coalesce(sum(r.cost_usd), 0), b.estimated_usd
             FROM batchpipe_batches b LEFT JOIN batchpipe_results r ON r.batch_id = b.batch_id
             WHERE ($names IS NULL OR list_contains($names, b.pipeline))
-              AND (b.state IN ('submitting', 'submitted', 'ended')
-                   OR b.intent_at > now()::TIMESTAMP - INTERVAL 7 DAY)
+              AND (list_contains($open, b.state)
+                   OR b.intent_at > timezone('UTC', now()) - INTERVAL 7 DAY)
             GROUP BY ALL ORDER BY b.intent_at DESC LIMIT 50
             """,
-            {"names": names or None},
+            {"names": names or None, "open": list(warehouse.OPEN_STATES)},
         ).fetchall()
     if not rows:
         return ["no open or recent batches"]

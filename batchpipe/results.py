@@ -9,6 +9,7 @@ or the new ones, never half of each.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class ResultsFile:
 def load_results_files(
     con: duckdb.DuckDBPyConnection, pipeline: str, model: str, files: list[ResultsFile]
 ) -> int:
-    """Bulk-load ended batches' results, matched to requests by custom_id, never by order.
+    """Bulk-load ended batches' results, matched to requests by their wire custom_id (the
+    request's custom_id and its submission's token), never by order.
 
     One statement parses every file (in parallel) and inserts what batchpipe keeps, and
     one transaction marks the batches loaded. A line for a request its batch was not
@@ -84,19 +86,20 @@ def load_results_files(
                 FROM (SELECT unnest(?::VARCHAR[][]) AS s)
             )
             INSERT INTO batchpipe_results
-            SELECT ?, f.batch_id, j.custom_id, b.request_hash, j.result.type,
+            SELECT ?, f.batch_id, b.custom_id, b.request_hash, j.result.type,
                    CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END,
                    j.result.message.stop_reason, j.result.message.model,
                    {_usage("input_tokens")}, {_usage("output_tokens")},
                    {_usage("cache_creation_input_tokens")}, {_usage("cache_read_input_tokens")},
                    {pricing.cost_sql(model, USAGE, batch=True)},
                    {pricing.cost_sql(model, USAGE, batch=False)},
-                   j.result.error.error.type, j.result.error.error.message, now()::TIMESTAMP,
+                   j.result.error.error.type, j.result.error.error.message, timezone('UTC', now()),
                    {pricing.cost_sql(model, UNCACHED, batch=True)}
             FROM {_lines("?")}
             JOIN source f ON f.path = j.filename
             JOIN batchpipe_batch_requests b
-              ON b.submission_id = f.submission_id AND b.custom_id = j.custom_id
+              ON b.submission_id = f.submission_id
+             AND coalesce(b.wire_id, b.custom_id) = j.custom_id
             """,
             [sources, pipeline, [f[0] for f in sources]],
         ).fetchone()[0]
@@ -105,7 +108,7 @@ def load_results_files(
         kill_point("mid_results_load")
         # A loaded batch counts against the budgets at what it cost, not its reservation.
         con.execute(
-            "UPDATE batchpipe_batches b SET state = 'loaded', loaded_at = now()::TIMESTAMP, "
+            "UPDATE batchpipe_batches b SET state = 'loaded', loaded_at = timezone('UTC', now()), "
             "actual_usd = (SELECT coalesce(sum(r.cost_usd), 0) FROM batchpipe_results r "
             "WHERE r.batch_id = b.batch_id) WHERE submission_id IN ?",
             [[f.submission_id for f in files]],
@@ -120,11 +123,24 @@ def _lines(paths: str) -> str:
     )
 
 
+def unparsable(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> list[tuple]:
+    """The files that are not JSON lines throughout, each with where DuckDB stopped."""
+    broken = []
+    for f in files:
+        try:
+            con.execute(f"SELECT count(*) FROM {_lines('?')}", [str(f.path)]).fetchone()
+        except duckdb.InvalidInputException as err:
+            found = re.search(r"(at byte \d+ in line \d+: [^.]*)", str(err))
+            broken.append((f, found[1] if found else "malformed JSON"))
+    return broken
+
+
 def _strangers(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> BatchApiError:
     for f in files:
         count, example = con.execute(
             f"SELECT count(*), any_value(j.custom_id) FROM {_lines('?')} ANTI JOIN "
-            "batchpipe_batch_requests b ON b.submission_id = ? AND b.custom_id = j.custom_id",
+            "batchpipe_batch_requests b ON b.submission_id = ? "
+            "AND coalesce(b.wire_id, b.custom_id) = j.custom_id",
             [str(f.path), f.submission_id],
         ).fetchone()
         if count:
@@ -162,44 +178,21 @@ class EnrichedSummary:
 def write_enriched(
     con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date
 ) -> EnrichedSummary:
-    """Replace the partition's rows of the output table in one transaction."""
+    """Replace the partition's rows of the output table in one transaction; the one that
+    creates the table (or first writes an adopted one) also records the pipeline as its
+    owner in batchpipe_outputs."""
     pipeline = resolved.file.pipeline
     out = ".".join(quote_ident(p) for p in pipeline.output.table.split("."))
     name = resolved.name
-    select = f"""
-        WITH req AS (
-            SELECT r.custom_id, r.request_hash, k.limit_name IS NOT NULL AS skipped
-            FROM batchpipe_requests r LEFT JOIN batchpipe_skipped k
-            USING (pipeline, partition_date, custom_id)
-            WHERE r.pipeline = ? AND r.partition_date = ?
-        ),
-        res AS (  -- a request's answer: its latest success, else its latest result
-            SELECT * FROM batchpipe_results WHERE rowid IN (
-                SELECT arg_max(rowid, (result_type = 'succeeded', loaded_at))
-                FROM batchpipe_results
-                WHERE pipeline = ? AND request_hash IN (SELECT request_hash FROM req)
-                GROUP BY request_hash
-            )
-        )
-        SELECT {resolved.output_columns_sql("s")},
-               CAST(? AS DATE) AS partition_date,
-               {_reply_columns(pipeline)},
-               coalesce(res.result_type, CASE WHEN req.skipped THEN '{budget.STATUS}' END,
-                        'missing') AS result_status,
-               res.error_message,
-               res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id,
-               req.custom_id
-        FROM ({resolved.partition_rows_sql()}) AS s
-        JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
-        LEFT JOIN res ON res.request_hash = req.request_hash
-    """
-    # The typed fields read the reply once, as valid JSON or NULL.
-    select = select.replace("SELECT * FROM batchpipe_results", _RESULTS_WITH_JSON, 1)
-    params = [name, date, name, date]
-    plan.bind_date(con, date)
+    select, params = _enriched_select(resolved, date)
+    plan.bind_date(con, date, pipeline.partitions.timezone)
     plan.register_templates(con, resolved)
     with warehouse.transaction(con):
+        # Again here, in the writing transaction: resolve ran before the batches were sent.
+        hold = plan.check_output_table(con, resolved.file)
         con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
+        if hold in ("new", "adopting"):
+            plan.record_output_owner(con, resolved.file, adopted=hold == "adopting")
         _add_new_columns(con, out, select, params)
         if pipeline.output.mode == "replace_partition":
             con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
@@ -262,6 +255,50 @@ def write_enriched(
         estimated_usd=float(estimated[1]),
         estimated_high_usd=float(estimated[2]),
     )
+
+
+def _enriched_select(resolved: Resolved, date: dt.date) -> tuple[str, list]:
+    """The SELECT of a partition's output rows (the date bound by plan.bind_date), and
+    its parameters."""
+    pipeline = resolved.file.pipeline
+    name = resolved.name
+    select = f"""
+        WITH req AS (
+            SELECT r.custom_id, r.request_hash, k.limit_name IS NOT NULL AS skipped
+            FROM batchpipe_requests r LEFT JOIN batchpipe_skipped k
+            USING (pipeline, partition_date, custom_id)
+            WHERE r.pipeline = ? AND r.partition_date = ?
+        ),
+        res AS (  -- a request's answer: its latest success, else its latest result
+            SELECT * FROM batchpipe_results WHERE rowid IN (
+                SELECT arg_max(rowid, (result_type = 'succeeded', loaded_at))
+                FROM batchpipe_results
+                WHERE pipeline = ? AND request_hash IN (SELECT request_hash FROM req)
+                GROUP BY request_hash
+            )
+        )
+        SELECT {resolved.output_columns_sql("s")},
+               CAST(? AS DATE) AS partition_date,
+               {_reply_columns(pipeline)},
+               coalesce(res.result_type, CASE WHEN req.skipped THEN '{budget.STATUS}' END,
+                        'missing') AS result_status,
+               res.error_message,
+               res.input_tokens, res.output_tokens, res.cost_usd, res.batch_id,
+               req.custom_id
+        FROM ({resolved.partition_rows_sql()}) AS s
+        JOIN req ON req.custom_id = {resolved.custom_id_sql("s")}
+        LEFT JOIN res ON res.request_hash = req.request_hash
+    """
+    # The typed fields read the reply once, as valid JSON or NULL.
+    select = select.replace("SELECT * FROM batchpipe_results", _RESULTS_WITH_JSON, 1)
+    return select, [name, date, name, date]
+
+
+def output_types(con: duckdb.DuckDBPyConnection, resolved: Resolved) -> dict[str, str]:
+    """Column -> DuckDB type of the rows the pipeline writes (any date: types do not
+    depend on it), to check a table it would adopt before anything is sent."""
+    select, params = _enriched_select(resolved, resolved.file.pipeline.partitions.start)
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {select}", params).fetchall()}
 
 
 _RESULTS_WITH_JSON = (

@@ -18,6 +18,7 @@ import anthropic
 import duckdb
 
 from batchpipe import batches, budget, estimates, plan, results, warehouse
+from batchpipe.errors import BatchApiError
 from batchpipe.loader import PipelineFile
 
 Log = Callable[[str], None]
@@ -68,8 +69,9 @@ def submit(
         if not _has_requests(con, pf, date):
             plan.build_requests(con, plan.resolve(pf, con), date)
         sent = _send_pending(con, pf, date, api, log)
-        if wait:
-            batches.wait_until_ended(con, api, pf.pipeline.name, date, poll_seconds, log)
+    if wait:  # without holding the warehouse: `batchpipe cancel` can get in
+        batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log)
+    with warehouse.connect() as con:
         return _batches_summary(con, pf.pipeline.name, date, sent)
 
 
@@ -89,9 +91,14 @@ def _send_pending(
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
+    # Every send goes through here, also a retry or a batch_status run on its own: the
+    # output table must still be this pipeline's (plan.resolve checked it when built).
+    plan.check_output_table(con, pf)
     name, request = pf.pipeline.name, pf.pipeline.request
     pending, chars = plan.pending_size(con, pf, date)
-    interrupted = any(s.state == "submitting" for s in batches.open_submissions(con, name, date))
+    interrupted = any(
+        s.state in batches.UNSENT_STATES for s in batches.open_submissions(con, name, date)
+    )
     if not pending and not interrupted:
         log("nothing to send: every request is answered, final or in flight")
         return 0
@@ -136,14 +143,16 @@ def _batches_summary(
 ) -> BatchesSummary:
     row = con.execute(
         "SELECT list(batch_id ORDER BY intent_at), "
-        "list(batch_id ORDER BY intent_at) FILTER (state IN ('submitted', 'ended')), "
         "coalesce(sum(request_count), 0), coalesce(sum(succeeded), 0), "
         "coalesce(sum(errored), 0), coalesce(sum(canceled), 0), coalesce(sum(expired), 0), "
         "coalesce(sum(estimated_usd), 0) FROM batchpipe_batches "
         "WHERE pipeline = ? AND partition_date = ? AND batch_id IS NOT NULL",
         [name, date],
     ).fetchone()
-    return BatchesSummary(sent, list(row[0] or []), list(row[1] or []), *row[2:])
+    # What the sensor polls: the partition's batches still running, and the candidates of
+    # a create whose outcome is not yet known (their results decide whose they are).
+    watched = batches.watched_batch_ids(con, name, date)
+    return BatchesSummary(sent, list(row[0] or []), watched, *row[1:])
 
 
 @dataclass(frozen=True)
@@ -166,36 +175,51 @@ def load_results(
 ) -> ResultsSummary:
     """Copy every ended batch's results into DuckDB at once (upstream keeps them 29 days),
     then send retryable failures again in a follow-up batch. With `wait`, keep going
-    until nothing is in flight; without it, leave the follow-ups to the sensor."""
+    until nothing is in flight; without it, leave the follow-ups to the sensor.
+
+    Each round opens the warehouse for its own writes and closes it before waiting, so
+    another writer (`batchpipe cancel`) is never locked out by a run that waits. A
+    submission whose candidate batch proved foreign is sent here (never after a cancel:
+    `retry` False)."""
     name = pf.pipeline.name
     loaded_batches = lines = retried = 0
-    with warehouse.connect() as con:
-        while True:
-            batches.poll(con, api, name, date, batches.Outage(api, log))
+    while True:
+        with warehouse.connect() as con:
+            batches.poll(con, api, name, date, log, batches.Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
                 lines += _load_ended(con, pf, ended, api, log)
                 loaded_batches += len(ended)
             still_open = batches.open_submissions(con, name, date)
-            if still_open and not wait:
-                log(
-                    f"{len(still_open)} batch(es) still processing; the sensor runs this "
-                    "step again once they have ended"
-                )
-                break
-            if still_open:
-                batches.wait_until_ended(con, api, name, date, poll_seconds, log)
-                continue
-            if not retry:
-                break
+            if any(s.state in batches.UNSENT_STATES for s in still_open):
+                if retry:
+                    _send_pending(con, pf, date, api, log)
+                else:
+                    for sub in still_open:
+                        if sub.state in batches.UNSENT_STATES:
+                            batches.stop_unsent(con, api, sub, log)
+                still_open = batches.open_submissions(con, name, date)
+            open_ids = batches.watched_batch_ids(con, name, date)
+        if still_open and not wait:
+            log(
+                f"{len(still_open)} batch(es) still processing; the sensor runs this "
+                "step again once they have ended"
+            )
+            break
+        if still_open:
+            batches.wait_until_ended(api, name, date, poll_seconds, log)
+            continue
+        if not retry:
+            break
+        with warehouse.connect() as con:
             again = _send_pending(con, pf, date, api, log)
-            if not again:
-                break
-            retried += again
-            log(f"sent {again} retryable request(s) again")
-            if not wait:
-                break
-        open_ids = [s.batch_id for s in batches.open_submissions(con, name, date) if s.batch_id]
+            open_ids = batches.watched_batch_ids(con, name, date)
+        if not again:
+            break
+        retried += again
+        log(f"sent {again} retryable request(s) again")
+        if not wait:
+            break
     return ResultsSummary(loaded_batches, lines, retried, open_ids)
 
 
@@ -206,7 +230,8 @@ def _load_ended(
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
-    """Download each ended batch's results, then load them all in one statement."""
+    """Download each ended batch's results, then load them all in one statement. A file
+    that does not parse (bytes lost on disk or on the way) is fetched again, once."""
     files = []
     for sub in ended:
         (expected,) = con.execute(
@@ -216,7 +241,27 @@ def _load_ended(
         ).fetchone()
         path = batches.download_results(api, sub.batch_id, expected, log)
         files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path, expected))
-    count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
+    name, model = pf.pipeline.name, pf.pipeline.request.model
+    try:
+        count = results.load_results_files(con, name, model, files)
+    except duckdb.InvalidInputException:
+        broken = results.unparsable(con, files)
+        if not broken:
+            raise
+        for f, problem in broken:
+            log(f"the results file of {f.batch_id} does not parse ({problem}); fetching it again")
+            batches.download_results(api, f.batch_id, f.lines, log, again=True)
+        try:
+            count = results.load_results_files(con, name, model, files)
+        except duckdb.InvalidInputException:
+            if not (broken := results.unparsable(con, files)):
+                raise
+            f, problem = broken[0]
+            raise BatchApiError(
+                f"the results of batch {f.batch_id} do not parse even when fetched again "
+                f"({problem}); nothing of them was loaded. They stay upstream for 29 days: "
+                "run again later"
+            ) from None
     log(f"loaded {count} results of {len(files)} batch(es): {', '.join(f.batch_id for f in files)}")
     return count
 
@@ -224,7 +269,7 @@ def _load_ended(
 def cancel(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log) -> dict:
     """Cancel the partition's open batches and record what became of each request."""
     with warehouse.connect() as con:
-        canceled = batches.cancel(con, api, pf.pipeline.name, date)
+        canceled = batches.cancel(con, api, pf.pipeline.name, date, log)
         for batch_id in canceled:
             log(f"asked the API to cancel {batch_id}")
     summary = load_results(pf, date, api, log, wait=True, poll_seconds=1.0, retry=False)

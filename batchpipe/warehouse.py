@@ -20,6 +20,11 @@ from batchpipe.errors import WarehouseError
 
 LOCK_WAIT_SECONDS = float(os.environ.get("BATCHPIPE_LOCK_WAIT", "60"))
 
+# A submission's states while its requests are in flight, in order: recorded, create
+# called (outcome not yet known), a batch upstream that may be it (awaiting proof), its
+# batch created, its batch ended. Then `loaded`, or `failed` (never sent, or refused).
+OPEN_STATES = ("intent", "submitting", "provisional", "submitted", "ended")
+
 STATE_TABLES = """
 -- One row per request of a partition, rebuilt whenever the partition runs.
 CREATE TABLE IF NOT EXISTS batchpipe_requests (
@@ -32,15 +37,16 @@ CREATE TABLE IF NOT EXISTS batchpipe_requests (
     key_values JSON                  -- the row's key, whatever its custom_id looks like
 );
 ALTER TABLE batchpipe_requests ADD COLUMN IF NOT EXISTS key_values JSON;
--- One row per batch create call, written BEFORE the call (state 'submitting')
--- and updated with the batch id right after it: a crash between the two is
--- reconciled through the list endpoint, never answered by submitting again.
+-- One row per batch create call, written BEFORE the call (state 'intent'), marked
+-- 'submitting' right before the call goes out and updated with the batch id right after
+-- it: a crash between the two is reconciled through the list endpoint, and a batch found
+-- there is only 'provisional' until its results prove it (batchpipe_candidates).
 CREATE TABLE IF NOT EXISTS batchpipe_batches (
     submission_id VARCHAR NOT NULL,
     pipeline VARCHAR NOT NULL,
     partition_date DATE NOT NULL,
     batch_id VARCHAR,
-    state VARCHAR NOT NULL,          -- submitting | submitted | ended | loaded | failed
+    state VARCHAR NOT NULL,          -- see OPEN_STATES; then loaded | failed
     request_count BIGINT NOT NULL,
     model VARCHAR NOT NULL,
     estimated_usd DOUBLE,
@@ -58,11 +64,25 @@ CREATE TABLE IF NOT EXISTS batchpipe_batches (
     reserved_usd DOUBLE,
     actual_usd DOUBLE
 );
--- Which request went out in which submission.
+-- Which request went out in which submission, under which custom_id on the wire: the
+-- request's own custom_id and the submission's token (wire_id), so a results file proves
+-- which submission it answers, even against a copy of the pipeline on the same API key.
 CREATE TABLE IF NOT EXISTS batchpipe_batch_requests (
     submission_id VARCHAR NOT NULL,
     custom_id VARCHAR NOT NULL,
-    request_hash VARCHAR NOT NULL
+    request_hash VARCHAR NOT NULL,
+    wire_id VARCHAR
+);
+ALTER TABLE batchpipe_batch_requests ADD COLUMN IF NOT EXISTS wire_id VARCHAR;
+-- Batches upstream that may be an interrupted submission's (same size, created after its
+-- intent, claimed by no submission here). None is ours until its results carry the
+-- submission's wire ids: verdict stays NULL until then, and a foreign one is released,
+-- never canceled (teams share API keys: it is someone else's).
+CREATE TABLE IF NOT EXISTS batchpipe_candidates (
+    submission_id VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    found_at TIMESTAMP NOT NULL,
+    verdict VARCHAR                  -- NULL (unproven) | ours | foreign | released
 );
 -- Every result line ever downloaded: paid results are never thrown away.
 CREATE TABLE IF NOT EXISTS batchpipe_results (
@@ -102,6 +122,15 @@ CREATE TABLE IF NOT EXISTS batchpipe_skipped (
     limit_usd DOUBLE NOT NULL,
     limit_set_at VARCHAR NOT NULL,   -- the file:line:col that sets it, or environment
     skipped_at TIMESTAMP NOT NULL
+);
+-- Which pipeline each output table belongs to, one pipeline a table: written in the
+-- transaction that creates the table, or that first writes a table adopted with
+-- output.adopt_existing. Names compare case-insensitively, as DuckDB's do.
+CREATE TABLE IF NOT EXISTS batchpipe_outputs (
+    table_name VARCHAR NOT NULL,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,   -- UTC
+    adopted BOOLEAN NOT NULL         -- true: it existed before batchpipe wrote to it
 );
 """
 
@@ -228,12 +257,25 @@ def connect(*, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
     try:
+        # DuckDB starts in the process's zone (TZ), which would decide the day a
+        # TIMESTAMPTZ falls on and how it prints: a rerun from another shell would build
+        # other requests. UTC until a partition's rows are read in its pipeline's zone
+        # (plan.bind_date). ICU, which SET TimeZone needs, is built into the wheel; it
+        # cannot go in `settings`, which DuckDB applies before it loads ICU.
+        set_timezone(con, "UTC")
         if not read_only:
             con.execute(STATE_TABLES)
             con.execute(VIEWS)
         yield con
     finally:
         con.close()
+
+
+def set_timezone(con: duckdb.DuckDBPyConnection, zone: str) -> None:
+    """DuckDB's TimeZone for this connection: the day a TIMESTAMPTZ falls on (CAST to
+    DATE), its text (CAST to VARCHAR, to_json) and how a DATE compares with it. A
+    connection's cursors do not inherit it: they start in the process's zone again."""
+    con.execute("SET TimeZone = '" + zone.replace("'", "''") + "'")
 
 
 def _lock_holder(err: duckdb.IOException) -> str:
@@ -263,7 +305,8 @@ def shadow_missing_state_tables(con: duckdb.DuckDBPyConnection) -> None:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
         ).fetchall()
     }
-    for statement in STATE_TABLES.split(";"):
+    # Split without the comments: a `;` in one would cut its statement in two.
+    for statement in re.sub(r"--[^\n]*", "", STATE_TABLES).split(";"):
         name = statement.split("IF NOT EXISTS")[-1].split("(")[0].strip()
         if "CREATE TABLE" in statement and name not in existing:
             con.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))

@@ -62,6 +62,15 @@ def ledger(url: str) -> list[dict]:
         return json.loads(response.read())["data"]
 
 
+def request_of(wire_id: str) -> str:
+    """The request a billed custom_id stands for: batchpipe sends each request as
+    `<its custom_id>-<12-character submission token>`, so the same request sent in two
+    batches shows as one request here (the referee counts payments per request)."""
+    custom_id, token = wire_id.rsplit("-", 1)
+    assert len(token) == 12, wire_id
+    return custom_id
+
+
 def batchpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The CLI as a person runs it: a new process, its output and exit status."""
     import os

@@ -24,7 +24,7 @@ from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import source_spec
 from batchpipe.runs import run_partition
-from tests.support import batchpipe, ledger, pipeline, query, wait_ended
+from tests.support import batchpipe, ledger, pipeline, query, request_of, wait_ended
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def test_a_budget_a_cent_under_the_cost_is_refused_at_no_charge_then_raised(
 
     set_budget(demo_db, "  max_usd_per_run: 5.00\n")
     assert batchpipe("run", "product_descriptions", "--date", str(DAY)).returncode == 0
-    sent = [e["custom_id"] for e in ledger(emulator)[charges:]]
+    sent = [request_of(e["custom_id"]) for e in ledger(emulator)[charges:]]
     assert sorted(sent) == sorted(
         {r[0] for r in query(demo_db, "SELECT custom_id FROM batchpipe_requests")}
     )
@@ -126,7 +126,7 @@ def test_raising_the_budget_sends_only_what_was_refused(demo_db: Path, emulator:
     api = anthropic.Anthropic(api_key="test", base_url=emulator)
     for (batch_id,) in query(demo_db, "SELECT batch_id FROM batchpipe_batches"):
         wait_ended(api, batch_id)
-    sent_first = Counter(e["custom_id"] for e in ledger(emulator))
+    sent_first = Counter(request_of(e["custom_id"]) for e in ledger(emulator))
     refused = skipped(demo_db)
     assert sent_first and refused and not (set(sent_first) & refused)
     assert len(sent_first) + len(refused) == 330
@@ -135,7 +135,7 @@ def test_raising_the_budget_sends_only_what_was_refused(demo_db: Path, emulator:
     set_budget(demo_db, "  max_usd_per_run: 5\n")
     second = batchpipe("run", "product_descriptions", "--date", str(DAY))
     assert second.returncode == 0, second.stderr
-    charges = Counter(e["custom_id"] for e in ledger(emulator))
+    charges = Counter(request_of(e["custom_id"]) for e in ledger(emulator))
     assert set(charges) - set(sent_first) == refused  # only what was refused went out
     assert max(charges.values()) == 1  # nothing paid twice
     statuses = query(
@@ -177,7 +177,7 @@ def test_five_partitions_at_once_never_reserve_past_one_daily_budget(
         assert f"budget: BATCHPIPE_MAX_USD_PER_DAY ${limit}" in err
         assert "for every pipeline on" in err and "(environment) would be passed" in err
     assert [code for *_, code in outcomes].count(0) == 5 - len(refused)
-    assert max(Counter(e["custom_id"] for e in ledger(emulator)).values()) == 1
+    assert max(Counter(request_of(e["custom_id"]) for e in ledger(emulator)).values()) == 1
 
 
 def materialize(name: str, day: dt.date) -> dict[str, float]:
@@ -261,7 +261,7 @@ def test_estimates_learn_and_the_costs_table_and_report_match_the_ledger(
 
     # The per-row record: every output row names its request, batch, attempt and model,
     # and what it cost is what the ledger billed for that request in that batch.
-    charge = {(e["batch_id"], e["custom_id"]): e["usd"] for e in ledger(emulator)}
+    charge = {(e["batch_id"], request_of(e["custom_id"])): e["usd"] for e in ledger(emulator)}
     lineage = query(
         demo_db,
         "SELECT o.batch_id, c.batch_id, c.custom_id, c.attempt, c.model, c.cost_usd "

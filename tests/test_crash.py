@@ -16,7 +16,7 @@ import anthropic
 import duckdb
 import pytest
 
-from tests.support import ledger
+from tests.support import ledger, request_of
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_killed_run_recovers_without_paying_twice(
     assert again.returncode == 0, again.stderr[-2000:]
     result = rows(demo_db)
     assert len(result) == 30 and {status for _, status, _ in result} == {"succeeded"}
-    billed = [entry["custom_id"] for entry in ledger(url)]
+    billed = [request_of(entry["custom_id"]) for entry in ledger(url)]
     assert sorted(billed) == sorted(set(billed)) and len(billed) == 30  # each paid once
     upstream = anthropic.Anthropic(api_key="t", base_url=url).messages.batches.list()
     # the batch made before the kill was adopted, not resent

@@ -104,9 +104,10 @@ def test_an_interrupted_submission_is_adopted_not_sent_again(
     steps.build_requests(pf, DAY, print)
     with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
         # The state a run leaves when it dies right after the create call went out.
+        # Each request goes out under its custom_id and the submission's token.
         con.execute(
-            "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash "
-            "FROM batchpipe_requests"
+            "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash, "
+            "custom_id || '-crashed' FROM batchpipe_requests"
         )
         con.execute(
             "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
@@ -115,7 +116,7 @@ def test_an_interrupted_submission_is_adopted_not_sent_again(
             [pf.pipeline.name, DAY],
         )
         requests = [
-            {"custom_id": cid, "params": json.loads(params)}
+            {"custom_id": f"{cid}-crashed", "params": json.loads(params)}
             for cid, params in con.execute(
                 "SELECT custom_id, params FROM batchpipe_requests"
             ).fetchall()

@@ -29,7 +29,7 @@ def billed_twice(project: Path, url: str) -> list[str]:
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         owner = dict(
             con.execute(
-                "SELECT b.batch_id || '/' || r.custom_id, r.request_hash "
+                "SELECT b.batch_id || '/' || coalesce(r.wire_id, r.custom_id), r.request_hash "
                 "FROM batchpipe_batch_requests r JOIN batchpipe_batches b USING (submission_id)"
             ).fetchall()
         )

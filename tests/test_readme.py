@@ -19,3 +19,14 @@ def test_every_command_is_in_the_readme() -> None:
 def test_the_readme_example_is_the_shipped_pipeline_file() -> None:
     shipped = (REPO / "pipelines" / "product_descriptions.yaml").read_text()
     assert shipped in README
+
+
+def test_every_test_the_promises_name_exists() -> None:
+    """The promises section names the tests that hold each promise: they must be there."""
+    import re
+
+    section = README.split("## What batchpipe promises", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:bad_pipelines/)?[\w*]+\.(?:py|yaml))`", section))
+    assert len(named) >= 8
+    for name in named:
+        assert list((REPO / "tests").glob(name)), name

@@ -42,7 +42,9 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
     con.execute(STATE_TABLES)
     con.execute(
-        "INSERT INTO batchpipe_batch_requests VALUES ('s1', 'a', 'ha'), ('s1', 'b', 'hb'), "
+        # Rows recorded before wire ids (wire_id NULL): results name the plain custom_id.
+        "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash) "
+        "VALUES ('s1', 'a', 'ha'), ('s1', 'b', 'hb'), "
         "('s1', 'c', 'hc')"
     )
     return con
@@ -93,7 +95,10 @@ def test_each_line_lands_once_with_text_tokens_and_cost(
 def test_a_line_for_a_request_never_sent_loads_nothing_of_any_file(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    con.execute("INSERT INTO batchpipe_batch_requests VALUES ('s2', 'd', 'hd')")
+    con.execute(
+        "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash) "
+        "VALUES ('s2', 'd', 'hd')"
+    )
     usage = {"input_tokens": 10, "output_tokens": 5}
     fine = _write(tmp_path / "fine.jsonl", [_succeeded("d", "fine", usage)])
     path = _write(
@@ -116,7 +121,10 @@ def test_a_line_for_a_request_never_sent_loads_nothing_of_any_file(
 def test_several_files_load_in_one_go_each_to_its_own_batch(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    con.execute("INSERT INTO batchpipe_batch_requests VALUES ('s2', 'd', 'hd')")
+    con.execute(
+        "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash) "
+        "VALUES ('s2', 'd', 'hd')"
+    )
     usage = {"input_tokens": 10, "output_tokens": 5}
     first = _write(tmp_path / "1.jsonl", [_succeeded("a", "A", usage), _errored("b")])
     second = _write(tmp_path / "2.jsonl", [_succeeded("d", "D", usage)])
@@ -132,4 +140,22 @@ def test_several_files_load_in_one_go_each_to_its_own_batch(
         ("msgbatch_1", "a", "ha", "A"),
         ("msgbatch_1", "b", "hb", None),
         ("msgbatch_2", "d", "hd", "D"),
+    ]
+
+
+def test_lines_are_matched_by_wire_id_and_a_copy_with_the_same_keys_is_refused(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A request goes out as `<custom_id>-<submission token>`: its result is stored under
+    the request's own custom_id, and a line naming the same custom_id without this
+    submission's token (a copy of the pipeline on the same API key) loads nothing."""
+    con.execute("INSERT INTO batchpipe_batch_requests VALUES ('s3', 'e', 'he', 'e-0123456789ab')")
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    theirs = _write(tmp_path / "theirs.jsonl", [_succeeded("e-ba9876543210", "theirs", usage)])
+    with pytest.raises(BatchApiError, match="returned 1 result"):
+        results.load_results_files(con, "p", MODEL, [results.ResultsFile("s3", "b1", theirs, 1)])
+    ours = _write(tmp_path / "ours.jsonl", [_succeeded("e-0123456789ab", "ours", usage)])
+    assert results.load_results_files(con, "p", MODEL, [results.ResultsFile("s3", "b2", ours, 1)])
+    assert con.execute("SELECT custom_id, text FROM batchpipe_results").fetchall() == [
+        ("e", "ours")
     ]
