@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,7 +34,6 @@ MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the 
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
-OPEN_STATES = warehouse.OPEN_STATES
 UNSENT_STATES = ("intent", "submitting")  # no batch known yet; 'submitting': maybe sent
 # On the wire a request's custom_id is `<its custom_id>-<the submission's token>`, so every
 # line of a results file says which submission it answers: a batch sent by another
@@ -96,7 +95,7 @@ def open_submissions(
     rows = con.execute(
         "SELECT submission_id, batch_id, state, request_count, intent_at FROM batchpipe_batches "
         "WHERE pipeline = ? AND partition_date = ? AND state IN ? ORDER BY intent_at",
-        [pipeline, date, list(OPEN_STATES)],
+        [pipeline, date, list(warehouse.OPEN_STATES)],
     ).fetchall()
     return [Submission(*row) for row in rows]
 
@@ -325,9 +324,8 @@ def _finish_submission(
     if count != sub.request_count:
         # The partition's requests were rebuilt (the file changed) before this intent was
         # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
-        con.execute(
-            "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
-            ["abandoned before sending: the partition's requests changed", sub.submission_id],
+        _record_failed(
+            con, sub.submission_id, "abandoned before sending: the partition's requests changed"
         )
         log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
         return
@@ -346,7 +344,7 @@ def _finish_submission(
             continue
         except anthropic.APIStatusError as err:
             if err.status_code < 500 and err.status_code not in (408, 409):
-                _record_failed(con, sub.submission_id, err)
+                _record_failed(con, sub.submission_id, _api_message(err))
                 raise BatchApiError(
                     f"the Batches API refused the batch ({err.status_code}): {_api_message(err)}"
                 ) from None
@@ -485,18 +483,7 @@ def _prove(
     submission is known never to have been created, and goes out as an intent again.
     Anything in between cannot be decided, and nothing is done."""
     path = download_results(api, batch.id, _size(batch), log)
-    try:
-        lines, ours = _count_matches(con, path, sub)
-    except duckdb.InvalidInputException:
-        path = download_results(api, batch.id, _size(batch), log, again=True)
-        try:
-            lines, ours = _count_matches(con, path, sub)
-        except duckdb.InvalidInputException:
-            raise BatchApiError(
-                f"the results of batch {batch.id} do not parse even when fetched again, so "
-                "whose batch it is cannot be told; nothing of it was loaded or sent again. "
-                "Run again later"
-            ) from None
+    lines, ours = _count_matches(con, path, sub)
     if ours == lines == sub.request_count:
         with warehouse.transaction(con):
             con.execute(
@@ -566,12 +553,11 @@ def _record_created(
     )
 
 
-def _record_failed(
-    con: duckdb.DuckDBPyConnection, submission_id: str, err: anthropic.APIStatusError
-) -> None:
+def _record_failed(con: duckdb.DuckDBPyConnection, submission_id: str, error: str) -> None:
+    """A submission that will never have a batch: refused, or dropped before sending."""
     con.execute(
         "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
-        [_api_message(err), submission_id],
+        [error, submission_id],
     )
 
 
@@ -782,10 +768,7 @@ def stop_unsent(
     if sub.state == "submitting" and (found := _reconcile(con, api, sub)):
         _hold(con, sub, found, log)
         return
-    con.execute(
-        "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
-        ["canceled before it was sent", sub.submission_id],
-    )
+    _record_failed(con, sub.submission_id, "canceled before it was sent")
     log(f"dropped {sub.request_count} request(s) not yet sent")
 
 
@@ -815,26 +798,21 @@ def record_status(
 
 
 def download_results(
-    api: anthropic.Anthropic,
-    batch_id: str,
-    expected_lines: int,
-    log: Log = print,
-    *,
-    again: bool = False,
+    api: anthropic.Anthropic, batch_id: str, expected_lines: int, log: Log = print
 ) -> Path:
     """Stream a batch's results to a file, complete or not at all.
 
-    The file is written under a temporary name and renamed only once it is whole (one
-    line per request, the last one not cut), so a cut stream is never loaded as if
-    whole; a cut or failed download is tried again from the start, a bounded number of
-    times. A file already on disk is used only while it is whole; `again` (a file that
-    did not parse) fetches it anew: results stay upstream 29 days.
+    The file is written under a temporary name and renamed only once it is whole (see
+    `_whole`), so a cut stream is never loaded as if whole; a cut or failed download is
+    tried again from the start, a bounded number of times. A file already on disk is
+    used only while it is still whole: one that lost bytes since (a cut copy, a full
+    disk) is fetched again, as results stay upstream 29 days.
     """
     directory = warehouse.state_dir() / "results"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{batch_id}.jsonl"
     if final.exists():
-        problem = "it did not parse" if again else _whole(final, expected_lines)
+        problem = _whole(final, expected_lines)
         if problem is None:
             return final
         log(f"the results file of {batch_id} on disk is not whole ({problem}); fetching it again")
@@ -866,35 +844,21 @@ def download_results(
 
 
 def _whole(path: Path, expected_lines: int) -> str | None:
-    """Why a results file is not whole, or None: the count of lines, and its last line,
-    which is where a cut copy, a crash or a short body loses bytes. Every line is parsed
-    when the file is loaded; one that does not parse sends it back here with `again`."""
-    lines = _line_count(path)
+    """Why a results file is not whole, or None: every line must parse as JSON and there
+    must be one per request. One pass of DuckDB's JSON reader (about 0.3 s a million
+    lines) checks both, so a file that passes here never fails a load as malformed."""
+    with duckdb.connect(config={"autoinstall_known_extensions": False}) as con:
+        try:
+            (lines,) = con.execute(
+                "SELECT count(*) FROM read_json_objects(?, format = 'newline_delimited')",
+                [str(path)],
+            ).fetchone()
+        except duckdb.InvalidInputException as err:
+            found = re.search(r"at byte \d+ in line \d+: [^.]*", str(err))
+            return f"it does not parse as JSON lines ({found[0] if found else 'malformed'})"
     if lines != expected_lines:
         return f"the stream was cut short: {lines} of {expected_lines} lines"
-    if lines and not _last_line_parses(path):
-        return "its last line is cut short"
     return None
-
-
-def _last_line_parses(path: Path) -> bool:
-    """Whether the file's last line is one JSON value, reading only the file's tail."""
-    with path.open("rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        tail, position = b"", end
-        while position > 0:
-            step = min(1 << 16, position)
-            position -= step
-            f.seek(position)
-            tail = f.read(step) + tail
-            if b"\n" in tail.rstrip(b"\n"):
-                break
-    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    try:
-        json.loads(last)
-    except ValueError:
-        return False
-    return True
 
 
 def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
@@ -907,17 +871,6 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
             kill_point("mid_download")
         out.flush()
         os.fsync(out.fileno())
-
-
-def _line_count(path: Path) -> int:
-    """Lines in a JSONL file, counting a last line without its newline."""
-    count = 0
-    last = b"\n"
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
 
 
 def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) -> None:

@@ -29,10 +29,10 @@ EXAMPLES = """examples:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with scrubbed():  # an error that quotes the API key is shown without it
+        with scrubbed():  # an error that quotes the API key leaves here without it
             return args.handler(args) or 0
     except BatchpipeError as err:
-        print(f"error: {scrub(err.message)}", file=sys.stderr)
+        print(f"error: {err.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to carry on", file=sys.stderr)

@@ -9,7 +9,6 @@ or the new ones, never half of each.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,18 +120,6 @@ def _lines(paths: str) -> str:
         f"read_json({paths}, format = 'newline_delimited', filename = true, "
         f"columns = {LINE_COLUMNS}) AS j"
     )
-
-
-def unparsable(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> list[tuple]:
-    """The files that are not JSON lines throughout, each with where DuckDB stopped."""
-    broken = []
-    for f in files:
-        try:
-            con.execute(f"SELECT count(*) FROM {_lines('?')}", [str(f.path)]).fetchone()
-        except duckdb.InvalidInputException as err:
-            found = re.search(r"(at byte \d+ in line \d+: [^.]*)", str(err))
-            broken.append((f, found[1] if found else "malformed JSON"))
-    return broken
 
 
 def _strangers(con: duckdb.DuckDBPyConnection, files: list[ResultsFile]) -> BatchApiError:

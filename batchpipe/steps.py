@@ -18,7 +18,6 @@ import anthropic
 import duckdb
 
 from batchpipe import batches, budget, estimates, plan, results, warehouse
-from batchpipe.errors import BatchApiError
 from batchpipe.loader import PipelineFile
 
 Log = Callable[[str], None]
@@ -230,8 +229,7 @@ def _load_ended(
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
-    """Download each ended batch's results, then load them all in one statement. A file
-    that does not parse (bytes lost on disk or on the way) is fetched again, once."""
+    """Download each ended batch's results, then load them all in one statement."""
     files = []
     for sub in ended:
         (expected,) = con.execute(
@@ -241,27 +239,7 @@ def _load_ended(
         ).fetchone()
         path = batches.download_results(api, sub.batch_id, expected, log)
         files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path, expected))
-    name, model = pf.pipeline.name, pf.pipeline.request.model
-    try:
-        count = results.load_results_files(con, name, model, files)
-    except duckdb.InvalidInputException:
-        broken = results.unparsable(con, files)
-        if not broken:
-            raise
-        for f, problem in broken:
-            log(f"the results file of {f.batch_id} does not parse ({problem}); fetching it again")
-            batches.download_results(api, f.batch_id, f.lines, log, again=True)
-        try:
-            count = results.load_results_files(con, name, model, files)
-        except duckdb.InvalidInputException:
-            if not (broken := results.unparsable(con, files)):
-                raise
-            f, problem = broken[0]
-            raise BatchApiError(
-                f"the results of batch {f.batch_id} do not parse even when fetched again "
-                f"({problem}); nothing of them was loaded. They stay upstream for 29 days: "
-                "run again later"
-            ) from None
+    count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
     log(f"loaded {count} results of {len(files)} batch(es): {', '.join(f.batch_id for f in files)}")
     return count
 
@@ -293,7 +271,7 @@ def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> results.Enriche
         (in_flight,) = con.execute(
             "SELECT count(*) FROM batchpipe_batch_requests JOIN batchpipe_batches "
             "USING (submission_id) WHERE pipeline = ? AND partition_date = ? "
-            f"AND state IN {batches.OPEN_STATES}",
+            f"AND state IN {warehouse.OPEN_STATES}",
             [pf.pipeline.name, date],
         ).fetchone()
         summary = dataclasses.replace(summary, unfinished=summary.missing + pending + in_flight)

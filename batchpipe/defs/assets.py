@@ -5,6 +5,8 @@ each asset's `context` parameter.
 """
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
 import dagster as dg
 
@@ -14,6 +16,8 @@ from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.errors import reaching, scrub, scrubbed
 from batchpipe.loader import PipelineFile
 
+T = TypeVar("T")
+
 
 def _date(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
@@ -22,6 +26,28 @@ def _date(context: dg.AssetExecutionContext) -> dt.date:
 def _log(context: dg.AssetExecutionContext) -> steps.Log:
     """The step's log lines, which quote API errors, go to Dagster without the API key."""
     return lambda line: context.log.info(scrub(line))
+
+
+def _through_api(
+    step: Callable[..., T],
+    pf: PipelineFile,
+    context: dg.AssetExecutionContext,
+    batchpipe: BatchpipeResource,
+) -> T:
+    """A step that talks to the Batches API (steps.submit, steps.load_results), with the
+    resource's waiting settings; its failure reaches Dagster without the API key, and an
+    unreachable API as one clear message."""
+    with scrubbed():
+        api = batchpipe.client()
+        with reaching(api):
+            return step(
+                pf,
+                _date(context),
+                api,
+                _log(context),
+                wait=batchpipe.waits(pf.pipeline.request.wait),
+                poll_seconds=batchpipe.poll_interval(),
+            )
 
 
 def _usd(value: float) -> dg.MetadataValue:
@@ -69,17 +95,7 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def batch_status(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        with scrubbed():
-            api = batchpipe.client()
-            with reaching(api):
-                summary = steps.submit(
-                    pf,
-                    _date(context),
-                    api,
-                    _log(context),
-                    wait=batchpipe.waits(pf.pipeline.request.wait),
-                    poll_seconds=batchpipe.poll_interval(),
-                )
+        summary = _through_api(steps.submit, pf, context, batchpipe)
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/sent_now": summary.sent_now,
@@ -104,17 +120,7 @@ def pipeline_assets(pf: PipelineFile) -> list[dg.AssetsDefinition]:
     def results(
         context: dg.AssetExecutionContext, batchpipe: BatchpipeResource
     ) -> dg.MaterializeResult:
-        with scrubbed():
-            api = batchpipe.client()
-            with reaching(api):
-                summary = steps.load_results(
-                    pf,
-                    _date(context),
-                    api,
-                    _log(context),
-                    wait=batchpipe.waits(pf.pipeline.request.wait),
-                    poll_seconds=batchpipe.poll_interval(),
-                )
+        summary = _through_api(steps.load_results, pf, context, batchpipe)
         return dg.MaterializeResult(
             metadata={
                 "batchpipe/batches_loaded": summary.batches_loaded,
