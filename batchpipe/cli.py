@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sql", type=Path, default=None, help="default: pipelines/demo_data.sql")
     demo.set_defaults(handler=_demo_data)
 
-    dev = sub.add_parser("dev", help="start `dagster dev` on loopback with workspace.yaml")
+    dev = sub.add_parser("dev", help="start `dagster dev` on loopback, from any folder")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=_dev)
 
@@ -309,27 +310,76 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    """`dagster dev` from any folder: nothing it loads depends on where it starts."""
     from batchpipe import batches
 
-    env = dict(os.environ)
+    env = dev_environment(dict(os.environ), Path.cwd())
     if batches.using_emulator():
         from batchpipe.emulator.launcher import ensure_emulator
 
         env["ANTHROPIC_BASE_URL"] = ensure_emulator()
     from batchpipe.runs import prepare_dagster_home
 
-    home = Path(env.setdefault("DAGSTER_HOME", str(Path(".dagster").resolve())))
+    home = Path(env["DAGSTER_HOME"])
     prepare_dagster_home(home)
-    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
-    command = [dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", "workspace.yaml"]
+    workspace = write_workspace(home)
+    command = [_dagster(), "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(workspace)]
     print(f"starting {' '.join(command[1:])} (DAGSTER_HOME={home})", flush=True)
     os.execve(command[0], command, env)
     return 0
 
 
-def _schema(args: argparse.Namespace) -> int:
-    import json
+# Where each setting points when unset, relative to the folder `batchpipe dev` runs in.
+DEV_DEFAULTS = {
+    "BATCHPIPE_PIPELINES": "pipelines",
+    "BATCHPIPE_DB": "batchpipe.duckdb",
+    "DAGSTER_HOME": ".dagster",
+}
 
+
+def dev_environment(env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """`env` with every path setting absolute, resolved against `cwd`.
+
+    The webserver, the daemon and the code server they start are other processes;
+    an absolute path is the only kind sure to name the same files in each of them.
+    A database that is not a file path (`:memory:`, `md:...`) is passed as it is.
+    """
+    resolved = dict(env)
+    for name, default in DEV_DEFAULTS.items():
+        value = env.get(name, default)
+        if name == "BATCHPIPE_DB" and (":" in value or not value):  # as warehouse reads it
+            continue
+        resolved[name] = str((cwd / (value or default)).resolve())
+    if state := env.get("BATCHPIPE_STATE"):
+        resolved["BATCHPIPE_STATE"] = str((cwd / state).resolve())
+    return resolved
+
+
+def write_workspace(home: Path) -> Path:
+    """The workspace file `dagster dev` loads, in DAGSTER_HOME rather than the current
+    folder. It names the location `batchpipe`, as the repo's workspace.yaml does:
+    renaming a location resets sensor cursors and schedule state. The code server runs
+    this Python, whichever `dagster` is first on PATH."""
+    path = home / "workspace.yaml"
+    path.write_text(
+        "# Written by `batchpipe dev` on every start; edits here are lost.\n"
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: batchpipe.definitions\n"
+        "      location_name: batchpipe\n"
+        f"      executable_path: {json.dumps(sys.executable)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _dagster() -> str:
+    """The `dagster` of this environment, so the webserver imports this batchpipe."""
+    beside = Path(sys.executable).with_name("dagster")
+    return str(beside) if beside.exists() else shutil.which("dagster") or str(beside)
+
+
+def _schema(args: argparse.Namespace) -> int:
     from batchpipe.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))

@@ -8,14 +8,16 @@ two lookups everyone gets wrong first.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
 from batchpipe import warehouse
-from batchpipe.config import NAME_PATTERN
+from batchpipe.config import NAME_PATTERN, json_schema
 from batchpipe.errors import BatchpipeError
 from batchpipe.templates import quote_ident
 
+SCHEMA_FILE = "schema.json"  # what the first line of a starter file points editors at
 TEXT_TYPES = ("VARCHAR",)
 DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
 
@@ -47,7 +49,7 @@ def write_starter(name: str, table: str, directory: Path) -> Path:
         else "  # no DATE or TIMESTAMP column: each run takes the rows no earlier run took\n"
     )
     path.write_text(
-        "# yaml-language-server: $schema=./schema.json\n"
+        f"# yaml-language-server: $schema=./{SCHEMA_FILE}\n"
         f"name: {name}\n"
         f"description: Written by `batchpipe new` from table {table}; edit the prompt\n"
         "source:\n"
@@ -65,6 +67,20 @@ def write_starter(name: str, table: str, directory: Path) -> Path:
         f"  start: {(first or dt.date.today()).isoformat()}\n",
         encoding="utf-8",
     )
+    write_schema(directory)
+    return path
+
+
+def write_schema(directory: Path) -> Path:
+    """The JSON Schema the starter's `$schema=./schema.json` line names, beside it.
+
+    A pipelines folder made outside this repo has none, and an editor told to use a
+    missing schema flags the whole file. One that is there is left alone: it may be
+    the copy the project keeps in version control (`batchpipe schema` refreshes it).
+    """
+    path = directory / SCHEMA_FILE
+    if not path.exists():
+        path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
     return path
 
 

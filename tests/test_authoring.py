@@ -134,6 +134,43 @@ def test_schema_shipped_with_the_examples_is_current() -> None:
     assert shipped == json_schema()
 
 
+def test_new_points_its_schema_line_at_a_schema_beside_it(
+    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipelines folder of the user's own has no schema.json: `batchpipe new` writes the
+    one its `$schema` line names, and it is the pipeline model's JSON Schema."""
+    import jsonschema
+    import yaml
+
+    from batchpipe.cli import main
+    from batchpipe.config import json_schema
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    monkeypatch.setenv("BATCHPIPE_PIPELINES", str(folder))
+    assert main(["new", "ticket_summary", "--table", "tickets"]) == 0
+
+    text = (folder / "ticket_summary.yaml").read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=")
+    pointed = folder / first.split("$schema=", 1)[1]
+    schema = json.loads(pointed.read_text())
+    assert schema == json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    # What an editor checks: the file as YAML text, its dates as strings.
+    as_editor_sees_it = json.loads(json.dumps(yaml.safe_load(text), default=str))
+    jsonschema.validate(as_editor_sees_it, schema)
+
+
+def test_new_leaves_a_schema_that_is_there_alone(demo_db: Path) -> None:
+    from batchpipe.starter import write_starter
+
+    kept = demo_db / "pipelines" / "schema.json"
+    kept.write_text('{"title": "the project\'s own"}')
+    write_starter("ticket_summary", "tickets", demo_db / "pipelines")
+    assert kept.read_text() == '{"title": "the project\'s own"}'
+
+
 def write_pipeline(project: Path, text: str) -> None:
     (project / "pipelines" / "custom.yaml").write_text(text)
 

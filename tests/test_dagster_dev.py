@@ -16,8 +16,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
@@ -124,10 +122,12 @@ def test_a_backfill_of_five_partitions_from_the_dagster_cli(webserver: str, demo
     backfill = subprocess.run(
         [
             str(Path(sys.executable).with_name("dagster")),
-            *("job", "backfill", "-w", "workspace.yaml", "-j", "product_descriptions__job"),
+            # README's command: the workspace file `batchpipe dev` wrote into DAGSTER_HOME
+            *("job", "backfill", "-w", "dagster_home/workspace.yaml"),
+            *("-j", "product_descriptions__job"),
             *("--from", "2026-11-01", "--to", "2026-11-05", "--noprompt"),
         ],
-        cwd=REPO,
+        cwd=demo_db,
         env={**os.environ, "DAGSTER_HOME": str(demo_db / "dagster_home")},
         capture_output=True,
         text=True,
