@@ -210,6 +210,11 @@ class Output(_Strict):
         float,
         Field(ge=0, le=1, description="Largest share of errored rows the asset check accepts."),
     ] = 0.05
+    block_on_error_rate: bool = Field(
+        False,
+        description="true: a failed error_rate check is blocking, so Dagster does not run "
+        "what depends on the enriched table.",
+    )
     # An output table belongs to the one pipeline that created it (batchpipe_outputs): a
     # typo or a copied file must not add columns to, and delete rows of, someone's table.
     # Writing into a table batchpipe did not create is therefore a choice made in the file.
@@ -262,7 +267,19 @@ class Output(_Strict):
 class Partitions(_Strict):
     start: dt.date = Field(description="First daily partition, YYYY-MM-DD.")
     schedule: str | None = Field(
-        None, description="Cron for a daily run of that day's partition, e.g. '0 6 * * *'."
+        None,
+        description="Cron of a daily run, e.g. '0 6 * * *'; each tick runs the partition of "
+        "the day that has just ended (see schedule_offset_days).",
+    )
+    # A schedule spends money on every tick: it starts only when the file says so.
+    schedule_enabled: bool = Field(
+        False,
+        description="true: the schedule runs as soon as it is loaded; else start it in the UI.",
+    )
+    schedule_offset_days: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="How many days before the tick's date its partition is: 1 (the day that "
+        "has just ended, as Dagster's partitioned schedules do), 0 for the tick's own day.",
     )
     timezone: str = Field(
         "UTC",
@@ -330,6 +347,41 @@ class Pipeline(_Strict):
     output: Output
     partitions: Partitions
     budget: Budget | None = None
+    owners: list[str] = Field(
+        default_factory=list,
+        description="Dagster asset owners: emails or team:NAME, e.g. team:data-eng.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Dagster asset tags, e.g. {domain: catalog}."
+    )
+
+    # Dagster refuses a bad owner or tag when the code location loads, which would take
+    # every other pipeline down with this file: check them here, at file:line.
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not (re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner) or owner.startswith("team:")):
+                raise ValueError(
+                    f"{owner!r}: an owner is an email address or a team name such as team:data-eng"
+                )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        part = r"[A-Za-z0-9_.-]{1,63}"
+        for key, tag in value.items():
+            if not re.fullmatch(rf"{part}(/{part})?", key):
+                raise ValueError(
+                    f"tag key {key!r}: letters, digits, _ - . (and one / for a namespace), "
+                    "at most 63 each"
+                )
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{0,63}", tag):
+                raise ValueError(
+                    f"tag {key}: {tag!r}: a value is letters, digits, _ - . only, at most 63"
+                )
+        return value
 
 
 def json_schema() -> dict:

@@ -62,6 +62,34 @@ def load_pipelines(directory: Path | None = None) -> list[PipelineFile]:
     return files
 
 
+@dataclass(frozen=True)
+class Folder:
+    """A folder's pipeline files as a code location loads them: the good ones, and the
+    problems of each file that cannot load (a clash is the later file's)."""
+
+    files: list[PipelineFile]
+    broken: dict[Path, list[str]]
+
+
+def load_folder(directory: Path | None = None) -> Folder:
+    """Every file of the folder, one broken file not stopping the others: the code
+    location keeps the valid pipelines (and their sensors, which load what is paid for)
+    while `load_pipelines` (and so `batchpipe validate`) still refuses the folder."""
+    directory = directory or pipelines_dir()
+    if not directory.is_dir():
+        raise ConfigError([f"{directory}: no such directory (set BATCHPIPE_PIPELINES)"])
+    files: list[PipelineFile] = []
+    broken: dict[Path, list[str]] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            files.append(load_file(path))
+        except ConfigError as err:
+            broken[path] = list(err.problems)
+    for pf, message in clashes(files):
+        broken.setdefault(pf.path, []).append(message)
+    return Folder([pf for pf in files if pf.path not in broken], broken)
+
+
 def clashes(
     files: Sequence[PipelineFile], concerning: Sequence[PipelineFile] | None = None
 ) -> list[tuple[PipelineFile, str]]:

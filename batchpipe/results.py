@@ -9,7 +9,7 @@ or the new ones, never half of each.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -155,7 +155,9 @@ class EnrichedSummary:
     batch_ids: list[str]
     preview: str  # a markdown table of a few rows, for the asset's metadata
     parse_errors: int = 0  # succeeded replies that do not fit output.schema
-    unfinished: int = 0  # rows whose request is still in flight or due for a retry
+    unfinished: int = 0  # rows without a final result: never answered, or budget-skipped
+    columns: dict[str, str] = field(default_factory=dict)  # the output table's, name -> type
+    table_name: str = ""  # database.schema.table
     # the partition's estimate, the sum of its batches' (batchpipe_costs), beside cost_usd
     estimated_low_usd: float = 0.0
     estimated_usd: float = 0.0

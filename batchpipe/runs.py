@@ -15,7 +15,7 @@ import dagster as dg
 
 from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
-from batchpipe.defs.specs import source_spec
+from batchpipe.defs.specs import OPEN_BATCHES, source_spec
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
 
@@ -105,6 +105,14 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
                 f"batch_status: {meta['batchpipe/sent_now']} sent; batches {ids}; "
                 f"{meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored"
             )
+            if meta[OPEN_BATCHES] and not any(
+                e.event_specific_data.materialization.asset_key.path[-1] == "enriched"
+                for e in result.get_asset_materialization_events()
+            ):
+                lines.append(
+                    f"results:      {len(meta[OPEN_BATCHES])} batch(es) still processing; "
+                    "results and enriched are materialized by the sensor once they end"
+                )
         elif step == "results":
             retried = meta["batchpipe/retried"]
             lines.append(

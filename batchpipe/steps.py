@@ -19,6 +19,7 @@ import duckdb
 
 from batchpipe import batches, budget, estimates, plan, results, warehouse
 from batchpipe.loader import PipelineFile
+from batchpipe.templates import quote_ident
 
 Log = Callable[[str], None]
 
@@ -263,18 +264,41 @@ def cancel(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log) 
     return outcomes
 
 
+def not_final(pf: PipelineFile, date: dt.date) -> str | None:
+    """Why the partition's data is not final yet, or None when it is: a batch still open
+    (or a send not yet known to have happened), or built requests never sent. The
+    enriched table is written only once it is final, so a materialization has its data."""
+    name = pf.pipeline.name
+    with warehouse.connect() as con:
+        open_subs = batches.open_submissions(con, name, date)
+        # Requests a budget refused are final until the limit is raised: they show as such.
+        (pending,) = con.execute(
+            f"SELECT count(*) FROM ({plan.PENDING_SQL}) AS p WHERE p.request_hash NOT IN "
+            "(SELECT request_hash FROM batchpipe_skipped "
+            "WHERE pipeline = $pipeline AND partition_date = $date)",
+            plan.pending_params(pf, date),
+        ).fetchone()
+    if open_subs:
+        return f"{len(open_subs)} batch(es) of {date} not ended yet"
+    if pending:
+        return f"{pending} request(s) of {date} not sent yet: materialize {name}/batch_status"
+    return None
+
+
 def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> results.EnrichedSummary:
     with warehouse.connect() as con:
         resolved = plan.resolve(pf, con)
         summary = results.write_enriched(con, resolved, date)
-        pending, _ = plan.estimate_pending(con, pf, date)
-        (in_flight,) = con.execute(
-            "SELECT count(*) FROM batchpipe_batch_requests JOIN batchpipe_batches "
-            "USING (submission_id) WHERE pipeline = ? AND partition_date = ? "
-            f"AND state IN {warehouse.OPEN_STATES}",
-            [pf.pipeline.name, date],
-        ).fetchone()
-        summary = dataclasses.replace(summary, unfinished=summary.missing + pending + in_flight)
+        columns = warehouse.describe(con, quote_ident(pf.pipeline.output.table))
+        (catalog,) = con.execute("SELECT current_database()").fetchone()
+    # Each row once: those without a final result (never answered, or skipped by a budget).
+    answered = summary.succeeded + summary.errored + summary.expired + summary.canceled
+    summary = dataclasses.replace(
+        summary,
+        unfinished=summary.rows - answered,
+        columns=columns,
+        table_name=f"{catalog}.main.{pf.pipeline.output.table}",
+    )
     log(
         f"wrote {summary.rows} rows of {date} to {pf.pipeline.output.table} "
         f"({summary.succeeded} succeeded, {summary.errored} errored, {summary.missing} missing)"

@@ -8,6 +8,7 @@ and then says who holds it, instead of failing with the driver's text.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import time
@@ -209,8 +210,24 @@ LEFT JOIN answered a USING (pipeline, partition_date);
 """
 
 
+# A Dagster Component or `build_definitions(database=...)` names its own database; its
+# assets run their steps inside `using(path)`. Everything else reads BATCHPIPE_DB.
+_database: contextvars.ContextVar[str | None] = contextvars.ContextVar("database", default=None)
+
+
 def database() -> str:
-    return os.environ.get("BATCHPIPE_DB", "batchpipe.duckdb")
+    return _database.get() or os.environ.get("BATCHPIPE_DB", "batchpipe.duckdb")
+
+
+@contextlib.contextmanager
+def using(path: str | None) -> Iterator[None]:
+    """Steps run inside this open `path` (None: BATCHPIPE_DB), and so do the state files
+    kept beside it; a thread of its own starts with BATCHPIPE_DB again."""
+    token = _database.set(path)
+    try:
+        yield
+    finally:
+        _database.reset(token)
 
 
 def state_dir() -> Path:

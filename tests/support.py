@@ -139,10 +139,14 @@ def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
     outlives the test.
     """
     port = free_port()
+    # Started in the project, not the repo, with paths relative to it: `batchpipe dev`
+    # must work from any folder and hand its processes the same files.
     env = {
         **os.environ,
         "ANTHROPIC_BASE_URL": emulator_url,
-        "DAGSTER_HOME": str(project / "dagster_home"),
+        "DAGSTER_HOME": "dagster_home",
+        "BATCHPIPE_DB": "warehouse.duckdb",
+        "BATCHPIPE_PIPELINES": "pipelines",
     }
     # The sensor polls every poll_interval seconds: make it the shortest allowed.
     for path in (project / "pipelines").glob("*.yaml"):
@@ -153,7 +157,7 @@ def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "batchpipe", "dev", "--port", str(port)],
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=project,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -175,3 +179,29 @@ def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def graphql(url: str, document: str, variables: dict | None = None) -> dict:
+    """One query or mutation against a Dagster webserver's GraphQL API: its `data`
+    (a GraphQL error fails the caller with the server's messages)."""
+    body = json.dumps({"query": document, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"{url}/graphql", data=body, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    if answer.get("errors"):
+        raise AssertionError(f"GraphQL errors: {answer['errors']}")
+    return answer["data"]
+
+
+def advance_emulator_clock(url: str, seconds: float) -> None:
+    """Move the emulator's clock forward: batches older than its latency then end, at once,
+    for every client (a test holds batches open with a long latency, then lets them go)."""
+    request = urllib.request.Request(
+        f"{url}/_emulator/clock",
+        data=json.dumps({"advance_seconds": seconds}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass

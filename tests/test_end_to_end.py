@@ -184,5 +184,9 @@ def test_without_wait_batch_status_returns_while_the_batch_is_open(
 ) -> None:
     private_emulator(latency=60)  # ends long after the run
     lines = run_partition(pipeline(), DAY, BatchpipeResource(poll_seconds=0.1, wait=False))
-    assert any("30 missing" in line for line in lines)  # left for the sensor to finish
+    assert any("1 batch(es) still processing" in line for line in lines)  # for the sensor
+    assert not any(line.startswith("enriched:") for line in lines)  # nothing claimed
     assert query(demo_db, "SELECT state FROM batchpipe_batches") == [("submitted",)]
+    # no output rows without answers: the table is written once the batch has ended
+    tables = query(demo_db, "SELECT table_name FROM information_schema.tables")
+    assert ("product_descriptions",) not in tables

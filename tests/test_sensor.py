@@ -1,5 +1,6 @@
-"""The sensor, evaluated as Dagster would: it watches the partition's open batches through
-Dagster's own records, reports progress, and launches results + enriched once they end."""
+"""A partition run as Dagster runs it without `wait`: the submitting run claims nothing it does
+not have, and the sensor's run (of the pipeline's job, tagged with where it comes from)
+materializes results and enriched once the batches have ended, checks evaluated then."""
 
 from __future__ import annotations
 
@@ -11,74 +12,191 @@ import dagster as dg
 import duckdb
 import pytest
 
-from batchpipe.defs.assets import pipeline_assets
+from batchpipe.dagster import build_definitions
 from batchpipe.defs.resources import BatchpipeResource
-from batchpipe.defs.sensors import batch_sensor
-from batchpipe.defs.specs import source_spec
-from batchpipe.loader import load_pipelines
 
 pytestmark = pytest.mark.slow
 
 DAY = "2026-11-03"
+NAME = "product_descriptions"
 
 
-def test_sensor_drives_a_partition_to_the_enriched_table(
-    demo_db: Path, emulator_url: str, monkeypatch: pytest.MonkeyPatch
+def _events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
+    return [
+        record.event_log_entry.dagster_event
+        for record in instance.get_records_for_run(run_id, of_type=kind).records
+    ]
+
+
+def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensors_run(
+    demo_db: Path, private_emulator
 ) -> None:
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator_url)
-    (pf,) = [f for f in load_pipelines() if f.pipeline.name == "product_descriptions"]
-    assets = [source_spec(pf), *pipeline_assets(pf)]
+    private_emulator(latency=3.0)  # batches end 3 s after they are created
+    for other in demo_db.joinpath("pipelines").glob("*.yaml"):
+        if other.stem != NAME:
+            other.unlink()
+    defs = build_definitions(demo_db / "pipelines")
+    job = defs.resolve_job_def(f"{NAME}__job")
+    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
     resource = BatchpipeResource(poll_seconds=0.1, wait=False)
-    sensor = batch_sensor(pf)
-    with dg.instance_for_test() as instance:
-        submitted = dg.materialize(
-            assets,
-            selection=["product_descriptions/requests", "product_descriptions/batch_status"],
-            partition_key=DAY,
-            instance=instance,
-            resources={"batchpipe": resource},
-        )
-        assert submitted.success  # returned at once, without waiting for the batch
+    results, enriched = dg.AssetKey([NAME, "results"]), dg.AssetKey([NAME, "enriched"])
 
-        cursor, runs, observed = None, [], []
+    with dg.instance_for_test() as instance:
+        # a backfill's run, as the daemon would launch it: the whole job, no waiting
+        submitted = job.execute_in_process(
+            partition_key=DAY, instance=instance, tags={"dagster/backfill": "bf-1"}
+        )
+        assert submitted.success
+        materialized = {
+            e.asset_key
+            for e in _events(instance, submitted.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        }
+        assert materialized == {
+            dg.AssetKey([NAME, "requests"]),
+            dg.AssetKey([NAME, "batch_status"]),
+        }
+        assert not _events(instance, submitted.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        skipped = {
+            e.step_key
+            for e in _events(instance, submitted.run_id, dg.DagsterEventType.STEP_SKIPPED)
+        }
+        assert f"{NAME}__enriched" in skipped
+        status = instance.get_latest_materialization_event(enriched)
+        assert status is None  # the partition is not green: its data is not there
+
+        cursor, runs = None, []
         deadline = time.monotonic() + 30
         while not runs and time.monotonic() < deadline:
             context = dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"batchpipe": resource}
+                instance=instance,
+                cursor=cursor,
+                resources={"batchpipe": resource},
+                repository_def=defs.get_repository_def(),
             )
             result = sensor(context)
             assert isinstance(result, dg.SensorResult)
             cursor, runs = result.cursor, result.run_requests
-            observed += result.asset_events
             time.sleep(0.1)
 
-        assert observed and observed[0].partition == DAY
-        assert observed[-1].metadata["batchpipe/succeeded"].value == 30
         (run,) = runs
-        assert run.partition_key == DAY
-        assert {k.to_user_string() for k in run.asset_selection} == {
-            "product_descriptions/results",
-            "product_descriptions/enriched",
+        assert run.job_name == f"{NAME}__job"
+        assert set(run.asset_selection) == {results, enriched}
+        assert run.tags == {
+            "batchpipe/pipeline": NAME,
+            "batchpipe/partition": DAY,
+            "batchpipe/submitted_by_run": submitted.run_id,
+            "batchpipe/backfill": "bf-1",
+            "dagster/backfill": "bf-1",  # listed on the backfill's page
         }
-        finished = dg.materialize(
-            assets,
-            selection=run.asset_selection,
+        finished = job.execute_in_process(
             partition_key=run.partition_key,
+            asset_selection=run.asset_selection,
             instance=instance,
-            resources={"batchpipe": resource},
+            tags=run.tags,
         )
         assert finished.success
+        record = instance.get_latest_materialization_event(enriched)
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        assert record.run_id == finished.run_id
+        assert meta["dagster/row_count"] == 30
+        assert meta["batchpipe/without_result"] == 0
+        assert meta["batchpipe/cost_usd"] > 0
+        assert meta["dagster/table_name"] == f"warehouse.main.{NAME}"
+        columns = {c.name: c.type for c in meta["dagster/column_schema"].columns}
+        assert columns["description"] == "VARCHAR" and columns["partition_date"] == "DATE"
+        checks = {
+            e.event_specific_data.check_name: e.event_specific_data
+            for e in _events(instance, finished.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        }
+        assert set(checks) == {"every_row_final", "error_rate"}
+        assert all(c.passed for c in checks.values())
+        assert {c.partition for c in checks.values()} == {DAY}
+        assert checks["every_row_final"].metadata["rows"].value == 30
+        assert checks["every_row_final"].metadata["without_result"].value == 0
+
         after = sensor(
             dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"batchpipe": resource}
+                instance=instance,
+                cursor=cursor,
+                resources={"batchpipe": resource},
+                repository_def=defs.get_repository_def(),
             )
         )
         assert isinstance(after, dg.SkipReason)  # nothing left open: no second run
 
     with duckdb.connect(str(demo_db / "warehouse.duckdb"), read_only=True) as con:
         statuses = con.execute(
-            "SELECT result_status, count(*) FROM product_descriptions "
-            "WHERE partition_date = ? GROUP BY 1",
+            f"SELECT result_status, count(*) FROM {NAME} WHERE partition_date = ? GROUP BY 1",
             [dt.date.fromisoformat(DAY)],
         ).fetchall()
     assert statuses == [("succeeded", 30)]
+
+
+def _follow_ups(defs: dg.Definitions, instance: dg.DagsterInstance, job: dg.JobDefinition) -> list:
+    """Tick the sensor as the daemon would and run what it asks for, until it has nothing
+    open: the runs it launched, in order."""
+    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
+    resource = BatchpipeResource(poll_seconds=0.1, wait=False)
+    cursor, launched = None, []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"batchpipe": resource},
+            repository_def=defs.get_repository_def(),
+        )
+        result = sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return launched
+        cursor = result.cursor
+        for run in result.run_requests:
+            launched.append(
+                job.execute_in_process(
+                    partition_key=run.partition_key,
+                    asset_selection=run.asset_selection,
+                    instance=instance,
+                    tags=run.tags,
+                )
+            )
+        time.sleep(0.2)
+    raise AssertionError("the sensor still had open batches after 60 s")
+
+
+def test_a_retry_round_materializes_nothing_and_the_checks_run_once_when_final(
+    demo_db: Path, private_emulator
+) -> None:
+    # a third of the lines expire: each round sends them again, up to max_attempts (3)
+    private_emulator("--expired-rate", "0.34", latency=1.0)
+    for other in demo_db.joinpath("pipelines").glob("*.yaml"):
+        if other.stem != NAME:
+            other.unlink()
+    defs = build_definitions(demo_db / "pipelines")
+    job = defs.resolve_job_def(f"{NAME}__job")
+    enriched = dg.AssetKey([NAME, "enriched"])
+    with dg.instance_for_test() as instance:
+        submitted = job.execute_in_process(partition_key=DAY, instance=instance)
+        runs = _follow_ups(defs, instance, job)
+        assert len(runs) >= 2  # at least one retry round before the final one
+        for run in runs:
+            assert run.success
+            assert run.dagster_run.tags["batchpipe/submitted_by_run"] == submitted.run_id
+        *rounds, final = runs
+        for run in rounds:  # batches still open after it: nothing claimed, nothing checked
+            kinds = (
+                dg.DagsterEventType.ASSET_MATERIALIZATION,
+                dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+            )
+            assert not [e for kind in kinds for e in _events(instance, run.run_id, kind)]
+        checks = _events(instance, final.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        assert sorted(e.event_specific_data.check_name for e in checks) == [
+            "error_rate",
+            "every_row_final",
+        ]
+        record = instance.get_latest_materialization_event(enriched)
+        assert record.run_id == final.run_id
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        # each row counted once: the rows still expired after three sends are final too
+        assert meta["dagster/row_count"] == 30
+        assert meta["batchpipe/succeeded"] + meta["batchpipe/expired"] == 30
+        assert meta["batchpipe/without_result"] == 0

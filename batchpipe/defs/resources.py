@@ -14,6 +14,8 @@ class BatchpipeResource(dg.ConfigurableResource):
 
     poll_seconds: float | None = None  # None: 1 s against the emulator, 30 s against Anthropic
     wait: bool | None = None  # None: the file's request.wait; `batchpipe run` sets True
+    # The DuckDB file (or DuckLake ATTACH) the steps open; None: BATCHPIPE_DB at run time.
+    database: str | None = None
 
     def client(self) -> anthropic.Anthropic:
         return batches.client()

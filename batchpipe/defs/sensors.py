@@ -8,71 +8,98 @@ collide with a writing run): the batch ids still open after a step are in that
 step's materialization metadata. It polls those batches, records their progress
 as observations of `NAME/batch_status` (the progress view the API lacks), and
 once every batch of a partition has ended it launches `NAME/results` and
-`NAME/enriched` for that partition.
+`NAME/enriched` for that partition, as a run of the pipeline's job.
 """
 
+import datetime as dt
 import hashlib
+import inspect
 
 import anthropic
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.defs.specs import Placement
 from batchpipe.errors import scrub, scrubbed
 from batchpipe.loader import PipelineFile
 
 
+class OpenPartition(BaseModel):
+    batch_ids: list[str]
+    run_id: str | None = None  # the run that recorded them: it submitted the batches
+
+
 class SensorCursor(BaseModel):
     after_storage_id: int = 0
-    open: dict[str, list[str]] = {}  # partition key -> batch ids still processing
+    open: dict[str, OpenPartition] = {}  # partition key -> its batches still processing
+
+    @field_validator("open", mode="before")
+    @classmethod
+    def _ids_only(cls, value: dict) -> dict:
+        """Cursors written before the submitting run was kept hold plain lists of ids."""
+        return {k: {"batch_ids": v} if isinstance(v, list) else v for k, v in value.items()}
 
 
-def batch_sensor(pf: PipelineFile) -> dg.SensorDefinition:
+def batch_sensor(
+    pf: PipelineFile,
+    job: UnresolvedAssetJobDefinition | None = None,
+    placement: Placement | None = None,
+) -> dg.SensorDefinition:
+    """The pipeline's sensor; its runs are runs of `job` (the pipeline's own), limited to
+    results and enriched, and tagged with where their batches came from."""
+    placement = placement or Placement()
+    job = job or partition_job(pf, placement)
     name = pf.pipeline.name
-    watched = [specs.asset_key(pf, "batch_status"), specs.asset_key(pf, "results")]
-    finish = [specs.asset_key(pf, "results"), specs.asset_key(pf, "enriched")]
+    status_key = placement.key(pf, "batch_status")
+    watched = [status_key, placement.key(pf, "results")]
+    finish = [placement.key(pf, "results"), placement.key(pf, "enriched")]
 
-    @dg.sensor(
+    def poll_batches(
+        context: dg.SensorEvaluationContext, **resource: BatchpipeResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        with scrubbed():  # a failed tick is stored by Dagster: without the API key
+            return _poll(context, resource[placement.resource_key])
+
+    # Dagster passes a resource by parameter name, and the name is the placement's.
+    poll_batches.__signature__ = _signature(placement.resource_key)
+    poll_batches = dg.sensor(
         name=f"{name}__batches",
         description=f"Polls the open Message Batches of {name} and loads them once ended.",
         minimum_interval_seconds=pf.pipeline.request.poll_interval,
-        asset_selection=finish,
+        jobs=[job],
         default_status=dg.DefaultSensorStatus.RUNNING,
-    )
-    def poll_batches(
-        context: dg.SensorEvaluationContext, batchpipe: BatchpipeResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        with scrubbed():  # a failed tick is stored by Dagster: without the API key
-            return _poll(context, batchpipe)
+    )(poll_batches)
 
     def _poll(
         context: dg.SensorEvaluationContext, batchpipe: BatchpipeResource
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = SensorCursor.model_validate_json(context.cursor or "{}")
-        cursor = _track_new_materializations(context.instance, watched, cursor)
+        cursor = _track_new_records(context.instance, watched, status_key, cursor)
         if not cursor.open:
             return dg.SkipReason("no open batches")
         api = batchpipe.client()
         observations, runs = [], []
-        for partition, batch_ids in sorted(cursor.open.items()):
+        for partition, known in sorted(cursor.open.items()):
             try:
-                states = [api.messages.batches.retrieve(b) for b in batch_ids]
+                states = [api.messages.batches.retrieve(b) for b in known.batch_ids]
             except anthropic.APIError as err:
                 context.log.warning(scrub(f"could not poll {partition} ({err}); trying next time"))
                 continue
-            observations.append(_progress(watched[0], partition, states))
+            observations.append(_progress(status_key, partition, states))
             if all(s.processing_status == "ended" for s in states):
-                digest = hashlib.sha256(",".join(sorted(batch_ids)).encode()).hexdigest()[:16]
+                digest = hashlib.sha256(",".join(sorted(known.batch_ids)).encode()).hexdigest()
                 runs.append(
                     dg.RunRequest(
+                        job_name=job.name,
                         partition_key=partition,
                         asset_selection=finish,
-                        run_key=f"{name}:{partition}:{digest}",  # once per set of batches
-                        tags={"batchpipe/pipeline": name},
+                        run_key=f"{name}:{partition}:{digest[:16]}",  # once per set of batches
+                        tags=_origin_tags(context.instance, name, partition, known),
                     )
                 )
         for run in runs:
@@ -84,27 +111,71 @@ def batch_sensor(pf: PipelineFile) -> dg.SensorDefinition:
     return poll_batches
 
 
-def _track_new_materializations(
-    instance: dg.DagsterInstance, keys: list[dg.AssetKey], cursor: SensorCursor
+def _signature(resource_key: str) -> inspect.Signature:
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature(
+        [
+            inspect.Parameter("context", keyword, annotation=dg.SensorEvaluationContext),
+            inspect.Parameter(resource_key, keyword, annotation=BatchpipeResource),
+        ],
+        return_annotation=dg.SensorResult | dg.SkipReason,
+    )
+
+
+def _origin_tags(
+    instance: dg.DagsterInstance, name: str, partition: str, known: OpenPartition
+) -> dict[str, str]:
+    """Where a follow-up run comes from: the pipeline, the partition, the run that sent
+    its batches and, when that run was part of a backfill, the backfill: as
+    `batchpipe/backfill`, and as Dagster's own `dagster/backfill`, so the follow-up is
+    listed on the backfill's page (and counts for it while the backfill is running)."""
+    tags = {"batchpipe/pipeline": name, "batchpipe/partition": partition}
+    recorded_by = instance.get_run_by_id(known.run_id) if known.run_id else None
+    if recorded_by is None:
+        return tags
+    origin = recorded_by.tags.get("batchpipe/submitted_by_run")  # set on a retry round
+    tags["batchpipe/submitted_by_run"] = origin or recorded_by.run_id
+    backfill = recorded_by.tags.get("batchpipe/backfill") or (
+        None if origin else recorded_by.tags.get("dagster/backfill")
+    )
+    if backfill:
+        tags["batchpipe/backfill"] = backfill
+        tags["dagster/backfill"] = backfill
+    return tags
+
+
+def _track_new_records(
+    instance: dg.DagsterInstance,
+    materialized: list[dg.AssetKey],
+    observed: dg.AssetKey,
+    cursor: SensorCursor,
 ) -> SensorCursor:
-    """Fold the open batch ids of every new materialization, oldest first, into the cursor."""
+    """Fold the open batch ids of every new record, oldest first, into the cursor: the
+    materializations of batch_status and results, and the observations a results step
+    makes when a retry round leaves batches open (it does not materialize then)."""
     records = []
-    for key in keys:
+    for key in materialized:
         records += instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, after_storage_id=cursor.after_storage_id),
             limit=1000,
             ascending=True,
         ).records
+    records += instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=observed, after_storage_id=cursor.after_storage_id),
+        limit=1000,
+        ascending=True,
+    ).records
     open_batches = dict(cursor.open)
     after = cursor.after_storage_id
     for record in sorted(records, key=lambda r: r.storage_id):
         after = max(after, record.storage_id)
-        metadata = record.asset_materialization.metadata
+        event = record.asset_materialization or record.asset_observation
+        metadata = event.metadata if event else {}
         if record.partition_key is None or specs.OPEN_BATCHES not in metadata:
-            continue
+            continue  # the sensor's own progress observations carry no open ids
         ids = list(metadata[specs.OPEN_BATCHES].value)
         if ids:
-            open_batches[record.partition_key] = ids
+            open_batches[record.partition_key] = OpenPartition(batch_ids=ids, run_id=record.run_id)
         else:
             open_batches.pop(record.partition_key, None)
     return SensorCursor(after_storage_id=after, open=open_batches)
@@ -128,30 +199,56 @@ def _progress(key: dg.AssetKey, partition: str, batches: list) -> dg.AssetObserv
     )
 
 
-def partition_job(pf: PipelineFile) -> UnresolvedAssetJobDefinition:
-    """All four steps of a pipeline: what the schedule and `dagster job backfill` run."""
+def partition_job(
+    pf: PipelineFile, placement: Placement | None = None
+) -> UnresolvedAssetJobDefinition:
+    """All four steps of a pipeline and its checks: what the schedule, `dagster job
+    backfill` and the sensor's follow-up runs run."""
+    placement = placement or Placement()
     return dg.define_asset_job(
         name=f"{pf.pipeline.name}__job",
-        selection=[specs.asset_key(pf, step) for step in specs.STEPS],
+        selection=[placement.key(pf, step) for step in specs.STEPS],
+        description=f"requests -> batch_status -> results -> enriched of {pf.pipeline.name}",
     )
 
 
 def daily_schedule(
     pf: PipelineFile, job: UnresolvedAssetJobDefinition
 ) -> dg.ScheduleDefinition | None:
-    cron = pf.pipeline.partitions.schedule
-    if cron is None:
+    """The file's cron as a schedule of its job. It is created stopped (each tick spends
+    money) unless partitions.schedule_enabled says otherwise, and a tick runs the day that
+    has just ended in the pipeline's time zone, or schedule_offset_days back."""
+    partitions = pf.pipeline.partitions
+    if partitions.schedule is None:
         return None
+    offset = partitions.schedule_offset_days
+    which = {0: "the tick's own day", 1: "the day that has just ended"}.get(
+        offset, f"the day {offset} days before the tick"
+    )
 
     @dg.schedule(
         name=f"{pf.pipeline.name}__daily",
-        cron_schedule=cron,
+        cron_schedule=partitions.schedule,
         job=job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        execution_timezone=partitions.timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if partitions.schedule_enabled
+        else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Runs one daily partition of {pf.pipeline.name} at each tick: {which} "
+        f"({partitions.timezone}); partitions are days from {partitions.start}.",
+        metadata={
+            "batchpipe/partitions": f"daily from {partitions.start} ({partitions.timezone})",
+            "batchpipe/schedule_offset_days": offset,
+        },
     )
-    def run_that_day(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        day = context.scheduled_execution_time.date().isoformat()
-        return dg.RunRequest(partition_key=day, run_key=f"{pf.pipeline.name}:{day}:scheduled")
+    def run_that_day(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        day = context.scheduled_execution_time.date() - dt.timedelta(days=offset)
+        if day < partitions.start:
+            return dg.SkipReason(f"{day} is before the first partition ({partitions.start})")
+        return dg.RunRequest(
+            partition_key=day.isoformat(),
+            run_key=f"{pf.pipeline.name}:{day.isoformat()}:scheduled",
+            tags={"batchpipe/pipeline": pf.pipeline.name, "batchpipe/partition": day.isoformat()},
+        )
 
     return run_that_day

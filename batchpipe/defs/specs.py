@@ -1,41 +1,65 @@
-"""Pure functions from a pipeline file to Dagster names and specs: no I/O, easy to test."""
+"""Functions from a pipeline file to Dagster specs and versions; the only I/O is reading
+the template files a pipeline names, whose text is part of its requests' version."""
 
 from __future__ import annotations
 
 import hashlib
-import warnings
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
+from batchpipe.defs.translator import STEPS, BatchpipeTranslator
 from batchpipe.loader import PipelineFile
 
-STEPS = ("requests", "batch_status", "results", "enriched")
+__all__ = ["OPEN_BATCHES", "POOL", "STEPS", "Placement"]
+
 # Metadata key of the batch ids still open after a step; the sensor watches these.
 OPEN_BATCHES = "batchpipe/open_batch_ids"
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
+POOL_ADVICE = (
+    f"Its steps run in the Dagster pool `{POOL}`, which must allow one run at a time "
+    "(DuckDB takes one writer): `dagster instance concurrency set {pool} 1` once per instance."
+)
 
 
-def asset_key(pf: PipelineFile, step: str) -> dg.AssetKey:
-    return dg.AssetKey([pf.pipeline.name, step])
+@dataclass(frozen=True)
+class Placement:
+    """Where a folder of pipelines sits in a Dagster project: who names its assets, the
+    resource key its steps ask for, the pool that keeps one DuckDB writer, and the
+    database its steps open (None: BATCHPIPE_DB when the step runs)."""
+
+    translator: BatchpipeTranslator = field(default_factory=BatchpipeTranslator)
+    resource_key: str = "batchpipe"
+    pool: str = POOL
+    database: str | None = None
+
+    def key(self, pf: PipelineFile, step: str) -> dg.AssetKey:
+        return self.translator.get_asset_key(pf, step)
+
+    def table_name(self, pf: PipelineFile) -> str:
+        """database.schema.table, as DuckDB names the output table: the catalog of a
+        database file is its file name without the extension."""
+        database = self.database or _env_database()
+        catalog = "memory" if database in ("", ":memory:") else Path(database).stem
+        return f"{catalog}.main.{pf.pipeline.output.table}"
 
 
-def source_key(pf: PipelineFile) -> dg.AssetKey:
-    """A table source is shared by every pipeline that reads it; a query is the pipeline's own."""
-    table = pf.pipeline.source.table
-    return (
-        dg.AssetKey(["duckdb", *table.split(".")])
-        if table
-        else dg.AssetKey([pf.pipeline.name, "source"])
-    )
+def _env_database() -> str:
+    from batchpipe import warehouse
+
+    return warehouse.database()
 
 
-def source_spec(pf: PipelineFile) -> dg.AssetSpec:
+def source_spec(pf: PipelineFile, placement: Placement | None = None) -> dg.AssetSpec:
+    placement = placement or Placement()
     source = pf.pipeline.source
     description = (
         f"DuckDB table {source.table}" if source.table else f"DuckDB query:\n\n{source.query}"
     )
     return dg.AssetSpec(
-        key=source_key(pf),
+        key=placement.translator.get_source_asset_key(pf),
         description=description,
         group_name="sources",  # not materializable: kept out of the pipeline's group
         kinds={"duckdb"},
@@ -43,34 +67,55 @@ def source_spec(pf: PipelineFile) -> dg.AssetSpec:
 
 
 def partitions(pf: PipelineFile) -> dg.DailyPartitionsDefinition:
-    # end_offset=1 includes today's partition: rows added today can run today.
+    # end_offset=1 includes today's partition: rows added today can run today. Days are
+    # the pipeline's own (partitions.timezone), as its partition column is read.
     return dg.DailyPartitionsDefinition(
-        start_date=pf.pipeline.partitions.start.isoformat(), end_offset=1
+        start_date=pf.pipeline.partitions.start.isoformat(),
+        end_offset=1,
+        timezone=pf.pipeline.partitions.timezone,
     )
 
 
-def code_version(pf: PipelineFile) -> str:
-    """A hash of the normalized file: the UI marks partitions stale after an edit."""
-    normalized = pf.pipeline.model_dump_json()
-    return hashlib.sha256(normalized.encode()).hexdigest()[:12]
+# A step's own logic: bump when batchpipe changes what a step writes for the same file.
+STEP_LOGIC = {"requests": "1", "batch_status": "1", "results": "1", "enriched": "1"}
 
 
-def code_reference(pf: PipelineFile) -> dg.CodeReferencesMetadataValue:
-    """Links each asset to its pipeline file in the UI."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)  # stable in use since Dagster 1.7
-        return dg.CodeReferencesMetadataValue(
-            code_references=[
-                dg.LocalFileCodeReference(file_path=str(pf.path.resolve()), line_number=1)
-            ]
-        )
+def _template_files(pf: PipelineFile) -> dict[str, str | None]:
+    """The text of each template file the request names (None when unreadable: the run
+    reports that at file:line)."""
+    request = pf.pipeline.request
+    names = [request.prompt_file, request.system_file]
+    if isinstance(request.system, list):
+        names += [block.file for block in request.system]
+    texts: dict[str, str | None] = {}
+    for name in filter(None, names):
+        try:
+            texts[name] = (pf.path.parent / name).read_text(encoding="utf-8")
+        except OSError:
+            texts[name] = None
+    return texts
 
 
-def description(pf: PipelineFile, step: str) -> str:
-    what = {
-        "requests": "One Messages API request per source row of the partition.",
-        "batch_status": "Submits the pending requests as Message Batches and waits for them.",
-        "results": "Copies each ended batch's results into DuckDB.",
-        "enriched": f"The source rows with Claude's replies, in {pf.pipeline.output.table}.",
-    }[step]
-    return f"{pf.pipeline.description or pf.pipeline.name}\n\n{what}"
+def code_version(pf: PipelineFile, step: str) -> str:
+    """What a step's output depends on in the file, hashed: the UI marks a partition stale
+    after an edit that would change it, and what follows it through its lineage.
+
+    `requests` hashes the source, the request and the partitions' time zone (which rows
+    fall on a day), less how the sensor polls and whether a run waits; `enriched` the
+    output settings; the two batch steps only their own logic, so they follow `requests`.
+    The description, the budget, owners, tags and the schedule mark nothing stale."""
+    pipeline = pf.pipeline
+    if step == "requests":
+        request = pipeline.request.model_dump(mode="json", exclude={"poll_interval", "wait"})
+        parts = {
+            "source": pipeline.source.model_dump(mode="json"),
+            "request": request,
+            "timezone": pipeline.partitions.timezone,
+            "files": _template_files(pf),
+        }
+    elif step == "enriched":
+        parts = {"output": pipeline.output.model_dump(mode="json", by_alias=True)}
+    else:
+        parts = {}
+    text = json.dumps({"logic": STEP_LOGIC[step], **parts}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
