@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -325,6 +326,10 @@ def _dev(args: argparse.Namespace) -> int:
     workspace = write_workspace(home)
     command = [_dagster(), "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(workspace)]
     print(f"starting {' '.join(command[1:])} (DAGSTER_HOME={home})", flush=True)
+    # Started in the background by a script (`batchpipe dev &`), this process ignores
+    # SIGINT, and so would the webserver and daemon: `dagster dev` stops them with
+    # SIGINT on a SIGTERM, and would then wait for them forever.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execve(command[0], command, env)
     return 0
 

@@ -162,6 +162,9 @@ def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As a script's `batchpipe dev &` starts it: SIGINT ignored. It must still
+            # stop on SIGTERM (the teardown below), which took forever before.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -178,7 +181,11 @@ def dagster_dev(project: Path, emulator_url: str) -> Iterator[str]:
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # leave no daemon behind, then fail
+            raise
 
 
 def graphql(url: str, document: str, variables: dict | None = None) -> dict:
