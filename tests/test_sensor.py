@@ -21,6 +21,22 @@ DAY = "2026-11-03"
 NAME = "product_descriptions"
 
 
+RESOURCE = BatchpipeResource(poll_seconds=0.1, wait=False)
+
+
+def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
+    """One evaluation of the pipeline's sensor, as the daemon makes it."""
+    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
+    return sensor(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"batchpipe": RESOURCE},
+            repository_def=defs.get_repository_def(),
+        )
+    )
+
+
 def _events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
     return [
         record.event_log_entry.dagster_event
@@ -37,8 +53,6 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
             other.unlink()
     defs = build_definitions(demo_db / "pipelines")
     job = defs.resolve_job_def(f"{NAME}__job")
-    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
-    resource = BatchpipeResource(poll_seconds=0.1, wait=False)
     results, enriched = dg.AssetKey([NAME, "results"]), dg.AssetKey([NAME, "enriched"])
 
     with dg.instance_for_test() as instance:
@@ -67,13 +81,7 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
         cursor, runs = None, []
         deadline = time.monotonic() + 30
         while not runs and time.monotonic() < deadline:
-            context = dg.build_sensor_context(
-                instance=instance,
-                cursor=cursor,
-                resources={"batchpipe": resource},
-                repository_def=defs.get_repository_def(),
-            )
-            result = sensor(context)
+            result = _tick(defs, instance, cursor)
             assert isinstance(result, dg.SensorResult)
             cursor, runs = result.cursor, result.run_requests
             time.sleep(0.1)
@@ -114,14 +122,7 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
         assert checks["every_row_final"].metadata["rows"].value == 30
         assert checks["every_row_final"].metadata["without_result"].value == 0
 
-        after = sensor(
-            dg.build_sensor_context(
-                instance=instance,
-                cursor=cursor,
-                resources={"batchpipe": resource},
-                repository_def=defs.get_repository_def(),
-            )
-        )
+        after = _tick(defs, instance, cursor)
         assert isinstance(after, dg.SkipReason)  # nothing left open: no second run
 
     with duckdb.connect(str(demo_db / "warehouse.duckdb"), read_only=True) as con:
@@ -135,18 +136,10 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
 def _follow_ups(defs: dg.Definitions, instance: dg.DagsterInstance, job: dg.JobDefinition) -> list:
     """Tick the sensor as the daemon would and run what it asks for, until it has nothing
     open: the runs it launched, in order."""
-    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
-    resource = BatchpipeResource(poll_seconds=0.1, wait=False)
     cursor, launched = None, []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        context = dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={"batchpipe": resource},
-            repository_def=defs.get_repository_def(),
-        )
-        result = sensor(context)
+        result = _tick(defs, instance, cursor)
         if isinstance(result, dg.SkipReason):
             return launched
         cursor = result.cursor

@@ -1,2 +1,4 @@
-"""The Dagster surface: pure spec builders (specs.py), thin assets over steps.py
-(assets.py), the shared resource (resources.py). definitions.py ties them together."""
+"""The Dagster surface, from names to Definitions: translator.py chooses every Dagster
+name, specs.py the specs and code versions, assets.py the four steps and their checks,
+sensors.py the sensor, job and schedule, resources.py the resource, and build.py turns
+a folder of pipeline files into Definitions any project can merge."""
