@@ -42,8 +42,9 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends chromium
 
+# Two workers (pytest-xdist): most tests wait on an emulator, DuckDB or a Dagster process.
 test: install browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
