@@ -220,6 +220,9 @@ class _Prefixed(BatchpipeTranslator):
     def get_group_name(self, pf: PipelineFile) -> str:
         return "enrichment"
 
+    def get_job_name(self, pf: PipelineFile) -> str:
+        return f"enrich_{pf.pipeline.name}"
+
 
 def test_the_definitions_merge_into_a_project_with_its_own_executor(tmp_path: Path) -> None:
     @dg.asset
@@ -232,11 +235,14 @@ def test_the_definitions_merge_into_a_project_with_its_own_executor(tmp_path: Pa
     key = dg.AssetKey(["enrich", "product_descriptions", "enriched"])
     assert repo.asset_graph.get(key).group_name == "enrichment"
     assert repo.asset_graph.has(dg.AssetKey("raw_products"))
-    # the job, sensor and checks follow the translator's keys
-    job = repo.get_job("product_descriptions__job")
+    # the job, sensor and checks follow the translator's names
+    job = repo.get_job("enrich_product_descriptions")
     assert key in job.asset_layer.selected_asset_keys
+    assert [t.job_name for t in repo.get_sensor_def("product_descriptions__batches").targets] == [
+        "enrich_product_descriptions"
+    ]
     assert {k.asset_key for k in repo.asset_graph.asset_check_keys} == {key}
-    assert repo.get_job("product_descriptions__job").executor_def.name == "multiprocess"
+    assert job.executor_def.name == "multiprocess"  # the host's
 
 
 def test_two_folders_merge_into_one_project(tmp_path: Path) -> None:

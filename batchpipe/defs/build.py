@@ -52,7 +52,7 @@ def definitions_of(folder: Folder, placement: Placement) -> dg.Definitions:
     files = folder.files
     sources = {spec.key: spec for spec in (source_spec(pf, placement) for pf in files)}
     jobs = {pf.pipeline.name: partition_job(pf, placement) for pf in files}
-    schedules = [daily_schedule(pf, jobs[pf.pipeline.name]) for pf in files]
+    schedules = [daily_schedule(pf, jobs[pf.pipeline.name], placement) for pf in files]
     for path, problems in folder.broken.items():
         log.warning("%s cannot be loaded; its pipeline is left out:\n%s", path, "\n".join(problems))
     return dg.Definitions(

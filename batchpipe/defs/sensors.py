@@ -68,7 +68,7 @@ def batch_sensor(
     # Dagster passes a resource by parameter name, and the name is the placement's.
     poll_batches.__signature__ = _signature(placement.resource_key)
     poll_batches = dg.sensor(
-        name=f"{name}__batches",
+        name=placement.translator.get_sensor_name(pf),
         description=f"Polls the open Message Batches of {name} and loads them once ended.",
         minimum_interval_seconds=pf.pipeline.request.poll_interval,
         jobs=[job],
@@ -206,14 +206,14 @@ def partition_job(
     backfill` and the sensor's follow-up runs run."""
     placement = placement or Placement()
     return dg.define_asset_job(
-        name=f"{pf.pipeline.name}__job",
+        name=placement.translator.get_job_name(pf),
         selection=[placement.key(pf, step) for step in specs.STEPS],
         description=f"requests -> batch_status -> results -> enriched of {pf.pipeline.name}",
     )
 
 
 def daily_schedule(
-    pf: PipelineFile, job: UnresolvedAssetJobDefinition
+    pf: PipelineFile, job: UnresolvedAssetJobDefinition, placement: Placement | None = None
 ) -> dg.ScheduleDefinition | None:
     """The file's cron as a schedule of its job. It is created stopped (each tick spends
     money) unless partitions.schedule_enabled says otherwise, and a tick runs the day that
@@ -227,7 +227,7 @@ def daily_schedule(
     )
 
     @dg.schedule(
-        name=f"{pf.pipeline.name}__daily",
+        name=(placement or Placement()).translator.get_schedule_name(pf),
         cron_schedule=partitions.schedule,
         job=job,
         execution_timezone=partitions.timezone,

@@ -66,6 +66,16 @@ class BatchpipeTranslator:
     def get_owners(self, pf: PipelineFile, step: str) -> Sequence[str]:
         return list(pf.pipeline.owners)
 
+    def get_job_name(self, pf: PipelineFile) -> str:
+        """The job of all four steps: what schedules, backfills and the sensor run."""
+        return f"{pf.pipeline.name}__job"
+
+    def get_sensor_name(self, pf: PipelineFile) -> str:
+        return f"{pf.pipeline.name}__batches"
+
+    def get_schedule_name(self, pf: PipelineFile) -> str:
+        return f"{pf.pipeline.name}__daily"
+
 
 @dataclass(frozen=True)
 class ConfiguredTranslator(BatchpipeTranslator):
