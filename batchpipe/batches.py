@@ -60,7 +60,7 @@ def client() -> anthropic.Anthropic:
     base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
     if key:
         return anthropic.Anthropic(api_key=key, base_url=base_url)
-    from batchpipe.emulator.launcher import ensure_emulator
+    from batchpipe.emulator_launcher import ensure_emulator
 
     return anthropic.Anthropic(
         api_key="batchpipe-emulator", base_url=ensure_emulator(announce=False)

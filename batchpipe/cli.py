@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     for pf in files:
         check_date(pf, args.date)  # before starting anything
     if batches.using_emulator():
-        from batchpipe.emulator.launcher import ensure_emulator
+        from batchpipe.emulator_launcher import ensure_emulator
 
         ensure_emulator()
     failed = 0
@@ -202,7 +202,7 @@ def _reachable_api():
     import anthropic
 
     from batchpipe import batches
-    from batchpipe.emulator.launcher import running_emulator
+    from batchpipe.emulator_launcher import running_emulator
 
     if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
         return batches.client()
@@ -215,7 +215,7 @@ def _status(args: argparse.Namespace) -> int:
     import anthropic
 
     from batchpipe import batches
-    from batchpipe.emulator.launcher import running_emulator
+    from batchpipe.emulator_launcher import running_emulator
     from batchpipe.report import batch_status_lines
 
     api = None  # never start an emulator just to look
@@ -316,7 +316,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     env = dev_environment(dict(os.environ), Path.cwd())
     if batches.using_emulator():
-        from batchpipe.emulator.launcher import ensure_emulator
+        from batchpipe.emulator_launcher import ensure_emulator
 
         env["ANTHROPIC_BASE_URL"] = ensure_emulator()
     from batchpipe.runs import prepare_dagster_home

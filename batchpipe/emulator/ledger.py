@@ -1,7 +1,9 @@
 """What the emulator billed: one line per succeeded batch request, priced at batch rates.
 
 Money is the thing a pipeline must never get wrong (pay twice, or lose a paid result), so
-tests compare the pipeline's own cost accounting against this independent record. Only
+tests compare the pipeline's own cost accounting against this independent record: its
+prices come from the emulator's own table (catalog.py) and its own arithmetic (`cost_usd`
+below), not from batchpipe's. Only
 succeeded lines are billed; errored, canceled and expired ones cost nothing (research §3).
 Each (batch_id, custom_id) is billed at most once, whatever crashes or repeated
 processing happen, because `bill` skips pairs already in the file.
@@ -15,11 +17,11 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from batchpipe import pricing
+from batchpipe.emulator import catalog
 from batchpipe.emulator.wire import (
     append_lines,
     dumps_line,
@@ -40,13 +42,50 @@ _STR, _INT = {str}, {int}
 USD_DIGITS = 12  # round away float noise so totals compare equal across summation orders
 
 
+def billed_tokens(usage: Mapping[str, Any]) -> dict[str, int]:
+    """The five billed token counts of a usage record, as the Messages API reports it.
+
+    Cache writes come as a total (`cache_creation_input_tokens`) and, when the API splits
+    them, as `cache_creation.ephemeral_5m_input_tokens` / `ephemeral_1h_input_tokens`
+    (nested, or flat at the top level). Without a split every write is a 5-minute one,
+    the default TTL.
+    """
+    split = usage.get("cache_creation") or {}
+
+    def count(key: str) -> int | None:
+        value = split.get(key, usage.get(key))
+        return None if value is None else int(value)
+
+    write_1h = count("ephemeral_1h_input_tokens") or 0
+    write_5m = count("ephemeral_5m_input_tokens")
+    if write_5m is None:
+        write_5m = max(int(usage.get("cache_creation_input_tokens") or 0) - write_1h, 0)
+    return {
+        "input": int(usage.get("input_tokens") or 0),
+        "cache_write_5m": write_5m,
+        "cache_write_1h": write_1h,
+        "cache_read": int(usage.get("cache_read_input_tokens") or 0),
+        "output": int(usage.get("output_tokens") or 0),
+    }
+
+
+def cost_usd(model: str, usage: Mapping[str, Any], *, batch: bool = True) -> float | None:
+    """USD for one request's usage: the price its prompt size picks (catalog.price_for),
+    each token category at its own price, then the batch discount. None for a model the
+    catalog does not price (retired or unknown)."""
+    tokens = billed_tokens(usage)
+    price = catalog.price_for(model, sum(n for name, n in tokens.items() if name != "output"))
+    if price is None:
+        return None
+    standard = sum(n * getattr(price, name) for name, n in tokens.items()) / 1e6
+    return standard * (catalog.BATCH_DISCOUNT if batch else 1.0)
+
+
 def line_cost(model: str, usage: dict[str, Any]) -> float:
-    """USD for one request's usage at batch prices; 0 for a model pricing does not know."""
-    try:
-        usd = pricing.cost_usd(model, usage, batch=True)
-    except ValueError:
-        return 0.0
-    return round(usd, USD_DIGITS)
+    """USD for one request's usage at batch prices; 0 for a model the catalog does not
+    price."""
+    usd = cost_usd(model, usage, batch=True)
+    return 0.0 if usd is None else round(usd, USD_DIGITS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,7 +98,7 @@ def _usage_cost(model: str, counts: tuple[Any, ...]) -> float:
 
 
 def _cost_key(usage: dict[str, Any], split: dict[str, Any]) -> tuple[Any, ...]:
-    """Every value pricing.cost_usd reads from a usage record, where it reads it."""
+    """Every value cost_usd reads from a usage record, where it reads it."""
     get = usage.get
     return (
         get("input_tokens"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batchpipe.emulator import catalog
+
 EPOCH = "1970-01-01T00:00:00Z"  # what /v1/models uses when a release date is unknown
 
 
@@ -34,20 +36,17 @@ def _spec(model_id: str, created: str = EPOCH, **kwargs: Any) -> ModelSpec:
 
 
 def _limits(model_id: str) -> dict[str, Any]:
-    """Caps and thinking behaviour from batchpipe's model table (batchpipe/prices.yaml),
-    the one place these facts are kept, so `batchpipe validate` and the emulator refuse
+    """Caps and thinking behaviour from the emulator's own model table (catalog.py, held
+    to batchpipe's prices.yaml by a test), so `batchpipe validate` and the emulator refuse
     the same things. A retired model keeps the emulator's defaults."""
-    from batchpipe import models
-
-    try:
-        info = models.model(model_id)
-    except ValueError:
+    entry = catalog.find(model_id)
+    if entry is None:
         return {}
     return {
-        "max_output": info.max_output,
-        "output_300k": info.max_output_batch_beta is not None,
-        "always_thinks": info.always_thinks,
-        "adaptive_only": "manual_thinking" in info.refuses,
+        "max_output": entry.max_output,
+        "output_300k": entry.output_300k,
+        "always_thinks": entry.always_thinks,
+        "adaptive_only": entry.adaptive_only,
     }
 
 

@@ -5,6 +5,9 @@ not set either, the first run starts one on a free loopback port, records its
 address beside the database, and every later run (CLI, Dagster run workers,
 `dagster dev`) finds it there. A file lock keeps two runs that start at the
 same moment from starting two emulators.
+
+This is the product starting the emulator, so it lives outside `batchpipe/emulator/`:
+the product may start the emulator (as a process), the emulator never imports the product.
 """
 
 from __future__ import annotations
