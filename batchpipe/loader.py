@@ -46,20 +46,10 @@ def pipelines_dir() -> Path:
 
 def load_pipelines(directory: Path | None = None) -> list[PipelineFile]:
     """Every pipeline file in the directory, or one ConfigError listing all problems."""
-    directory = directory or pipelines_dir()
-    if not directory.is_dir():
-        raise ConfigError([f"{directory}: no such directory (set BATCHPIPE_PIPELINES)"])
-    files: list[PipelineFile] = []
-    problems: list[str] = []
-    for path in sorted(directory.glob("*.y*ml")):
-        try:
-            files.append(load_file(path))
-        except ConfigError as err:
-            problems.extend(err.problems)
-    problems.extend(message for _, message in clashes(files))
-    if problems:
-        raise ConfigError(problems)
-    return files
+    folder = load_folder(directory)
+    if folder.broken:
+        raise ConfigError([problem for problems in folder.broken.values() for problem in problems])
+    return folder.files
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,9 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
     lines = []
-    for event in result.get_asset_materialization_events():
+    events = result.get_asset_materialization_events()
+    steps = {e.event_specific_data.materialization.asset_key.path[-1] for e in events}
+    for event in events:
         materialization = event.event_specific_data.materialization
         step = materialization.asset_key.path[-1]
         meta = {k: v.value for k, v in materialization.metadata.items()}
@@ -105,10 +107,7 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
                 f"batch_status: {meta['batchpipe/sent_now']} sent; batches {ids}; "
                 f"{meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored"
             )
-            if meta[OPEN_BATCHES] and not any(
-                e.event_specific_data.materialization.asset_key.path[-1] == "enriched"
-                for e in result.get_asset_materialization_events()
-            ):
+            if meta[OPEN_BATCHES] and "enriched" not in steps:
                 lines.append(
                     f"results:      {len(meta[OPEN_BATCHES])} batch(es) still processing; "
                     "results and enriched are materialized by the sensor once they end"

@@ -81,6 +81,18 @@ def owners(project: Path) -> list[tuple]:
     return query(project, "SELECT table_name, pipeline, adopted FROM batchpipe_outputs ORDER BY 1")
 
 
+def refused_at_no_cost(
+    project: Path, emulator: str, table: str, before: tuple, commands: list, *texts: str
+) -> None:
+    """Each command refuses with the texts; nothing was charged, the table is as it was
+    and no pipeline was recorded as its owner."""
+    for command in commands:
+        refused(batchpipe(*command), *texts)
+    assert ledger(emulator) == []
+    assert snapshot(project, table) == before
+    assert owners(project) == []
+
+
 def refused(result, *texts: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     for text in texts:
@@ -135,10 +147,14 @@ def test_a_copy_on_the_same_output_table_is_refused_and_costs_nothing(
     assert owners(demo_db) == [("product_descriptions", "product_descriptions", False)]
 
 
-def test_two_files_on_one_output_table_fail_the_code_location(tmp_path: Path) -> None:
-    """The Dagster definitions load through load_pipelines: the location fails, naming
-    both files, as `batchpipe run` does (and as it refuses two files with one name)."""
-    from batchpipe.definitions import build_definitions
+def test_two_files_on_one_output_table_are_refused_and_the_location_keeps_the_first(
+    tmp_path: Path,
+) -> None:
+    """`batchpipe validate` (load_pipelines) refuses the folder, naming both files; the
+    code location keeps the first pipeline and shows the clash at the second."""
+    import dagster as dg
+
+    from batchpipe.dagster import build_definitions
     from batchpipe.errors import ConfigError
     from batchpipe.loader import load_pipelines
 
@@ -147,15 +163,20 @@ def test_two_files_on_one_output_table_fail_the_code_location(tmp_path: Path) ->
     first.write_text(shipped.read_text())
     second.write_text(shipped.read_text())
     retarget(second, "PRODUCT_DESCRIPTIONS", name="product_descriptions_v2")
-    with pytest.raises(ConfigError) as caught:
-        build_definitions(load_pipelines(tmp_path))
-    assert caught.value.problems == [
+    clash = (
         f"{at(second, '  table: PRODUCT_DESCRIPTIONS')}: output.table: 'PRODUCT_DESCRIPTIONS' "
         f"is also the output table of 'product_descriptions' ({at(first)}, as "
         "'product_descriptions': DuckDB ignores case); an output table belongs to one "
         "pipeline, and a run of either would delete the other's rows: choose another "
         "output.table"
-    ]
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines(tmp_path)
+    assert caught.value.problems == [clash]
+    graph = build_definitions(tmp_path).resolve_asset_graph()
+    assert graph.has(dg.AssetKey(["product_descriptions", "enriched"]))
+    assert not graph.has(dg.AssetKey(["product_descriptions_v2", "enriched"]))
+    assert clash in graph.get(dg.AssetKey(["batchpipe_problems", "b"])).description
 
 
 CUSTOMERS = (
@@ -172,18 +193,18 @@ def test_an_existing_table_batchpipe_did_not_create_is_refused_unchanged(
     before = snapshot(demo_db, "customers")
     path = example(demo_db)
     retarget(path, "Customers")  # DuckDB's names ignore case: this is `customers`
-    for command in (("validate",), ("validate", str(path)), PLAN, RUN):
-        refused(
-            batchpipe(*command),
-            f"{at(path, '  table: Customers')}: output.table: table 'customers' already exists "
-            f"in {demo_db / 'warehouse.duckdb'} and batchpipe did not create it (no pipeline "
-            "owns it in batchpipe_outputs); a run would add columns to it and delete and "
-            "insert its rows. Choose another output.table, or, to write into this table "
-            "deliberately, set output.adopt_existing: true",
-        )
-    assert ledger(emulator) == []
-    assert snapshot(demo_db, "customers") == before
-    assert owners(demo_db) == []
+    refused_at_no_cost(
+        demo_db,
+        emulator,
+        "customers",
+        before,
+        [("validate",), ("validate", str(path)), PLAN, RUN],
+        f"{at(path, '  table: Customers')}: output.table: table 'customers' already exists "
+        f"in {demo_db / 'warehouse.duckdb'} and batchpipe did not create it (no pipeline "
+        "owns it in batchpipe_outputs); a run would add columns to it and delete and "
+        "insert its rows. Choose another output.table, or, to write into this table "
+        "deliberately, set output.adopt_existing: true",
+    )
 
 
 @pytest.mark.slow
@@ -245,17 +266,17 @@ def test_adopt_existing_refuses_a_table_whose_columns_do_not_fit(
     before = snapshot(demo_db, "product_notes")
     path = example(demo_db)
     retarget(path, "product_notes", adopt=True)
-    for command in (("validate", str(path)), RUN):
-        refused(
-            batchpipe(*command),
-            f"{at(path, '  table: product_notes')}: output.table: table 'product_notes' "
-            "cannot be adopted (output.adopt_existing): ",
-            *reasons,
-            "Choose another output.table, or change the table's columns to match",
-        )
-    assert ledger(emulator) == []
-    assert snapshot(demo_db, "product_notes") == before
-    assert owners(demo_db) == []
+    refused_at_no_cost(
+        demo_db,
+        emulator,
+        "product_notes",
+        before,
+        [("validate", str(path)), RUN],
+        f"{at(path, '  table: product_notes')}: output.table: table 'product_notes' "
+        "cannot be adopted (output.adopt_existing): ",
+        *reasons,
+        "Choose another output.table, or change the table's columns to match",
+    )
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
     )
 
 
+def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [record.user_message for record in instance.all_logs(run_id)]
+
+
 def _events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
     return [
         record.event_log_entry.dagster_event
@@ -77,6 +81,24 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
         assert f"{NAME}__enriched" in skipped
         status = instance.get_latest_materialization_event(enriched)
         assert status is None  # the partition is not green: its data is not there
+        assert any(
+            "Dagster marks its" in message and "bf-1" in message
+            for message in _messages(instance, submitted.run_id)
+        )  # the backfill's false "failed" is said in the run that causes it
+
+        # enriched run on its own writes nothing that is not final: open batches, or a
+        # partition whose requests were never built
+        for day, why in (
+            (DAY, "batch(es) of 2026-11-03 not ended yet"),
+            ("2026-11-04", "never built"),
+        ):
+            alone = job.execute_in_process(
+                partition_key=day, asset_selection=[enriched], instance=instance
+            )
+            assert alone.success
+            assert instance.get_latest_materialization_event(enriched) is None
+            assert not _events(instance, alone.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            assert any(why in message for message in _messages(instance, alone.run_id))
 
         cursor, runs = None, []
         deadline = time.monotonic() + 30

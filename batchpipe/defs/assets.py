@@ -106,7 +106,7 @@ def pipeline_assets(
     def common(step: str) -> dict:
         description = translator.get_description(pf, step)
         if step == "requests":
-            description += "\n\n" + specs.POOL_ADVICE.replace("{pool}", placement.pool)
+            description += "\n\n" + specs.pool_advice(placement.pool)
         return {
             "key": key[step],
             "description": description,

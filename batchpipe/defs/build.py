@@ -19,7 +19,7 @@ from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.sensors import batch_sensor, daily_schedule, partition_job
 from batchpipe.defs.specs import Placement, source_spec
 from batchpipe.defs.translator import BatchpipeTranslator
-from batchpipe.loader import Folder, PipelineFile, load_folder
+from batchpipe.loader import load_folder
 
 PROBLEMS_GROUP = "batchpipe_problems"
 log = logging.getLogger("batchpipe")
@@ -45,10 +45,7 @@ def build_definitions(
         pool=pool or Placement().pool,
         database=database,
     )
-    return definitions_of(load_folder(Path(pipelines_dir)), placement)
-
-
-def definitions_of(folder: Folder, placement: Placement) -> dg.Definitions:
+    folder = load_folder(Path(pipelines_dir))
     files = folder.files
     sources = {spec.key: spec for spec in (source_spec(pf, placement) for pf in files)}
     jobs = {pf.pipeline.name: partition_job(pf, placement) for pf in files}
@@ -99,10 +96,3 @@ def problem_spec(path: Path, problems: list[str]) -> dg.AssetSpec:
 def _key_part(stem: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
     return cleaned or "file"
-
-
-def definitions_for(
-    files: list[PipelineFile], placement: Placement | None = None
-) -> dg.Definitions:
-    """Definitions of pipeline files already loaded (tests, `batchpipe run`)."""
-    return definitions_of(Folder(list(files), {}), placement or Placement())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from batchpipe import warehouse
 from batchpipe.defs.translator import STEPS, BatchpipeTranslator
 from batchpipe.loader import PipelineFile
 
@@ -18,10 +19,15 @@ __all__ = ["OPEN_BATCHES", "POOL", "STEPS", "Placement"]
 # Metadata key of the batch ids still open after a step; the sensor watches these.
 OPEN_BATCHES = "batchpipe/open_batch_ids"
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
-POOL_ADVICE = (
-    f"Its steps run in the Dagster pool `{POOL}`, which must allow one run at a time "
-    "(DuckDB takes one writer): `dagster instance concurrency set {pool} 1` once per instance."
-)
+
+
+def pool_advice(pool: str) -> str:
+    """What a host's instance needs once, said where a data engineer reads it."""
+    return (
+        f"Its steps run in the Dagster pool `{pool}`, which must allow one run at a time "
+        f"(DuckDB takes one writer): `dagster instance concurrency set {pool} 1` once per "
+        "instance."
+    )
 
 
 @dataclass(frozen=True)
@@ -41,15 +47,9 @@ class Placement:
     def table_name(self, pf: PipelineFile) -> str:
         """database.schema.table, as DuckDB names the output table: the catalog of a
         database file is its file name without the extension."""
-        database = self.database or _env_database()
+        database = self.database or warehouse.database()
         catalog = "memory" if database in ("", ":memory:") else Path(database).stem
         return f"{catalog}.main.{pf.pipeline.output.table}"
-
-
-def _env_database() -> str:
-    from batchpipe import warehouse
-
-    return warehouse.database()
 
 
 def source_spec(pf: PipelineFile, placement: Placement | None = None) -> dg.AssetSpec:
