@@ -19,22 +19,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import anthropic
 import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
-from batchpipe import budget, estimates, warehouse
+from batchpipe import budget, estimates, state, warehouse
 from batchpipe.errors import BatchApiError, api_key, scrub, unreachable_message
 from batchpipe.failpoints import kill_point
+from batchpipe.state import State
 
 MAX_REQUESTS_PER_BATCH = 100_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
-UNSENT_STATES = ("intent", "submitting")  # no batch known yet; 'submitting': maybe sent
+UNSENT_STATES = state.UNSENT_STATES
 # On the wire a request's custom_id is `<its custom_id>-<the submission's token>`, so every
 # line of a results file says which submission it answers: a batch sent by another
 # installation on the same API key (even a copy of this pipeline, with the same keys)
@@ -84,7 +85,7 @@ class Spend:
 class Submission:
     submission_id: str
     batch_id: str | None
-    state: str
+    state: State
     request_count: int
     intent_at: dt.datetime
 
@@ -92,91 +93,101 @@ class Submission:
 def open_submissions(
     con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date
 ) -> list[Submission]:
-    rows = con.execute(
-        "SELECT submission_id, batch_id, state, request_count, intent_at FROM batchpipe_batches "
-        "WHERE pipeline = ? AND partition_date = ? AND state IN ? ORDER BY intent_at",
-        [pipeline, date, list(warehouse.OPEN_STATES)],
-    ).fetchall()
-    return [Submission(*row) for row in rows]
+    return [Submission(*row) for row in state.open_submissions(con, pipeline, date)]
+
+
+@dataclass(frozen=True)
+class Send:
+    """What one send of a partition's pending requests needs to know."""
+
+    pipeline: str
+    date: dt.date
+    model: str
+    max_attempts: int  # a request is sent at most this many times
+    max_requests: int = MAX_REQUESTS_PER_BATCH
+    betas: Sequence[str] = ()
+    spend: Spend | None = None
 
 
 def submit_partition(
-    con: duckdb.DuckDBPyConnection,
-    api: anthropic.Anthropic,
-    pipeline: str,
-    date: dt.date,
-    model: str,
-    pending_sql: str,
-    pending_params: dict,
-    log: Log,
-    max_requests: int = MAX_REQUESTS_PER_BATCH,
-    betas: Sequence[str] = (),
-    spend: Spend | None = None,
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, send: Send, log: Log
 ) -> int:
-    """Send the partition's pending requests; return how many were sent now.
+    """Send the partition's pending requests; return how many were pending.
 
     Intents left by a killed run are finished first (found upstream, or sent);
     requests already in an open batch are not pending, so nothing goes twice.
-    With `spend`, a batch whose reservation would pass a limit is not sent: it and the
-    batches after it are recorded as skipped, the ones before it are sent, and then
+    With `send.spend`, a batch whose reservation would pass a limit is not sent: it and
+    the batches after it are recorded as skipped, the ones before it are sent, and then
     BudgetExceeded says which limit stopped what.
     """
     check_state_writable()
-    for sub in open_submissions(con, pipeline, date):
-        if sub.state in UNSENT_STATES:
-            _finish_submission(
-                con, api, sub, log, interrupted=sub.state == "submitting", betas=betas
-            )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
-        f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql})",
-        pending_params,
-    )
-    budget.clear_skipped(con, pipeline, date)
-    total = con.execute("SELECT count(*) FROM pending").fetchone()[0]
+    _finish_interrupted(con, api, send, log)
+    total = state.stage_pending(con, send.pipeline, send.date, send.max_attempts)
+    budget.clear_skipped(con, send.pipeline, send.date)
     if total == 0:
+        state.drop_pending(con)
         return 0
-    per_batch = _batch_size(con, min(max_requests, MAX_REQUESTS_PER_BATCH))
-    chunks = (total + per_batch - 1) // per_batch
-
-    def intent(chunk: int) -> Submission | budget.Refusal:
-        return _record_intent(con, pipeline, date, model, per_batch, chunk, spend)
-
-    # While one batch uploads, the next one's body is built on a second cursor: DuckDB and
-    # the socket both run without the GIL. Its intent is recorded first, as always, so a
-    # crash leaves at most two intents to finish, in the order they were recorded.
-    sent = 0
-    refused: budget.Refusal | None = None
-    with ThreadPoolExecutor(max_workers=1) as builder:
-        first = intent(0)
-        if isinstance(first, budget.Refusal):
-            refused = first
-        else:
-            sub, body = first, _body(con, first)
-            for chunk in range(chunks):
-                upcoming = None
-                if chunk + 1 < chunks:
-                    following = intent(chunk + 1)
-                    if isinstance(following, budget.Refusal):
-                        refused = following
-                    else:
-                        upcoming = (following, builder.submit(_body_on, con.cursor(), following))
-                _finish_submission(con, api, sub, log, interrupted=False, betas=betas, body=body)
-                sent += sub.request_count
-                if upcoming is None:
-                    break
-                sub, body = upcoming[0], upcoming[1].result()
-    con.execute("DROP TABLE pending")
+    per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH))
+    sent, refused = _send_chunks(con, api, send, per_batch, -(-total // per_batch), log)
+    state.drop_pending(con)
     if refused is not None:  # only a `spend` refuses
-        count, chars = con.execute(
-            "SELECT count(*), coalesce(sum(s.input_chars), 0) FROM batchpipe_skipped k "
-            "JOIN batchpipe_requests s USING (pipeline, partition_date, custom_id) "
-            "WHERE k.pipeline = ? AND k.partition_date = ?",
-            [pipeline, date],
-        ).fetchone()
-        refused_usd = spend.price(count, chars).high_usd
+        assert send.spend is not None
+        count, chars = state.skipped_size(con, send.pipeline, send.date)
+        refused_usd = send.spend.price(count, chars).high_usd
         raise budget.BudgetExceeded(budget.refused_message(refused, sent, count, refused_usd))
     return total
+
+
+def _finish_interrupted(
+    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, send: Send, log: Log
+) -> None:
+    """Intents an earlier run recorded and did not finish: found upstream, or sent."""
+    for sub in open_submissions(con, send.pipeline, send.date):
+        if sub.state in UNSENT_STATES:
+            _finish_submission(
+                con, api, sub, log, interrupted=sub.state == "submitting", betas=send.betas
+            )
+
+
+def _send_chunks(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    send: Send,
+    per_batch: int,
+    chunks: int,
+    log: Log,
+) -> tuple[int, budget.Refusal | None]:
+    """Send the staged requests `per_batch` at a time, each chunk's intent recorded
+    first; returns the requests sent and the budget refusal that stopped the rest, if any.
+
+    While one batch uploads, the next one's body is built on a second cursor: DuckDB and
+    the socket both run without the GIL. Its intent is recorded first, as always, so a
+    crash leaves at most two intents to finish, in the order they were recorded."""
+
+    def intent(chunk: int) -> Submission | budget.Refusal:
+        return _record_intent(con, send, per_batch, chunk)
+
+    sent = 0
+    first = intent(0)
+    if isinstance(first, budget.Refusal):
+        return sent, first
+    refused: budget.Refusal | None = None
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        sub, body = first, _body(con, first)
+        for chunk in range(chunks):
+            upcoming = None
+            if chunk + 1 < chunks:
+                following = intent(chunk + 1)
+                if isinstance(following, budget.Refusal):
+                    refused = following
+                else:
+                    upcoming = (following, builder.submit(_body_on, con.cursor(), following))
+            _finish_submission(con, api, sub, log, interrupted=False, betas=send.betas, body=body)
+            sent += sub.request_count
+            if upcoming is None:
+                break
+            sub, body = upcoming[0], upcoming[1].result()
+    return sent, refused
 
 
 def check_state_writable() -> None:
@@ -196,13 +207,7 @@ def check_state_writable() -> None:
 
 
 def _record_intent(
-    con: duckdb.DuckDBPyConnection,
-    pipeline: str,
-    date: dt.date,
-    model: str,
-    per_batch: int,
-    chunk: int,
-    spend: Spend | None = None,
+    con: duckdb.DuckDBPyConnection, send: Send, per_batch: int, chunk: int
 ) -> Submission | budget.Refusal:
     """Commit which pending requests the chunk's batch will hold, before it is sent, with
     its estimate and each request's wire id; or, when its reservation would pass a limit,
@@ -212,41 +217,30 @@ def _record_intent(
     submission_id, intent_at = uuid.uuid4().hex, _now()
     with warehouse.transaction(con):
         estimate = None
-        if spend is not None:
-            count, chars = con.execute(
-                "SELECT count(*), coalesce(sum(input_chars), 0) FROM pending WHERE rn // ? = ?",
-                [per_batch, chunk],
-            ).fetchone()
-            estimate = spend.price(count, chars)
+        if send.spend is not None:
+            estimate = send.spend.price(*state.chunk_size(con, per_batch, chunk))
             refusal = budget.check(
-                con, spend.limits, pipeline, date, estimate.high_usd, intent_at.date()
-            )
+                con, send.spend.limits, send.pipeline, send.date, estimate.high_usd,
+                intent_at.date(),
+            )  # fmt: skip
             if refusal is not None:
-                budget.record_skipped(
-                    con,
-                    pipeline,
-                    date,
-                    refusal,
-                    "SELECT custom_id, request_hash FROM pending WHERE rn >= ?",
-                    [per_batch * chunk],
-                )
+                budget.record_skipped(con, send.pipeline, send.date, refusal, per_batch * chunk)
                 return refusal
-        count = con.execute(
-            "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash, "
-            f"wire_id) SELECT ?, custom_id, request_hash, {WIRE_ID_SQL} "
-            "FROM pending WHERE rn // ? = ?",
-            [submission_id, token(submission_id), per_batch, chunk],
-        ).fetchone()[0]
-        con.execute(
-            "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-            "request_count, model, intent_at, estimated_low_usd, estimated_usd, reserved_usd) "
-            "VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?)",
-            [
-                submission_id, pipeline, date, count, model, intent_at,
-                *((estimate.low_usd, estimate.expected_usd, estimate.high_usd)
-                  if estimate else (None, None, None)),
-            ],
-        )  # fmt: skip
+        count = state.record_intent(
+            con,
+            submission_id=submission_id,
+            token=token(submission_id),
+            wire_id_sql=WIRE_ID_SQL,
+            pipeline=send.pipeline,
+            date=send.date,
+            model=send.model,
+            intent_at=intent_at,
+            per_batch=per_batch,
+            chunk=chunk,
+            estimate=(
+                (estimate.low_usd, estimate.expected_usd, estimate.high_usd) if estimate else None
+            ),
+        )
     return Submission(submission_id, None, "intent", count, intent_at)
 
 
@@ -257,14 +251,7 @@ def token(submission_id: str) -> str:
 
 def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
     """Halve the batch size until no batch's body exceeds the byte limit."""
-    while per_batch > 1:
-        biggest = con.execute(
-            "SELECT coalesce(max(b), 0) FROM (SELECT sum(input_chars + 64) AS b FROM pending "
-            "GROUP BY rn // ?)",
-            [per_batch],
-        ).fetchone()[0]
-        if biggest <= MAX_BATCH_BYTES:
-            break
+    while per_batch > 1 and state.largest_chunk_bytes(con, per_batch) > MAX_BATCH_BYTES:
         per_batch //= 2
     return per_batch
 
@@ -280,16 +267,7 @@ def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     recorded if the partition's requests were rebuilt since). DuckDB writes each
     request's line; they are fetched in slices and joined.
     (One string_agg of the whole body needed about five times its size at once.)"""
-    cursor = con.execute(
-        "SELECT '{\"custom_id\":' || to_json(coalesce(b.wire_id, b.custom_id)) || ',\"params\":' "
-        "|| CAST(r.params AS VARCHAR) || '}' "
-        "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
-        "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
-        "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
-        "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
-        "WHERE b.submission_id = ? ORDER BY r.custom_id",
-        [sub.submission_id],
-    )
+    cursor = state.body_lines(con, sub.submission_id)
     count, parts = 0, []
     while rows := cursor.fetchmany(BODY_SLICE):
         count += len(rows)
@@ -324,7 +302,7 @@ def _finish_submission(
     if count != sub.request_count:
         # The partition's requests were rebuilt (the file changed) before this intent was
         # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
-        _record_failed(
+        state.record_failed(
             con, sub.submission_id, "abandoned before sending: the partition's requests changed"
         )
         log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
@@ -333,18 +311,18 @@ def _finish_submission(
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         # Committed before the call goes out: from here on a crash leaves an outcome to
         # find upstream, and before it, an intent known never to have been sent.
-        _set_state(con, sub.submission_id, "submitting")
+        state.set_state(con, sub.submission_id, "submitting")
         kill_point("before_create")
         try:
             batch = _create(api, content, betas)
             kill_point("after_create")
         except anthropic.RateLimitError as err:
-            _set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
+            state.set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
             _wait_before_retry(err, attempt, log)
             continue
         except anthropic.APIStatusError as err:
             if err.status_code < 500 and err.status_code not in (408, 409):
-                _record_failed(con, sub.submission_id, _api_message(err))
+                state.record_failed(con, sub.submission_id, _api_message(err))
                 raise BatchApiError(
                     f"the Batches API refused the batch ({err.status_code}): {_api_message(err)}"
                 ) from None
@@ -360,18 +338,12 @@ def _finish_submission(
         if found:
             _hold(con, sub, found, log)
             return
-        _set_state(con, sub.submission_id, "intent")  # looked: it did not
+        state.set_state(con, sub.submission_id, "intent")  # looked: it did not
         log(f"create failed ({type(outcome).__name__}); no batch upstream, retrying")
         time.sleep(min(2**attempt, 30))
     raise BatchApiError(
         f"could not create a batch after {CREATE_ATTEMPTS} attempts; nothing was submitted. "
         "Run again to retry."
-    )
-
-
-def _set_state(con: duckdb.DuckDBPyConnection, submission_id: str, state: str) -> None:
-    con.execute(
-        "UPDATE batchpipe_batches SET state = ? WHERE submission_id = ?", [state, submission_id]
     )
 
 
@@ -402,15 +374,7 @@ def _reconcile(
     The API keeps no client metadata on a batch, and teams share API keys, so size and
     time only make a batch a candidate; its results decide (see `_prove`).
     """
-    known = {
-        r[0]
-        for r in con.execute(
-            "SELECT batch_id FROM batchpipe_batches WHERE batch_id IS NOT NULL UNION ALL "
-            "SELECT batch_id FROM batchpipe_candidates WHERE submission_id = ? "
-            "AND verdict IN ('foreign', 'gone')",
-            [sub.submission_id],
-        ).fetchall()
-    }
+    known = state.claimed_batch_ids(con, sub.submission_id)
     since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
     matches = []
     for batch in api.messages.batches.list(limit=100):
@@ -434,40 +398,13 @@ def _hold(
 ) -> None:
     """Record the candidates of a submission whose create may have gone through, and
     send nothing for it until their results say whether one of them is its batch."""
-    with warehouse.transaction(con):
-        con.execute(
-            "INSERT INTO batchpipe_candidates SELECT ?, unnest(?::VARCHAR[]), ?, NULL",
-            [sub.submission_id, [b.id for b in found], _now()],
-        )
-        _set_state(con, sub.submission_id, "provisional")
+    state.hold_for_candidates(con, sub.submission_id, [b.id for b in found], _now())
     log(
         f"the create of {sub.request_count} request(s) may have reached the API: "
         f"{len(found)} batch(es) upstream could be it ({', '.join(b.id for b in found)}). "
         "Nothing is sent again and nothing is canceled: once they end, their results show "
         "whose they are (a batch sent by anyone else on this API key is left alone)"
     )
-
-
-def unproven_candidates(con: duckdb.DuckDBPyConnection, submission_id: str) -> list[str]:
-    rows = con.execute(
-        "SELECT batch_id FROM batchpipe_candidates WHERE submission_id = ? AND verdict IS NULL "
-        "ORDER BY batch_id",
-        [submission_id],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def watched_batch_ids(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> list[str]:
-    """The batches a partition waits on: its own, and the candidates of a provisional one."""
-    rows = con.execute(
-        "SELECT batch_id FROM batchpipe_batches WHERE pipeline = ? AND partition_date = ? "
-        "AND state IN ('submitted', 'ended') UNION ALL "
-        "SELECT c.batch_id FROM batchpipe_candidates c JOIN batchpipe_batches b "
-        "USING (submission_id) WHERE b.pipeline = ? AND b.partition_date = ? "
-        "AND b.state = 'provisional' AND c.verdict IS NULL",
-        [pipeline, date, pipeline, date],
-    ).fetchall()
-    return sorted(r[0] for r in rows)
 
 
 def _prove(
@@ -486,11 +423,7 @@ def _prove(
     lines, ours = _count_matches(con, path, sub)
     if ours == lines == sub.request_count:
         with warehouse.transaction(con):
-            con.execute(
-                "UPDATE batchpipe_candidates SET verdict = CASE WHEN batch_id = ? THEN 'ours' "
-                "ELSE 'released' END WHERE submission_id = ? AND verdict IS NULL",
-                [batch.id, sub.submission_id],
-            )
+            state.prove_ours(con, sub.submission_id, batch.id)
             _record_created(con, sub.submission_id, batch)
             record_status(con, sub.submission_id, batch)
         log(f"batch {batch.id} is this pipeline's: its results answer the requests it was sent")
@@ -507,16 +440,17 @@ def _prove(
 
 
 def _release(
-    con: duckdb.DuckDBPyConnection, sub: Submission, batch_id: str, verdict: str, log: Log
+    con: duckdb.DuckDBPyConnection,
+    sub: Submission,
+    batch_id: str,
+    verdict: Literal["foreign", "gone"],
+    log: Log,
 ) -> None:
     with warehouse.transaction(con):
-        con.execute(
-            "UPDATE batchpipe_candidates SET verdict = ? WHERE submission_id = ? AND batch_id = ?",
-            [verdict, sub.submission_id, batch_id],
-        )
-        left = unproven_candidates(con, sub.submission_id)
+        state.set_verdict(con, sub.submission_id, batch_id, verdict)
+        left = state.unproven_candidates(con, sub.submission_id)
         if not left:
-            _set_state(con, sub.submission_id, "intent")
+            state.set_state(con, sub.submission_id, "intent")
     why = "its results answer other requests" if verdict == "foreign" else "it is gone upstream"
     log(
         f"batch {batch_id} is not this pipeline's ({why}); left alone, not canceled"
@@ -526,13 +460,8 @@ def _release(
 
 def _count_matches(con: duckdb.DuckDBPyConnection, path: Path, sub: Submission) -> tuple[int, int]:
     """A results file's lines, and how many answer the submission under their wire ids."""
-    lines, ours = con.execute(
-        f"SELECT count(*), count(b.custom_id) FROM {_id_lines('?')} LEFT JOIN "
-        "batchpipe_batch_requests b ON b.submission_id = ? "
-        "AND coalesce(b.wire_id, b.custom_id) = j.custom_id",
-        [str(path), sub.submission_id],
-    ).fetchone()
-    return int(lines), int(ours)
+    lines, ours, _ = state.wire_matches(con, _id_lines("?"), path, sub.submission_id)
+    return lines, ours
 
 
 def _id_lines(path: str) -> str:
@@ -546,18 +475,8 @@ def _record_created(
     submission_id: str,
     batch: anthropic.types.messages.MessageBatch,
 ) -> None:
-    con.execute(
-        "UPDATE batchpipe_batches SET batch_id = ?, state = 'submitted', created_at = ?, "
-        "processing_status = ? WHERE submission_id = ?",
-        [batch.id, _naive(batch.created_at), batch.processing_status, submission_id],
-    )
-
-
-def _record_failed(con: duckdb.DuckDBPyConnection, submission_id: str, error: str) -> None:
-    """A submission that will never have a batch: refused, or dropped before sending."""
-    con.execute(
-        "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
-        [error, submission_id],
+    state.record_created(
+        con, submission_id, batch.id, _naive(batch.created_at), batch.processing_status
     )
 
 
@@ -643,7 +562,9 @@ def watching(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> li
         if sub.state == "submitted":
             watch.append(Watch(sub, sub.batch_id, False))
         elif sub.state == "provisional":
-            watch += [Watch(sub, b, True) for b in unproven_candidates(con, sub.submission_id)]
+            watch += [
+                Watch(sub, b, True) for b in state.unproven_candidates(con, sub.submission_id)
+            ]
     return watch
 
 
@@ -676,7 +597,7 @@ def record_polled(
     for w, batch in zip(watch, seen, strict=True):
         if not w.candidate:
             record_status(con, w.sub.submission_id, batch)
-        elif w.batch_id in unproven_candidates(con, w.sub.submission_id):  # still undecided
+        elif w.batch_id in state.unproven_candidates(con, w.sub.submission_id):  # still undecided
             if batch is None:
                 _release(con, w.sub, w.batch_id, "gone", log)
             elif batch.processing_status == "ended":
@@ -714,10 +635,10 @@ def wait_until_ended(
     last_report = ""
     outage = Outage(api, log)
     while True:
-        with warehouse.connect() as con:
+        with state.connect() as con:
             watch = watching(con, pipeline, date)
         seen = retrieve_all(api, watch, outage)
-        with warehouse.connect() as con:
+        with state.connect() as con:
             record_polled(con, api, watch, seen, log)
         batches = [b for b in seen if b is not None]
         report = "; ".join(
@@ -752,7 +673,7 @@ def cancel(
         elif sub.state in UNSENT_STATES:
             stop_unsent(con, api, sub, log)
         elif sub.state == "provisional":
-            ids = ", ".join(unproven_candidates(con, sub.submission_id))
+            ids = ", ".join(state.unproven_candidates(con, sub.submission_id))
             log(
                 f"not canceled: {ids}, not yet proven this pipeline's (it may be another "
                 "installation's on the same API key); waiting for its results to show whose"
@@ -768,7 +689,7 @@ def stop_unsent(
     if sub.state == "submitting" and (found := _reconcile(con, api, sub)):
         _hold(con, sub, found, log)
         return
-    _record_failed(con, sub.submission_id, "canceled before it was sent")
+    state.record_failed(con, sub.submission_id, "canceled before it was sent")
     log(f"dropped {sub.request_count} request(s) not yet sent")
 
 
@@ -778,22 +699,12 @@ def record_status(
     batch: anthropic.types.messages.MessageBatch,
 ) -> None:
     c = batch.request_counts
-    ended = batch.processing_status == "ended"
-    con.execute(
-        "UPDATE batchpipe_batches SET processing_status = ?, succeeded = ?, errored = ?, "
-        "canceled = ?, expired = ?, ended_at = ?, "
-        "state = CASE WHEN ? AND state = 'submitted' THEN 'ended' ELSE state END "
-        "WHERE submission_id = ?",
-        [
-            batch.processing_status,
-            c.succeeded,
-            c.errored,
-            c.canceled,
-            c.expired,
-            _naive(batch.ended_at) if batch.ended_at else None,
-            ended,
-            submission_id,
-        ],
+    state.record_status(
+        con,
+        submission_id,
+        processing_status=batch.processing_status,
+        counts=(c.succeeded, c.errored, c.canceled, c.expired),
+        ended_at=_naive(batch.ended_at) if batch.ended_at else None,
     )
 
 

@@ -21,14 +21,12 @@ from dataclasses import dataclass
 
 import duckdb
 
+from batchpipe import state
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
 
 ENV = "BATCHPIPE_MAX_USD_PER_DAY"
-STATUS = "skipped_budget"
-# What a batch has cost or may cost: actual once loaded, else its reservation. Batches
-# from before reservations existed count at their expected estimate.
-COMMITTED = "coalesce(actual_usd, reserved_usd, estimated_usd, 0)"
+STATUS = state.SKIPPED_STATUS
 
 
 def usd(amount: float) -> str:
@@ -47,23 +45,13 @@ class Limit:
     name: str  # as the user wrote it: max_usd_per_run, max_usd_per_day or the variable
     usd: float
     where: str  # the file:line:col that sets it, or the environment variable
-    scope: str  # run | pipeline_day | day
+    scope: state.Scope
 
     def committed(
         self, con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date, today: dt.date
     ) -> float:
         """What the limit's batches have cost or reserved so far (failed intents cost 0)."""
-        where, params = {
-            "run": ("pipeline = ? AND partition_date = ?", [pipeline, date]),
-            "pipeline_day": ("pipeline = ? AND CAST(intent_at AS DATE) = ?", [pipeline, today]),
-            "day": ("CAST(intent_at AS DATE) = ?", [today]),
-        }[self.scope]
-        (usd,) = con.execute(
-            f"SELECT coalesce(sum({COMMITTED}), 0) FROM batchpipe_batches "
-            f"WHERE state <> 'failed' AND {where}",
-            params,
-        ).fetchone()
-        return float(usd)
+        return state.committed_usd(con, self.scope, pipeline, date, today)
 
     def describe(self, today: dt.date) -> str:
         scope = {
@@ -134,27 +122,20 @@ def record_skipped(
     pipeline: str,
     date: dt.date,
     refusal: Refusal,
-    rows_sql: str,
-    params: list,
+    from_rn: int,
 ) -> int:
-    """Write the refused requests (`rows_sql` yields custom_id and request_hash)
-    as skipped_budget with the limit that stopped them; returns how many."""
-    (count,) = con.execute(
-        f"""
-        INSERT INTO batchpipe_skipped
-        SELECT ?, ?, custom_id, request_hash, ?, ?, ?, timezone('UTC', now()) FROM ({rows_sql})
-        """,
-        [pipeline, date, refusal.limit.name, refusal.limit.usd, refusal.limit.where, *params],
-    ).fetchone()
-    return int(count)
+    """Record the staged requests from number `from_rn` on as skipped_budget, with the
+    limit that stopped them; returns how many."""
+    limit = refusal.limit
+    return state.record_skipped(
+        con, pipeline, date, limit_name=limit.name, limit_usd=limit.usd,
+        limit_set_at=limit.where, from_rn=from_rn,
+    )  # fmt: skip
 
 
 def clear_skipped(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> None:
     """Forget the partition's refusals before it is sent again: they are checked anew."""
-    con.execute(
-        "DELETE FROM batchpipe_skipped WHERE pipeline = ? AND partition_date = ?",
-        [pipeline, date],
-    )
+    state.clear_skipped(con, pipeline, date)
 
 
 def refused_message(refusal: Refusal, sent: int, refused: int, refused_usd: float) -> str:

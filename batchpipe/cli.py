@@ -178,7 +178,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from batchpipe.forecast import forecast
+    from batchpipe.plan import forecast
 
     (pf,) = _select(args)
     print(f"plan for {pf.pipeline.name} {args.date} (a dry run)")
@@ -241,8 +241,9 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Every problem of every file at once: one broken file does not hide another's."""
-    from batchpipe import plan, warehouse
+    from batchpipe import state
     from batchpipe.loader import folder_clashes, load_file, pipelines_dir
+    from batchpipe.resolve import resolve, undated_rows_note
 
     paths = [Path(n) for n in args.names if n.endswith((".yaml", ".yml"))]
     names = {n for n in args.names if not n.endswith((".yaml", ".yml"))}
@@ -263,15 +264,14 @@ def _validate(args: argparse.Namespace) -> int:
     # What `run` would refuse about the folder: another file with the same name or table.
     clashed = folder_clashes(files)
     problems.extend(message for _, message in clashed)
-    with warehouse.connect(read_only=True) as con:
-        warehouse.shadow_missing_state_tables(con)
+    with state.connect(read_only=True) as con:
         for pf in files:
             try:
-                resolved = plan.resolve(pf, con)
+                resolved = resolve(pf, con)
                 if not any(other is pf for other, _ in clashed):
                     print(f"ok  {pf.pipeline.name} ({pf.path})")
                 # Not an error: the file is valid, but some rows will never be sent.
-                if note := plan.undated_rows_note(con, resolved, pf.pipeline.partitions.start):
+                if note := undated_rows_note(con, resolved, pf.pipeline.partitions.start):
                     print(f"note: {note}", file=sys.stderr)
             except ConfigError as err:
                 problems.extend(err.problems)
@@ -297,13 +297,13 @@ def _emulator(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from batchpipe import warehouse
+    from batchpipe import state, warehouse
     from batchpipe.loader import pipelines_dir
 
     path = args.sql or pipelines_dir() / "demo_data.sql"
     if not path.exists():
         raise BatchpipeError(f"{path}: no such file")
-    with warehouse.connect() as con:
+    with state.connect() as con:
         con.execute(path.read_text(encoding="utf-8"))
         tables = warehouse.table_names(con)
     print(f"demo tables ready in {warehouse.database()}: {', '.join(tables)}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import anthropic
 import duckdb
 
-from batchpipe import pricing
+from batchpipe import pricing, state
 from batchpipe.config import Request
 from batchpipe.errors import unreachable_message
 
@@ -48,16 +48,7 @@ class OutputTokens:
 def output_tokens(con: duckdb.DuckDBPyConnection, pipeline: str, max_tokens: int) -> OutputTokens:
     """Learned from the pipeline's latest succeeded replies; max_tokens bounds the high end
     (a reply never passes it), and it is the only bound until there is history."""
-    replies, low, median, high = con.execute(
-        f"""
-        SELECT count(*), quantile_cont(output_tokens, {LOW}), median(output_tokens),
-               quantile_cont(output_tokens, {HIGH})
-        FROM (SELECT output_tokens FROM batchpipe_results
-              WHERE pipeline = ? AND result_type = 'succeeded'
-              ORDER BY loaded_at DESC LIMIT {HISTORY})
-        """,
-        [pipeline],
-    ).fetchone()
+    replies, low, median, high = state.output_token_history(con, pipeline, LOW, HIGH, HISTORY)
     if not replies:
         return OutputTokens(
             0.0,
@@ -134,13 +125,6 @@ class Range:
     input_tokens: int
     output_tokens: int  # expected
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "low_usd": self.low_usd,
-            "expected_usd": self.expected_usd,
-            "high_usd": self.high_usd,
-        }
-
 
 def price(
     model: str,
@@ -203,38 +187,7 @@ def cache_ttl(request: Request) -> str:
 def cache_is_warm(con: duckdb.DuckDBPyConnection, pipeline: str, ttl: str) -> bool:
     """Whether the pipeline's replies used its cached prefix within the cache's lifetime:
     then the next batch reads it instead of writing it first."""
-    (warm,) = con.execute(
-        "SELECT count(*) > 0 FROM batchpipe_results WHERE pipeline = ? "
-        "AND cache_creation_input_tokens + cache_read_input_tokens > 0 "
-        "AND loaded_at > timezone('UTC', now()) - INTERVAL "
-        f"{'1 hour' if ttl == '1h' else '5 minutes'}",
-        [pipeline],
-    ).fetchone()
-    return bool(warm)
-
-
-def for_requests(
-    con: duckdb.DuckDBPyConnection,
-    pipeline: str,
-    request: Request,
-    api: anthropic.Anthropic | None,
-    sample: Sequence[tuple[dict, int]],
-    requests: int,
-) -> tuple[InputTokens, OutputTokens, Callable[[int, int], Range]]:
-    """The input and output bases for a pipeline's requests, and the function that
-    prices `(requests, characters)` of them, one batch at a time."""
-    inp = input_tokens(api, sample, requests)
-    out = output_tokens(con, pipeline, request.max_tokens)
-    ttl = cache_ttl(request)
-    warm = bool(inp.cached) and cache_is_warm(con, pipeline, ttl)
-
-    def priced(count: int, chars: int, batches: int = 1) -> Range:
-        return price(
-            request.model, count, chars, inp, out,
-            batches=batches, cache_ttl=ttl, cache_warm=warm, inference_geo=request.inference_geo,
-        )  # fmt: skip
-
-    return inp, out, priced
+    return state.used_cache_within(con, pipeline, ttl)
 
 
 def _count(api: anthropic.Anthropic, params: dict) -> int:
@@ -258,3 +211,45 @@ def _cached_prefix_tokens(api: anthropic.Anthropic, params: dict) -> int:
     bare = {"model": params["model"], "messages": [{"role": "user", "content": "."}]}
     tokens = _count(api, probe) - _count(api, bare)
     return tokens if tokens >= MIN_CACHED else 0  # below the minimum, nothing is cached
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a partition's pending requests will cost, and what that rests on: made once
+    where the requests are known (`for_pending`), then read as it is by the log, the
+    asset metadata, `batchpipe plan` and each batch's budget reservation."""
+
+    requests: int
+    chars: int  # of the requests' params, in all
+    batches: int
+    input: InputTokens
+    output: OutputTokens
+    whole: Range  # all of the requests, in `batches` batches
+    per_batch: Callable[[int, int], Range]  # (requests, characters) of one batch -> USD
+
+
+def for_pending(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    request: Request,
+    api: anthropic.Anthropic | None,
+    sample: Sequence[tuple[dict, int]],
+    requests: int,
+    chars: int,
+) -> Estimate:
+    """The estimate of `requests` pending requests of `chars` characters in all, of which
+    `sample` holds (params, characters) of a few; with no `api`, characters stand in for
+    counted tokens. Its `per_batch` prices one batch of them."""
+    inp = input_tokens(api, sample, requests)
+    out = output_tokens(con, pipeline, request.max_tokens)
+    ttl = cache_ttl(request)
+    warm = bool(inp.cached) and cache_is_warm(con, pipeline, ttl)
+
+    def priced(count: int, chars: int, batches: int = 1) -> Range:
+        return price(
+            request.model, count, chars, inp, out,
+            batches=batches, cache_ttl=ttl, cache_warm=warm, inference_geo=request.inference_geo,
+        )  # fmt: skip
+
+    batches = -(-requests // request.max_batch_requests)
+    return Estimate(requests, chars, batches, inp, out, priced(requests, chars, batches), priced)

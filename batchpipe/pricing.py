@@ -12,50 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batchpipe import models as _table
-from batchpipe.models import (
-    Catalog,
-    ModelInfo,
-    Price,
-    Tier,
-    catalog,
-    check_request,
-    max_tokens_cap,
-    model,
-)
-
-__all__ = [
-    "CHARS_PER_TOKEN",
-    "USAGE_TYPE",
-    "Catalog",
-    "ModelInfo",
-    "Price",
-    "PriceList",
-    "Tier",
-    "check_request",
-    "cost_sql",
-    "cost_usd",
-    "geo_factor",
-    "max_tokens_cap",
-    "model",
-    "price",
-    "price_for",
-    "price_list",
-]
+from batchpipe import models
+from batchpipe.models import Catalog, Price
 
 CHARS_PER_TOKEN = 4  # the usual approximation for English text, used only for estimates
-
-PriceList = Catalog  # the old name of the whole table; `.batch_discount` is unchanged
 
 
 def price_list() -> Catalog:
     """The whole table: `batch_discount`, `inference_geo` multipliers and every model."""
-    return catalog()
+    return models.catalog()
 
 
 def price(model_id: str) -> Price:
     """A model's base price (its lowest tier), or a ValueError that names the known ones."""
-    return model(model_id).prices
+    return models.model(model_id).prices
 
 
 def price_for(model_id: str, prompt_tokens: int) -> Price:
@@ -64,7 +34,7 @@ def price_for(model_id: str, prompt_tokens: int) -> Price:
     Prompt tokens are input plus cache reads and writes. A tier replaces the base price
     for the whole request, output included, once the prompt is above its bound.
     """
-    info = model(model_id)
+    info = models.model(model_id)
     chosen: Price = info.prices
     for tier in info.tiers:
         if prompt_tokens > tier.above_prompt_tokens:
@@ -76,7 +46,7 @@ def geo_factor(inference_geo: str | None) -> float:
     """The multiplier on every token category for where a request runs; None is default."""
     if inference_geo is None:
         return 1.0
-    factors = catalog().inference_geo
+    factors = price_list().inference_geo
     if inference_geo not in factors:
         raise ValueError(
             f"unknown inference_geo {inference_geo!r}; known: {', '.join(sorted(factors))}"
@@ -141,7 +111,7 @@ def cost_sql(model: str, usage: str, *, batch: bool = True) -> str:
     expression `usage`, so a million result lines are costed in one statement. A tiered
     model bills the whole request at the tier its prompt (input, cache writes and reads)
     falls in."""
-    info = _table.model(model)  # the argument shadows model()
+    info = models.model(model)
     factor = price_list().batch_discount if batch else 1.0
 
     def tokens(field: str) -> str:

@@ -6,10 +6,10 @@ import datetime as dt
 
 import anthropic
 
-from batchpipe import warehouse
+from batchpipe import state, warehouse
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
-from batchpipe.templates import quote_ident
+from batchpipe.sqlcheck import quote_ident
 
 
 def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
@@ -21,7 +21,7 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
         f"left(CAST({quote_ident(c)} AS VARCHAR), {70 // len(shown)}) AS {quote_ident(c)}"
         for c in shown
     )
-    with warehouse.connect(read_only=True) as con:
+    with state.connect(read_only=True) as con:
         if pipeline.output.table.split(".")[-1] not in warehouse.table_names(con):
             raise BatchpipeError(
                 f"{pipeline.output.table} does not exist yet: run "
@@ -35,12 +35,7 @@ def show_partition(pf: PipelineFile, date: dt.date, limit: int = 5) -> None:
         )
         print(f"{pipeline.output.table} on {date} (first {limit} rows):")
         rows.show(max_rows=limit, max_width=160)
-        total, cost, standard = con.execute(
-            "SELECT count(*), coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0) "
-            "FROM batchpipe_results WHERE batch_id IN (SELECT batch_id FROM batchpipe_batches "
-            "WHERE pipeline = ? AND partition_date = ?)",
-            [pipeline.name, date],
-        ).fetchone()
+        total, cost, standard = state.partition_bill(con, pipeline.name, date)
     print(
         f"cost of {date}: ${cost:.4f} for {total} batch request(s); the standard API would "
         f"have cost ${standard:.4f}\n",
@@ -54,21 +49,8 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
     Counts of open batches come live from the API when it answers (read-only: the
     warehouse is not written), else from the last poll recorded in DuckDB.
     """
-    with warehouse.connect(read_only=True) as con:
-        rows = con.execute(
-            """
-            SELECT b.pipeline, b.partition_date, coalesce(b.batch_id, '(not sent)'), b.state,
-                   b.request_count, coalesce(b.succeeded, 0), coalesce(b.errored, 0),
-                   coalesce(b.canceled, 0), coalesce(b.expired, 0), b.intent_at,
-                   coalesce(sum(r.cost_usd), 0), b.estimated_usd
-            FROM batchpipe_batches b LEFT JOIN batchpipe_results r ON r.batch_id = b.batch_id
-            WHERE ($names IS NULL OR list_contains($names, b.pipeline))
-              AND (list_contains($open, b.state)
-                   OR b.intent_at > timezone('UTC', now()) - INTERVAL 7 DAY)
-            GROUP BY ALL ORDER BY b.intent_at DESC LIMIT 50
-            """,
-            {"names": names or None, "open": list(warehouse.OPEN_STATES)},
-        ).fetchall()
+    with state.connect(read_only=True) as con:
+        rows = state.recent_batches(con, names)
     if not rows:
         return ["no open or recent batches"]
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -80,7 +62,7 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
         pipeline,
         day,
         batch_id,
-        state,
+        status,
         count,
         ok,
         bad,
@@ -90,16 +72,16 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
         cost,
         estimate,
     ) in rows:
-        if state == "submitted" and api is not None:
+        if status == "submitted" and api is not None:
             try:
                 c = api.messages.batches.retrieve(batch_id).request_counts
                 ok, bad, canceled, expired = c.succeeded, c.errored, c.canceled, c.expired
             except anthropic.APIError:
                 pass  # show what was recorded at the last poll
         done = ok + bad + canceled + expired
-        spent = f"{cost:.4f}" if state == "loaded" else f"~{estimate or 0:.4f}"
+        spent = f"{cost:.4f}" if status == "loaded" else f"~{estimate or 0:.4f}"
         lines.append(
-            f"{pipeline:<22} {day!s:<10} {batch_id:<34} {state:<10} {count:>8} {done:>6} "
+            f"{pipeline:<22} {day!s:<10} {batch_id:<34} {status:<10} {count:>8} {done:>6} "
             f"{bad:>7} {_age(now - at):>6} {spent:>9}"
         )
     return lines

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from batchpipe.templates import sql_string
+from batchpipe.sqlcheck import sql_string
 
 FieldType = Literal[
     "string",

@@ -13,7 +13,7 @@ import io
 import json
 from typing import Literal
 
-from batchpipe import warehouse
+from batchpipe import state
 
 By = Literal["day", "pipeline", "model"]
 Format = Literal["table", "csv", "json"]
@@ -37,22 +37,8 @@ COLUMNS = COUNTS + MONEY
 
 def spending(names: list[str] | None, since: dt.date | None, by: By) -> list[dict]:
     """One dict per group (day, pipeline or model), in order, plus nothing else."""
-    with warehouse.connect(read_only=True) as con:
-        warehouse.shadow_missing_state_tables(con)
-        rows = con.execute(
-            f"""
-            SELECT {GROUPS[by]} AS {by}, count(*), sum(requests), sum(reused),
-                   sum(actual_usd), coalesce(sum(estimated_expected_usd), 0),
-                   sum(standard_usd), sum(standard_usd) - sum(actual_usd),
-                   sum(caching_saved_usd), sum(reuse_saved_usd)
-            FROM (SELECT *, coalesce(CAST(first_sent_at AS DATE), partition_date) AS day
-                  FROM batchpipe_costs)
-            WHERE ($names IS NULL OR list_contains($names, pipeline))
-              AND ($since IS NULL OR day >= $since)
-            GROUP BY ALL ORDER BY 1
-            """,
-            {"names": names or None, "since": since},
-        ).fetchall()
+    with state.connect(read_only=True) as con:
+        rows = state.spending(con, GROUPS[by], by, names, since)
     return [
         {by: key, **dict(zip(COLUMNS, (_number(v) for v in values), strict=True))}
         for key, *values in rows

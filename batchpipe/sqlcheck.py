@@ -160,3 +160,14 @@ def _table_functions(node: Any) -> Iterator[str]:
 
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal holding `value`, for the few places a value cannot be a
+    parameter (DDL, a view, a statement DuckDB must fold)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier: a column or table name as the file spells it, quoted."""
+    return '"' + name.replace('"', '""') + '"'

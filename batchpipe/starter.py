@@ -15,7 +15,7 @@ from pathlib import Path
 from batchpipe import warehouse
 from batchpipe.config import NAME_PATTERN, json_schema
 from batchpipe.errors import BatchpipeError
-from batchpipe.templates import quote_ident
+from batchpipe.sqlcheck import quote_ident
 
 SCHEMA_FILE = "schema.json"  # what the first line of a starter file points editors at
 TEXT_TYPES = ("VARCHAR",)

@@ -17,25 +17,35 @@ from dataclasses import dataclass, field
 import anthropic
 import duckdb
 
-from batchpipe import batches, budget, estimates, plan, results, warehouse
+from batchpipe import (
+    batches,
+    budget,
+    enriched,
+    estimates,
+    ownership,
+    requests,
+    results,
+    state,
+    warehouse,
+)
 from batchpipe.loader import PipelineFile
-from batchpipe.templates import quote_ident
+from batchpipe.resolve import resolve
+from batchpipe.sqlcheck import quote_ident
 
 Log = Callable[[str], None]
 
 
-def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> plan.RequestsSummary:
-    with warehouse.connect() as con:
-        resolved = plan.resolve(pf, con)
-        summary = plan.build_requests(con, resolved, date)
+def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> requests.RequestsSummary:
+    with state.connect() as con:
+        summary = requests.build_requests(con, resolve(pf, con), date)
     if summary.requests == 0:
         where = pf.pipeline.source.partition_column or "the incremental source"
         log(f"no source rows fall on {date} (by {where}); nothing to send")
     log(
         f"{summary.requests} rows on {date}: {summary.to_send} request(s) to send, "
         f"{summary.reused} reused (answered before, or the same as another row's); "
-        f"estimated ${summary.estimate['expected_usd']:.4f} "
-        f"(at most ${summary.estimate['high_usd']:.4f})"
+        f"estimated ${summary.estimate.whole.expected_usd:.4f} "
+        f"(at most ${summary.estimate.whole.high_usd:.4f})"
     )
     return summary
 
@@ -65,23 +75,14 @@ def submit(
     poll_seconds: float,
 ) -> BatchesSummary:
     """Send what is pending; with `wait`, poll here until every batch has ended."""
-    with warehouse.connect() as con:
-        if not _has_requests(con, pf, date):
-            plan.build_requests(con, plan.resolve(pf, con), date)
+    with state.connect() as con:
+        if not state.request_count(con, pf.pipeline.name, date):
+            requests.build_requests(con, resolve(pf, con), date)
         sent = _send_pending(con, pf, date, api, log)
     if wait:  # without holding the warehouse: `batchpipe cancel` can get in
         batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log)
-    with warehouse.connect() as con:
+    with state.connect() as con:
         return _batches_summary(con, pf.pipeline.name, date, sent)
-
-
-def _has_requests(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM batchpipe_requests WHERE pipeline = ? AND partition_date = ?",
-            [pf.pipeline.name, date],
-        ).fetchone()[0]
-    )
 
 
 def _send_pending(
@@ -92,67 +93,52 @@ def _send_pending(
     log: Log,
 ) -> int:
     # Every send goes through here, also a retry or a batch_status run on its own: the
-    # output table must still be this pipeline's (plan.resolve checked it when built).
-    plan.check_output_table(con, pf)
+    # output table must still be this pipeline's (resolve checked it when built).
+    ownership.check_output_table(con, pf)
     name, request = pf.pipeline.name, pf.pipeline.request
-    pending, chars = plan.pending_size(con, pf, date)
+    pending, chars = requests.pending_size(con, pf, date)
     interrupted = any(
         s.state in batches.UNSENT_STATES for s in batches.open_submissions(con, name, date)
     )
     if not pending and not interrupted:
         log("nothing to send: every request is answered, final or in flight")
         return 0
-    params = plan.pending_params(pf, date)
     # Input tokens counted on a sample of what is pending, output learned from history:
     # each batch's intent records its estimate and reserves its high end.
     sample = con.execute(
-        estimates.sample_sql(
-            f"SELECT r.params, r.input_chars FROM ({plan.PENDING_SQL}) AS p "
-            "JOIN batchpipe_requests AS r ON r.pipeline = $pipeline "
-            "AND r.partition_date = $date AND r.custom_id = p.custom_id"
-        ),
-        params,
+        estimates.sample_sql(state.pending_params_sample_sql()),
+        requests.pending_params(pf, date),
     ).fetchall()
-    inp, out, priced = estimates.for_requests(
-        con, name, request, api, [(json.loads(p), chars) for p, chars in sample], pending
+    estimate = estimates.for_pending(
+        con, name, request, api, [(json.loads(p), c) for p, c in sample], pending, chars
     )
     if pending:
-        batches_needed = -(-pending // request.max_batch_requests)
-        whole = priced(pending, chars, batches_needed)
+        whole = estimate.whole
         log(
             f"estimated ${whole.expected_usd:.4f} (${whole.low_usd:.4f} to ${whole.high_usd:.4f}) "
-            f"for {pending} request(s); input: {inp.basis}; output: {out.basis}"
+            f"for {pending} request(s); input: {estimate.input.basis}; "
+            f"output: {estimate.output.basis}"
         )
-    return batches.submit_partition(
-        con,
-        api,
-        name,
-        date,
-        request.model,
-        plan.PENDING_SQL,
-        params,
-        log,
+    send = batches.Send(
+        pipeline=name,
+        date=date,
+        model=request.model,
+        max_attempts=request.max_attempts,
         max_requests=request.max_batch_requests,
         betas=request.betas or (),
-        spend=batches.Spend(priced, budget.limits(pf)),
+        spend=batches.Spend(estimate.per_batch, budget.limits(pf)),
     )
+    return batches.submit_partition(con, api, send, log)
 
 
 def _batches_summary(
     con: duckdb.DuckDBPyConnection, name: str, date: dt.date, sent: int
 ) -> BatchesSummary:
-    row = con.execute(
-        "SELECT list(batch_id ORDER BY intent_at), "
-        "coalesce(sum(request_count), 0), coalesce(sum(succeeded), 0), "
-        "coalesce(sum(errored), 0), coalesce(sum(canceled), 0), coalesce(sum(expired), 0), "
-        "coalesce(sum(estimated_usd), 0) FROM batchpipe_batches "
-        "WHERE pipeline = ? AND partition_date = ? AND batch_id IS NOT NULL",
-        [name, date],
-    ).fetchone()
+    batch_ids, *counts = state.partition_batches(con, name, date)
     # What the sensor polls: the partition's batches still running, and the candidates of
     # a create whose outcome is not yet known (their results decide whose they are).
-    watched = batches.watched_batch_ids(con, name, date)
-    return BatchesSummary(sent, list(row[0] or []), watched, *row[1:])
+    watched = state.watched_batch_ids(con, name, date)
+    return BatchesSummary(sent, batch_ids, watched, *counts)
 
 
 @dataclass(frozen=True)
@@ -184,7 +170,7 @@ def load_results(
     name = pf.pipeline.name
     loaded_batches = lines = retried = 0
     while True:
-        with warehouse.connect() as con:
+        with state.connect() as con:
             batches.poll(con, api, name, date, log, batches.Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
@@ -199,7 +185,7 @@ def load_results(
                         if sub.state in batches.UNSENT_STATES:
                             batches.stop_unsent(con, api, sub, log)
                 still_open = batches.open_submissions(con, name, date)
-            open_ids = batches.watched_batch_ids(con, name, date)
+            open_ids = state.watched_batch_ids(con, name, date)
         if still_open and not wait:
             log(
                 f"{len(still_open)} batch(es) still processing; the sensor runs this "
@@ -211,9 +197,9 @@ def load_results(
             continue
         if not retry:
             break
-        with warehouse.connect() as con:
+        with state.connect() as con:
             again = _send_pending(con, pf, date, api, log)
-            open_ids = batches.watched_batch_ids(con, name, date)
+            open_ids = state.watched_batch_ids(con, name, date)
         if not again:
             break
         retried += again
@@ -233,11 +219,7 @@ def _load_ended(
     """Download each ended batch's results, then load them all in one statement."""
     files = []
     for sub in ended:
-        (expected,) = con.execute(
-            "SELECT succeeded + errored + canceled + expired FROM batchpipe_batches "
-            "WHERE submission_id = ?",
-            [sub.submission_id],
-        ).fetchone()
+        expected = state.result_lines_expected(con, sub.submission_id)
         path = batches.download_results(api, sub.batch_id, expected, log)
         files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path, expected))
     count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
@@ -247,19 +229,13 @@ def _load_ended(
 
 def cancel(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log) -> dict:
     """Cancel the partition's open batches and record what became of each request."""
-    with warehouse.connect() as con:
+    with state.connect() as con:
         canceled = batches.cancel(con, api, pf.pipeline.name, date, log)
         for batch_id in canceled:
             log(f"asked the API to cancel {batch_id}")
     summary = load_results(pf, date, api, log, wait=True, poll_seconds=1.0, retry=False)
-    with warehouse.connect(read_only=True) as con:
-        outcomes = dict(
-            con.execute(
-                "SELECT result_type, count(*) FROM batchpipe_results WHERE batch_id IN ? "
-                "GROUP BY ALL ORDER BY ALL",
-                [canceled or [""]],
-            ).fetchall()
-        )
+    with state.connect(read_only=True) as con:
+        outcomes = state.outcomes(con, canceled)
     log(f"loaded {summary.lines_loaded} result line(s): {outcomes or 'nothing was open'}")
     return outcomes
 
@@ -269,15 +245,10 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
     (or a send not yet known to have happened), or built requests never sent. The
     enriched table is written only once it is final, so a materialization has its data."""
     name = pf.pipeline.name
-    with warehouse.connect() as con:
+    with state.connect() as con:
         open_subs = batches.open_submissions(con, name, date)
         # Requests a budget refused are final until the limit is raised: they show as such.
-        (pending,) = con.execute(
-            f"SELECT count(*) FROM ({plan.PENDING_SQL}) AS p WHERE p.request_hash NOT IN "
-            "(SELECT request_hash FROM batchpipe_skipped "
-            "WHERE pipeline = $pipeline AND partition_date = $date)",
-            plan.pending_params(pf, date),
-        ).fetchone()
+        pending = state.pending_unskipped(con, name, date, pf.pipeline.request.max_attempts)
     if open_subs:
         return f"{len(open_subs)} batch(es) of {date} not ended yet"
     if pending:
@@ -285,10 +256,10 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
     return None
 
 
-def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> results.EnrichedSummary:
-    with warehouse.connect() as con:
-        resolved = plan.resolve(pf, con)
-        summary = results.write_enriched(con, resolved, date)
+def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> enriched.EnrichedSummary:
+    with state.connect() as con:
+        resolved = resolve(pf, con)
+        summary = enriched.write_enriched(con, resolved, date)
         columns = warehouse.describe(con, quote_ident(pf.pipeline.output.table))
         (catalog,) = con.execute("SELECT current_database()").fetchone()
     # Each row once: those without a final result (never answered, or skipped by a budget).

@@ -16,6 +16,7 @@ from typing import Any
 
 from jinja2 import nodes
 
+from batchpipe.sqlcheck import quote_ident, sql_string
 from batchpipe.template_jinja import TemplateError, encode, text
 
 # ("column", name) | ("literal", value) | ("filter", name, inner, args)
@@ -125,11 +126,3 @@ def _json(expr: Expr, prefix: str) -> str:
     if name == "default":
         return f"coalesce({_json(inner, prefix)}, {_json(args[0], prefix)})"
     return f"CAST(to_json({_text(expr, prefix)}) AS VARCHAR)"  # the others return text
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

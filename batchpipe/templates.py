@@ -45,8 +45,9 @@ import jinja2
 from jinja2 import meta, nodes
 
 from batchpipe import template_jinja, template_sql
+from batchpipe.sqlcheck import quote_ident, sql_string
 from batchpipe.template_jinja import TEXT_KEY, TemplateError
-from batchpipe.template_sql import Part, quote_ident, sql_string
+from batchpipe.template_sql import Part
 
 __all__ = [
     "Template",
@@ -54,10 +55,8 @@ __all__ = [
     "check_columns",
     "parse",
     "payload_sql",
-    "quote_ident",
     "register",
     "render",
-    "sql_string",
     "to_sql",
 ]
 

@@ -92,21 +92,21 @@ def pipeline(name: str = "product_descriptions"):
 
 
 def resolve_problem(project: Path, path: Path) -> str:
-    """`plan.resolve` of a pipeline file on the writable connection a run uses: the
+    """`resolve.resolve` of a pipeline file on the writable connection a run uses: the
     ConfigError's message (the test then checks nothing ran)."""
     import duckdb
     import pytest
 
-    from batchpipe import plan
     from batchpipe.errors import ConfigError
     from batchpipe.loader import load_file
+    from batchpipe.resolve import resolve
 
     pf = load_file(path)
     with (
         duckdb.connect(str(project / "warehouse.duckdb")) as con,
         pytest.raises(ConfigError) as caught,
     ):
-        plan.resolve(pf, con)
+        resolve(pf, con)
     return str(caught.value)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import plan
+from batchpipe import pipeline_sql, resolve
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
@@ -91,7 +91,7 @@ def test_request_options_reach_the_params(demo_db: Path) -> None:
         )
     )
     pf = load_file(path)
-    assert plan.constant_params(pf) == {
+    assert pipeline_sql.constant_params(pf) == {
         "output_config": {"effort": "low"},
         "stop_sequences": ["END"],
         "inference_geo": "us",
@@ -121,7 +121,7 @@ def test_a_missing_template_file_names_the_key(demo_db: Path) -> None:
         duckdb.connect(str(demo_db / "warehouse.duckdb")) as con,
         pytest.raises(ConfigError) as caught,
     ):
-        plan.resolve(pf, con)
+        resolve.resolve(pf, con)
     assert "request.system.0.file: cannot read" in str(caught.value) and "nope.md" in str(
         caught.value
     )

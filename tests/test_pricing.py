@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from anthropic.types.model import Model
 
-from batchpipe import estimates, pricing
+from batchpipe import estimates, models, pricing
 
 BETA = "output-300k-2026-03-24"
 
@@ -24,7 +24,7 @@ def test_every_model_the_sdk_names_is_in_the_table() -> None:
     for model_id in sdk_model_ids():
         if model_id in table.retired:
             continue
-        info = pricing.model(model_id)
+        info = models.model(model_id)
         assert info.source.startswith("https://"), model_id
         assert info.prices.input > 0 and info.max_output > 0, model_id
 
@@ -40,13 +40,13 @@ def test_the_5_and_4_lines_are_served() -> None:
         "claude-sonnet-4-6",
         "claude-haiku-4-5",
     ):
-        assert pricing.model(model_id).id == model_id
+        assert models.model(model_id).id == model_id
 
 
 def test_dated_ids_resolve_to_their_alias() -> None:
-    assert pricing.model("claude-haiku-4-5-20251001").id == "claude-haiku-4-5"
+    assert models.model("claude-haiku-4-5-20251001").id == "claude-haiku-4-5"
     assert pricing.price("claude-opus-4-5-20251101") == pricing.price("claude-opus-4-5")
-    assert pricing.model("claude-sonnet-4-5-20250929").retires is not None
+    assert models.model("claude-sonnet-4-5-20250929").retires is not None
 
 
 def test_batch_is_half_the_standard_price() -> None:
@@ -106,29 +106,29 @@ def test_unknown_inference_geo_is_an_error() -> None:
 
 
 def test_max_tokens_cap_with_and_without_the_beta() -> None:
-    assert pricing.max_tokens_cap("claude-opus-5-5", ()) == 128_000
-    assert pricing.max_tokens_cap("claude-opus-5-5", [BETA]) == 300_000
-    assert pricing.max_tokens_cap("claude-sonnet-4-6", ["other", BETA]) == 300_000
-    assert pricing.max_tokens_cap("claude-haiku-4-5", [BETA]) == 64_000  # no beta there
-    assert pricing.max_tokens_cap("claude-fable-5-1", [BETA]) == 128_000
+    assert models.max_tokens_cap("claude-opus-5-5", ()) == 128_000
+    assert models.max_tokens_cap("claude-opus-5-5", [BETA]) == 300_000
+    assert models.max_tokens_cap("claude-sonnet-4-6", ["other", BETA]) == 300_000
+    assert models.max_tokens_cap("claude-haiku-4-5", [BETA]) == 64_000  # no beta there
+    assert models.max_tokens_cap("claude-fable-5-1", [BETA]) == 128_000
 
 
 def test_check_request_names_the_cap_and_the_beta_that_raises_it() -> None:
-    assert pricing.check_request("claude-opus-5-5", max_tokens=128_000) == []
-    (problem,) = pricing.check_request("claude-opus-5-5", max_tokens=200_000)
+    assert models.check_request("claude-opus-5-5", max_tokens=128_000) == []
+    (problem,) = models.check_request("claude-opus-5-5", max_tokens=200_000)
     assert "over claude-opus-5-5's cap of 128,000" in problem
     assert f"the {BETA} beta raises it to 300,000" in problem
-    assert pricing.check_request("claude-opus-5-5", max_tokens=200_000, betas=[BETA]) == []
-    (problem,) = pricing.check_request("claude-haiku-4-5", max_tokens=100_000, betas=[BETA])
+    assert models.check_request("claude-opus-5-5", max_tokens=200_000, betas=[BETA]) == []
+    (problem,) = models.check_request("claude-haiku-4-5", max_tokens=100_000, betas=[BETA])
     assert problem == "max_tokens 100,000 is over claude-haiku-4-5's cap of 64,000"
 
 
 def test_check_request_refuses_a_forced_tool_where_thinking_is_always_on() -> None:
-    (problem,) = pricing.check_request("claude-opus-5-5", max_tokens=1_000, forced_tool=True)
+    (problem,) = models.check_request("claude-opus-5-5", max_tokens=1_000, forced_tool=True)
     assert "refuses a forced tool choice" in problem and "always on" in problem
-    assert pricing.check_request("claude-sonnet-5-5", max_tokens=1_000, forced_tool=True)
-    assert pricing.check_request("claude-haiku-4-5", max_tokens=1_000, forced_tool=True) == []
-    (problem,) = pricing.check_request(
+    assert models.check_request("claude-sonnet-5-5", max_tokens=1_000, forced_tool=True)
+    assert models.check_request("claude-haiku-4-5", max_tokens=1_000, forced_tool=True) == []
+    (problem,) = models.check_request(
         "claude-haiku-4-5",
         max_tokens=8_000,
         forced_tool=True,
@@ -140,20 +140,20 @@ def test_check_request_refuses_a_forced_tool_where_thinking_is_always_on() -> No
 def test_check_request_refuses_manual_thinking_where_the_model_does() -> None:
     enabled = {"type": "enabled", "budget_tokens": 2_048}
     for model_id in ("claude-opus-5-5", "claude-sonnet-5", "claude-opus-4-7"):
-        (problem,) = pricing.check_request(model_id, max_tokens=8_000, thinking=enabled)
+        (problem,) = models.check_request(model_id, max_tokens=8_000, thinking=enabled)
         assert "refuses thinking {type: enabled}" in problem
-    (problem,) = pricing.check_request("claude-opus-5-5", max_tokens=8_000, thinking="disabled")
+    (problem,) = models.check_request("claude-opus-5-5", max_tokens=8_000, thinking="disabled")
     assert "always thinks and refuses thinking {type: disabled}" in problem
-    assert pricing.check_request("claude-opus-4-6", max_tokens=8_000, thinking=enabled) == []
-    assert pricing.check_request("claude-opus-5-5", max_tokens=8_000, thinking="adaptive") == []
-    (problem,) = pricing.check_request("claude-haiku-4-5", max_tokens=2_048, thinking=enabled)
+    assert models.check_request("claude-opus-4-6", max_tokens=8_000, thinking=enabled) == []
+    assert models.check_request("claude-opus-5-5", max_tokens=8_000, thinking="adaptive") == []
+    (problem,) = models.check_request("claude-haiku-4-5", max_tokens=2_048, thinking=enabled)
     assert "budget_tokens 2,048 must be below max_tokens" in problem
 
 
 def test_check_request_refuses_sampling_params_on_sonnet_5() -> None:
-    (problem,) = pricing.check_request("claude-sonnet-5", max_tokens=1_000, sampling=True)
+    (problem,) = models.check_request("claude-sonnet-5", max_tokens=1_000, sampling=True)
     assert problem == "claude-sonnet-5 refuses non-default temperature, top_p or top_k"
-    assert pricing.check_request("claude-sonnet-4-6", max_tokens=1_000, sampling=True) == []
+    assert models.check_request("claude-sonnet-4-6", max_tokens=1_000, sampling=True) == []
 
 
 def test_always_thinking_models_refuse_to_stop_thinking() -> None:
@@ -166,13 +166,13 @@ def test_always_thinking_models_refuse_to_stop_thinking() -> None:
 
 def test_unknown_model_says_did_you_mean_and_lists_the_known_ones() -> None:
     with pytest.raises(ValueError) as err:
-        pricing.model("claude-opus-5.5")
+        models.model("claude-opus-5.5")
     message = str(err.value)
     assert message.startswith("unknown model 'claude-opus-5.5'; did you mean 'claude-opus-5-5'?")
     assert "known models: claude-fable-5, " in message and "claude-sonnet-5-5" in message
     with pytest.raises(ValueError, match="unknown model 'gpt-4'"):
         pricing.price("gpt-4")
-    (problem,) = pricing.check_request("claude-haiku-4.5", max_tokens=10)
+    (problem,) = models.check_request("claude-haiku-4.5", max_tokens=10)
     assert "did you mean 'claude-haiku-4-5'?" in problem
 
 

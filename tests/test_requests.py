@@ -9,19 +9,19 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import plan
+from batchpipe import pipeline_sql, requests, resolve, state
 from batchpipe.loader import load_pipelines
 
 DAY = dt.date(2026, 11, 3)
 
 
-def build(project: Path, name: str = "product_descriptions") -> tuple[plan.RequestsSummary, list]:
+def build(
+    project: Path, name: str = "product_descriptions"
+) -> tuple[requests.RequestsSummary, list]:
     (pf,) = [f for f in load_pipelines() if f.pipeline.name == name]
     with duckdb.connect(str(project / "warehouse.duckdb")) as con:
-        from batchpipe.warehouse import STATE_TABLES
-
-        con.execute(STATE_TABLES)
-        summary = plan.build_requests(con, plan.resolve(pf, con), DAY)
+        state.create(con)
+        summary = requests.build_requests(con, resolve.resolve(pf, con), DAY)
         rows = con.execute(
             "SELECT custom_id, params FROM batchpipe_requests WHERE partition_date = ? "
             "ORDER BY custom_id",
@@ -162,9 +162,9 @@ def test_params_text_is_what_json_object_writes_for_awkward_values(project: Path
         "partitions: {start: 2026-11-01}\n"
     )
     (pf,) = [f for f in load_pipelines() if f.pipeline.name == "awkward"]
-    constant = json.dumps(plan.constant_params(pf))
+    constant = json.dumps(pipeline_sql.constant_params(pf))
     with duckdb.connect(str(project / "warehouse.duckdb")) as con:
-        resolved = plan.resolve(pf, con)
+        resolved = resolve.resolve(pf, con)
         rows = con.execute(
             f"SELECT {resolved.params_sql('s')}, CAST(json_object('model', 'claude-haiku-4-5', "
             "'max_tokens', 50, 'system', concat('Be brief about ', s.body), 'messages', "

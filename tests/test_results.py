@@ -8,9 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import pricing, results
+from batchpipe import pricing, results, state
 from batchpipe.errors import BatchApiError
-from batchpipe.warehouse import STATE_TABLES
 
 MODEL = "claude-haiku-4-5"
 
@@ -40,7 +39,7 @@ def _errored(custom_id: str) -> dict:
 @pytest.fixture
 def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    con.execute(STATE_TABLES)
+    state.create(con)
     con.execute(
         # Rows recorded before wire ids (wire_id NULL): results name the plain custom_id.
         "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash) "

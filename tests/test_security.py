@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import plan, warehouse
+from batchpipe import requests, resolve, state
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
 from tests.support import batchpipe, free_port, ledger, resolve_problem, start_emulator
@@ -297,9 +297,9 @@ def test_ordinary_queries_and_filters_still_resolve(demo_db: Path) -> None:
         "  partition_column", "  where: \"coalesce(tag, ';') <> 'x); DROP'\"\n  partition_column"
     )
     pf = load_file(write(demo_db, text))
-    with warehouse.connect() as con:  # BATCHPIPE_DB: the project's warehouse
-        resolved = plan.resolve(pf, con)
-        summary = plan.build_requests(con, resolved, dt.date(2026, 11, 3))
+    with state.connect() as con:  # BATCHPIPE_DB: the project's warehouse
+        resolved = resolve.resolve(pf, con)
+        summary = requests.build_requests(con, resolved, dt.date(2026, 11, 3))
     assert summary.requests == 30
 
 
@@ -332,10 +332,10 @@ def test_row_values_reach_the_prompt_verbatim_and_never_run(demo_db: Path, promp
     before = tables(demo_db)
     text = PIPELINE.replace('"Describe {{ name }} ({{ category }})"', json.dumps(prompt))
     pf = load_file(write(demo_db, text))
-    with warehouse.connect() as con:
-        resolved = plan.resolve(pf, con)
+    with state.connect() as con:
+        resolved = resolve.resolve(pf, con)
         assert resolved.messages[0][1].is_sql == (prompt.count("{%") == 0)
-        plan.build_requests(con, resolved, dt.date(2026, 11, 3))
+        requests.build_requests(con, resolved, dt.date(2026, 11, 3))
         rows = dict(
             con.execute(
                 "SELECT custom_id, params FROM batchpipe_requests WHERE pipeline = 'hostile'"

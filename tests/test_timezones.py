@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import estimates, plan, warehouse
+from batchpipe import estimates, pipeline_sql, requests, resolve, state
 from batchpipe.cli import main
 from batchpipe.loader import load_file
 from tests.support import batchpipe, ledger, query
@@ -79,8 +79,8 @@ def write(
 def built(path: Path, date: dt.date = DAY) -> dict[str, str]:
     """Build the date's requests as a run does: custom_id -> the prompt's text."""
     pf = load_file(path)
-    with warehouse.connect() as con:
-        plan.build_requests(con, plan.resolve(pf, con), date)
+    with state.connect() as con:
+        requests.build_requests(con, resolve.resolve(pf, con), date)
         rows = con.execute(
             "SELECT custom_id, params FROM batchpipe_requests "
             "WHERE pipeline = ? AND partition_date = ? ORDER BY custom_id",
@@ -114,7 +114,7 @@ def test_the_sql_clock_stays_utc_in_a_pipeline_zone(events: Path) -> None:
     """After a partition's rows are read in its zone the session stays there, but the
     state tables hold UTC: a prompt cache warmed two minutes ago is still warm at UTC+14
     (`now()::TIMESTAMP` would be 14 hours ahead of every stored stamp)."""
-    with warehouse.connect() as con:
+    with state.connect() as con:
         con.execute(
             "INSERT INTO batchpipe_results BY NAME SELECT 'ev' AS pipeline, 'b' AS batch_id, "
             "'e1' AS custom_id, 'h' AS request_hash, 'succeeded' AS result_type, "
@@ -122,7 +122,7 @@ def test_the_sql_clock_stays_utc_in_a_pipeline_zone(events: Path) -> None:
             "CAST(? AS TIMESTAMP) AS loaded_at",
             [dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=2)],
         )
-        plan.bind_date(con, DAY, "Pacific/Kiritimati")
+        pipeline_sql.bind_date(con, DAY, "Pacific/Kiritimati")
         assert con.execute("SELECT current_setting('TimeZone')").fetchone() == (
             "Pacific/Kiritimati",
         )

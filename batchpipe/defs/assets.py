@@ -132,8 +132,8 @@ def pipeline_assets(
                 "batchpipe/requests": summary.requests,
                 "batchpipe/to_send": summary.to_send,
                 "batchpipe/reused": summary.reused,
-                "batchpipe/estimated_usd": _usd(summary.estimate["expected_usd"]),
-                "batchpipe/estimated_high_usd": _usd(summary.estimate["high_usd"]),
+                "batchpipe/estimated_usd": _usd(summary.estimate.whole.expected_usd),
+                "batchpipe/estimated_high_usd": _usd(summary.estimate.whole.high_usd),
             }
         )
 
