@@ -148,8 +148,13 @@ def _select(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from batchpipe import batches
+    from batchpipe.failpoints import UnknownKillPoint, check_kill_at
     from batchpipe.runs import check_date, run_partition
 
+    try:
+        check_kill_at()  # a misspelt BATCHPIPE_KILL_AT fails here, not silently never
+    except UnknownKillPoint as err:
+        raise BatchpipeError(str(err)) from None
     files = _select(args)
     for pf in files:
         check_date(pf, args.date)  # before starting anything

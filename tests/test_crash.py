@@ -80,6 +80,20 @@ def test_killed_run_recovers_without_paying_twice(
     assert len(upstream.data) == batches
 
 
+def test_a_misspelt_kill_point_fails_the_run_before_it_sends_anything(
+    demo_db: Path, emulator
+) -> None:
+    url, env = emulator
+    misspelt = run(env, kill_at="after_craete")
+    assert misspelt.returncode == 1, misspelt.stderr[-2000:]
+    assert misspelt.stderr == (
+        "error: BATCHPIPE_KILL_AT='after_craete' is not a kill point; known points: "
+        "before_create, after_create, mid_download, mid_results_load, mid_enriched_write\n"
+    )
+    assert ledger(url) == []
+    assert anthropic.Anthropic(api_key="t", base_url=url).messages.batches.list().data == []
+
+
 # A reader in a process of its own, as an analyst's notebook would be: it opens the file
 # read-only for each look (so it never holds the writer off for long), and writes down
 # what it saw of the partition: `null` before the table exists, else a digest of its rows.

@@ -364,6 +364,8 @@ def test_oversized_body_is_413(emu: Emulator) -> None:
 
 def test_ledger_bills_each_succeeded_request_once(emu: Emulator) -> None:
     client = emu.client()
+    # a batch of its own: under xdist this module's other tests may run on another worker
+    client.messages.batches.create(requests=[request("ledger-a", "x"), request("ledger-b", "y")])
     time.sleep(emu.latency)
     batches = list(client.messages.batches.list(limit=1000))  # also ends every due batch
     ledger = emu.ledger()

@@ -9,6 +9,7 @@ faults, reset) are never faulted and need no API key: they belong to the test ha
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,208 @@ MAX_MESSAGES_BODY = 32 * 1024 * 1024
 MAX_CONTROL_BODY = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Emulator:
+    """What the handlers share, kept on `app.state.emulator`: the batch store, the
+    seconds before a batch starts completing, and the fault injector."""
+
+    store: Store
+    latency: float
+    injector: Faults
+
+
+def emulator_of(request: Request) -> Emulator:
+    return request.app.state.emulator
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+# Message Batches
+
+
+async def create_batch(request: Request) -> Response:
+    emu = emulator_of(request)
+    raw = await read_body(request, MAX_BATCH_BODY)
+    requests = validate_create(parse_json(raw))
+    version, betas = version_and_betas(request)
+    line_faults = emu.injector.for_new_batch()
+    record = await run_in_threadpool(
+        lifecycle.create, emu.store, requests, version, betas, line_faults, raw
+    )
+    answer = JSONResponse(lifecycle.batch_json(record, base_url(request)))
+    lifecycle.process_soon(emu.store, record, emu.latency)
+    return answer
+
+
+def batches_newest_first(emu: Emulator, base: str) -> list[dict[str, Any]]:
+    with emu.store.lock:
+        records = [lifecycle.refresh(emu.store, r, emu.latency) for r in emu.store.all()]
+        return [lifecycle.batch_json(r, base) for r in records]
+
+
+async def list_batches(request: Request) -> Response:
+    limit = int_param(request, "limit", 20, 1, 1000)
+    batches = await run_in_threadpool(batches_newest_first, emulator_of(request), base_url(request))
+    return paged(request, batches, limit)
+
+
+async def retrieve_batch(request: Request) -> Response:
+    emu = emulator_of(request)
+    batch_id = request.path_params["batch_id"]
+    record = await run_in_threadpool(lifecycle.get, emu.store, batch_id, emu.latency)
+    return JSONResponse(lifecycle.batch_json(record, base_url(request)))
+
+
+async def cancel_batch(request: Request) -> Response:
+    emu = emulator_of(request)
+    batch_id = request.path_params["batch_id"]
+    record = await run_in_threadpool(lifecycle.cancel, emu.store, batch_id, emu.latency)
+    return JSONResponse(lifecycle.batch_json(record, base_url(request)))
+
+
+async def delete_batch(request: Request) -> Response:
+    emu = emulator_of(request)
+    batch_id = request.path_params["batch_id"]
+    return JSONResponse(await run_in_threadpool(lifecycle.delete, emu.store, batch_id, emu.latency))
+
+
+def open_results(emu: Emulator, batch_id: str) -> Any:
+    with emu.store.lock:  # open under the lock: a delete or reset may follow at once
+        record = lifecycle.get(emu.store, batch_id, emu.latency)
+        if record.processing_status != "ended" or record.archived_at is not None:
+            raise not_found(f"Message Batch {batch_id} has no available results.")
+        return emu.store.results_path(batch_id).open("rb")
+
+
+async def batch_results(request: Request) -> Response:
+    emu = emulator_of(request)
+    handle = await run_in_threadpool(open_results, emu, request.path_params["batch_id"])
+    size = os.fstat(handle.fileno()).st_size
+    return ResultsBody(handle, size, emu.injector.stream_cut(size))
+
+
+# Messages
+
+
+async def create_message(request: Request) -> Response:
+    emu = emulator_of(request)
+    params = await read_json(request, MAX_MESSAGES_BODY)
+    if isinstance(params, dict) and params.get("stream") is True:
+        raise invalid("stream: streaming responses are not supported by the emulator")
+    version, betas = version_and_betas(request)
+    answer = respond(
+        params,
+        api_version=version,
+        betas=betas,
+        batch=False,
+        seed=emu.injector.seed,
+        cache=emu.store.prompt_cache,
+        now=emu.store.clock.now(),
+    )
+    if isinstance(answer, ApiError):
+        raise answer
+    return JSONResponse(answer)
+
+
+async def count_tokens(request: Request) -> Response:
+    params = await read_json(request, MAX_MESSAGES_BODY)
+    if not isinstance(params, dict):
+        raise invalid("Input should be a valid dictionary")
+    check_model(params)
+    if "messages" not in params:
+        raise invalid("messages: Field required")
+    return JSONResponse({"input_tokens": count_input_tokens(params)})
+
+
+# Models
+
+
+def model_json(model_id: str) -> dict[str, Any]:
+    spec = MODELS[model_id]
+    return {
+        "type": "model",
+        "id": spec.id,
+        "display_name": spec.display_name,
+        "created_at": spec.created_at,
+        "lifecycle": "active",
+        "max_tokens": spec.max_output,
+    }
+
+
+async def list_models(request: Request) -> Response:
+    limit = int_param(request, "limit", 20, 1, 1000)
+    return paged(request, [model_json(model_id) for model_id in MODELS], limit)
+
+
+async def get_model(request: Request) -> Response:
+    model_id = request.path_params["model_id"]
+    if model_id not in MODELS:
+        raise not_found(f"model: {model_id}")
+    return JSONResponse(model_json(model_id))
+
+
+# /_emulator/* controls
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def advance_clock(request: Request) -> Response:
+    store = emulator_of(request).store
+    body = await read_json(request, MAX_CONTROL_BODY)
+    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise invalid("advance_seconds: Input should be a number >= 0")
+    now = await run_in_threadpool(store.clock.advance, float(seconds))
+    return JSONResponse({"now": rfc3339(now), "offset_seconds": store.clock.offset_seconds})
+
+
+async def ledger(request: Request) -> Response:
+    batch_id = request.query_params.get("batch_id")
+    return JSONResponse(await run_in_threadpool(emulator_of(request).store.ledger.report, batch_id))
+
+
+async def get_faults(request: Request) -> Response:
+    return JSONResponse(emulator_of(request).injector.to_json())
+
+
+async def set_faults(request: Request) -> Response:
+    injector = emulator_of(request).injector
+    injector.update(await read_json(request, MAX_CONTROL_BODY))
+    return JSONResponse(injector.to_json())
+
+
+async def reset(request: Request) -> Response:
+    emu = emulator_of(request)
+    await run_in_threadpool(emu.store.reset)
+    emu.injector.reset()
+    return JSONResponse({"ok": True})
+
+
+BATCH = "/v1/messages/batches/{batch_id}"
+ROUTES = [
+    Route("/v1/messages/batches", create_batch, methods=["POST"]),
+    Route("/v1/messages/batches", list_batches, methods=["GET"]),
+    Route(BATCH, retrieve_batch, methods=["GET"]),
+    Route(BATCH, delete_batch, methods=["DELETE"]),
+    Route(f"{BATCH}/cancel", cancel_batch, methods=["POST"]),
+    Route(f"{BATCH}/results", batch_results, methods=["GET"]),
+    Route("/v1/messages", create_message, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id}", get_model, methods=["GET"]),
+    Route("/_emulator/health", health, methods=["GET"]),
+    Route("/_emulator/clock", advance_clock, methods=["POST"]),
+    Route("/_emulator/ledger", ledger, methods=["GET"]),
+    Route("/_emulator/faults", get_faults, methods=["GET"]),
+    Route("/_emulator/faults", set_faults, methods=["POST"]),
+    Route("/_emulator/reset", reset, methods=["POST"]),
+]
+
+
 def create_app(
     state_dir: Path,
     latency_seconds: float = 2.0,
@@ -56,164 +259,15 @@ def create_app(
     """The emulator as an ASGI app; batches start completing `latency_seconds` after
     creation, at `faults.requests_per_second` (all at once by default). `faults` and
     `seed` are the startup settings that `POST /_emulator/reset` returns to."""
-    store = Store(Path(state_dir))
-    latency = latency_seconds
-    injector = Faults(faults or FaultSettings(), seed)
-
-    def base(request: Request) -> str:
-        return str(request.base_url)
-
-    async def create_batch(request: Request) -> Response:
-        raw = await read_body(request, MAX_BATCH_BODY)
-        requests = validate_create(parse_json(raw))
-        version, betas = version_and_betas(request)
-        line_faults = injector.for_new_batch()
-        record = await run_in_threadpool(
-            lifecycle.create, store, requests, version, betas, line_faults, raw
-        )
-        answer = JSONResponse(lifecycle.batch_json(record, base(request)))
-        lifecycle.process_soon(store, record, latency)
-        return answer
-
-    async def list_batches(request: Request) -> Response:
-        limit = int_param(request, "limit", 20, 1, 1000)
-
-        def newest_first() -> list[dict[str, Any]]:
-            with store.lock:
-                records = [lifecycle.refresh(store, r, latency) for r in store.all()]
-                return [lifecycle.batch_json(r, base(request)) for r in records]
-
-        batches = await run_in_threadpool(newest_first)
-        return paged(request, batches, limit)
-
-    async def retrieve_batch(request: Request) -> Response:
-        batch_id = request.path_params["batch_id"]
-        record = await run_in_threadpool(lifecycle.get, store, batch_id, latency)
-        return JSONResponse(lifecycle.batch_json(record, base(request)))
-
-    async def cancel_batch(request: Request) -> Response:
-        batch_id = request.path_params["batch_id"]
-        record = await run_in_threadpool(lifecycle.cancel, store, batch_id, latency)
-        return JSONResponse(lifecycle.batch_json(record, base(request)))
-
-    async def delete_batch(request: Request) -> Response:
-        batch_id = request.path_params["batch_id"]
-        return JSONResponse(await run_in_threadpool(lifecycle.delete, store, batch_id, latency))
-
-    async def batch_results(request: Request) -> Response:
-        batch_id = request.path_params["batch_id"]
-
-        def open_results() -> Any:
-            with store.lock:  # open under the lock: a delete or reset may follow at once
-                record = lifecycle.get(store, batch_id, latency)
-                if record.processing_status != "ended" or record.archived_at is not None:
-                    raise not_found(f"Message Batch {batch_id} has no available results.")
-                return store.results_path(batch_id).open("rb")
-
-        handle = await run_in_threadpool(open_results)
-        size = os.fstat(handle.fileno()).st_size
-        return ResultsBody(handle, size, injector.stream_cut(size))
-
-    async def create_message(request: Request) -> Response:
-        params = await read_json(request, MAX_MESSAGES_BODY)
-        if isinstance(params, dict) and params.get("stream") is True:
-            raise invalid("stream: streaming responses are not supported by the emulator")
-        version, betas = version_and_betas(request)
-        answer = respond(
-            params,
-            api_version=version,
-            betas=betas,
-            batch=False,
-            seed=injector.seed,
-            cache=store.prompt_cache,
-            now=store.clock.now(),
-        )
-        if isinstance(answer, ApiError):
-            raise answer
-        return JSONResponse(answer)
-
-    async def count_tokens(request: Request) -> Response:
-        params = await read_json(request, MAX_MESSAGES_BODY)
-        if not isinstance(params, dict):
-            raise invalid("Input should be a valid dictionary")
-        check_model(params)
-        if "messages" not in params:
-            raise invalid("messages: Field required")
-        return JSONResponse({"input_tokens": count_input_tokens(params)})
-
-    def model_json(model_id: str) -> dict[str, Any]:
-        spec = MODELS[model_id]
-        return {
-            "type": "model",
-            "id": spec.id,
-            "display_name": spec.display_name,
-            "created_at": spec.created_at,
-            "lifecycle": "active",
-            "max_tokens": spec.max_output,
-        }
-
-    async def list_models(request: Request) -> Response:
-        limit = int_param(request, "limit", 20, 1, 1000)
-        return paged(request, [model_json(model_id) for model_id in MODELS], limit)
-
-    async def get_model(request: Request) -> Response:
-        model_id = request.path_params["model_id"]
-        if model_id not in MODELS:
-            raise not_found(f"model: {model_id}")
-        return JSONResponse(model_json(model_id))
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True})
-
-    async def advance_clock(request: Request) -> Response:
-        body = await read_json(request, MAX_CONTROL_BODY)
-        seconds = body.get("advance_seconds") if isinstance(body, dict) else None
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-            raise invalid("advance_seconds: Input should be a number >= 0")
-        now = await run_in_threadpool(store.clock.advance, float(seconds))
-        return JSONResponse({"now": rfc3339(now), "offset_seconds": store.clock.offset_seconds})
-
-    async def ledger(request: Request) -> Response:
-        batch_id = request.query_params.get("batch_id")
-        return JSONResponse(await run_in_threadpool(store.ledger.report, batch_id))
-
-    async def get_faults(request: Request) -> Response:
-        return JSONResponse(injector.to_json())
-
-    async def set_faults(request: Request) -> Response:
-        injector.update(await read_json(request, MAX_CONTROL_BODY))
-        return JSONResponse(injector.to_json())
-
-    async def reset(request: Request) -> Response:
-        await run_in_threadpool(store.reset)
-        injector.reset()
-        return JSONResponse({"ok": True})
-
-    batch = "/v1/messages/batches/{batch_id}"
-    routes = [
-        Route("/v1/messages/batches", create_batch, methods=["POST"]),
-        Route("/v1/messages/batches", list_batches, methods=["GET"]),
-        Route(batch, retrieve_batch, methods=["GET"]),
-        Route(batch, delete_batch, methods=["DELETE"]),
-        Route(f"{batch}/cancel", cancel_batch, methods=["POST"]),
-        Route(f"{batch}/results", batch_results, methods=["GET"]),
-        Route("/v1/messages", create_message, methods=["POST"]),
-        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model_id}", get_model, methods=["GET"]),
-        Route("/_emulator/health", health, methods=["GET"]),
-        Route("/_emulator/clock", advance_clock, methods=["POST"]),
-        Route("/_emulator/ledger", ledger, methods=["GET"]),
-        Route("/_emulator/faults", get_faults, methods=["GET"]),
-        Route("/_emulator/faults", set_faults, methods=["POST"]),
-        Route("/_emulator/reset", reset, methods=["POST"]),
-    ]
-    return Starlette(
-        routes=routes,
-        middleware=[Middleware(ApiMiddleware, api_key=api_key, faults=injector)],
+    emu = Emulator(Store(Path(state_dir)), latency_seconds, Faults(faults or FaultSettings(), seed))
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(ApiMiddleware, api_key=api_key, faults=emu.injector)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
             Exception: on_crash,
         },
     )
+    app.state.emulator = emu
+    return app

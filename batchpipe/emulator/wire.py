@@ -251,8 +251,3 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
         write_lines(handle, lines)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows as compact lines in one write, fsynced before returning."""
-    append_lines(path, [dumps_line(row) for row in rows])
