@@ -17,6 +17,7 @@ from typing import TypeVar
 import dagster as dg
 
 from batchpipe import plan, steps, warehouse
+from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
@@ -145,11 +146,11 @@ def requests_asset(pf: PipelineFile, placement: Placement) -> dg.AssetsDefinitio
 
 def _requests_metadata(summary: plan.RequestsSummary) -> dict:
     return {
-        "batchpipe/requests": summary.requests,
-        "batchpipe/to_send": summary.to_send,
-        "batchpipe/reused": summary.reused,
-        "batchpipe/estimated_usd": _usd(summary.estimate["expected_usd"]),
-        "batchpipe/estimated_high_usd": _usd(summary.estimate["high_usd"]),
+        md.REQUESTS: summary.requests,
+        md.TO_SEND: summary.to_send,
+        md.REUSED: summary.reused,
+        md.ESTIMATED_USD: _usd(summary.estimate["expected_usd"]),
+        md.ESTIMATED_HIGH_USD: _usd(summary.estimate["high_usd"]),
     }
 
 
@@ -169,15 +170,15 @@ def batch_status_asset(
 
 def _batch_status_metadata(summary: steps.BatchesSummary) -> dict:
     return {
-        "batchpipe/sent_now": summary.sent_now,
-        "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
-        specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
-        "batchpipe/requests": summary.requests,
-        "batchpipe/succeeded": summary.succeeded,
-        "batchpipe/errored": summary.errored,
-        "batchpipe/canceled": summary.canceled,
-        "batchpipe/expired": summary.expired,
-        "batchpipe/estimated_usd": _usd(summary.estimated_usd),
+        md.SENT_NOW: summary.sent_now,
+        md.BATCH_IDS: dg.MetadataValue.json(summary.batch_ids),
+        md.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
+        md.REQUESTS: summary.requests,
+        md.SUCCEEDED: summary.succeeded,
+        md.ERRORED: summary.errored,
+        md.CANCELED: summary.canceled,
+        md.EXPIRED: summary.expired,
+        md.ESTIMATED_USD: _usd(summary.estimated_usd),
     }
 
 
@@ -202,10 +203,10 @@ def results_asset(
 
 def _results_metadata(summary: steps.ResultsSummary) -> dict:
     return {
-        "batchpipe/batches_loaded": summary.batches_loaded,
-        "batchpipe/results_loaded": summary.lines_loaded,
-        "batchpipe/retried": summary.retried,
-        specs.OPEN_BATCHES: dg.MetadataValue.json([]),
+        md.BATCHES_LOADED: summary.batches_loaded,
+        md.RESULTS_LOADED: summary.lines_loaded,
+        md.RETRIED: summary.retried,
+        md.OPEN_BATCHES: dg.MetadataValue.json([]),
     }
 
 
@@ -223,9 +224,9 @@ def _record_open_batches(
             asset_key=key["batch_status"],
             partition=context.partition_key,
             metadata={
-                specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
-                "batchpipe/results_loaded": summary.lines_loaded,
-                "batchpipe/retried": summary.retried,
+                md.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
+                md.RESULTS_LOADED: summary.lines_loaded,
+                md.RETRIED: summary.retried,
             },
         )
     )
@@ -292,25 +293,25 @@ def _enriched_metadata(summary) -> dict:
         "dagster/column_schema": dg.TableSchema(
             columns=[dg.TableColumn(name, kind) for name, kind in summary.columns.items()]
         ),
-        "batchpipe/succeeded": summary.succeeded,
-        "batchpipe/errored": summary.errored,
-        "batchpipe/expired": summary.expired,
-        "batchpipe/canceled": summary.canceled,
-        "batchpipe/missing": summary.missing,
-        "batchpipe/without_result": summary.unfinished,
-        "batchpipe/parse_errors": summary.parse_errors,
-        "batchpipe/input_tokens": summary.input_tokens,
-        "batchpipe/output_tokens": summary.output_tokens,
-        "batchpipe/cache_creation_input_tokens": summary.cache_creation_input_tokens,
-        "batchpipe/cache_read_input_tokens": summary.cache_read_input_tokens,
-        "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
-        "batchpipe/cost_usd": _usd(summary.cost_usd),
-        "batchpipe/standard_cost_usd": _usd(summary.standard_cost_usd),
+        md.SUCCEEDED: summary.succeeded,
+        md.ERRORED: summary.errored,
+        md.EXPIRED: summary.expired,
+        md.CANCELED: summary.canceled,
+        md.MISSING: summary.missing,
+        md.WITHOUT_RESULT: summary.unfinished,
+        md.PARSE_ERRORS: summary.parse_errors,
+        md.INPUT_TOKENS: summary.input_tokens,
+        md.OUTPUT_TOKENS: summary.output_tokens,
+        md.CACHE_CREATION_INPUT_TOKENS: summary.cache_creation_input_tokens,
+        md.CACHE_READ_INPUT_TOKENS: summary.cache_read_input_tokens,
+        md.BATCH_IDS: dg.MetadataValue.json(summary.batch_ids),
+        md.COST_USD: _usd(summary.cost_usd),
+        md.STANDARD_COST_USD: _usd(summary.standard_cost_usd),
         # the estimate the batches were sent with, to plot against cost_usd
-        "batchpipe/estimated_usd": _usd(summary.estimated_usd),
-        "batchpipe/estimated_low_usd": _usd(summary.estimated_low_usd),
-        "batchpipe/estimated_high_usd": _usd(summary.estimated_high_usd),
-        "batchpipe/preview": dg.MetadataValue.md(summary.preview),
+        md.ESTIMATED_USD: _usd(summary.estimated_usd),
+        md.ESTIMATED_LOW_USD: _usd(summary.estimated_low_usd),
+        md.ESTIMATED_HIGH_USD: _usd(summary.estimated_high_usd),
+        md.PREVIEW: dg.MetadataValue.md(summary.preview),
     }
 
 
@@ -336,7 +337,7 @@ def every_row_final_check(pf: PipelineFile, key: dg.AssetKey) -> dg.AssetChecksD
         meta = _materialized(context, key)
         if meta is None:
             return _not_materialized(key, context.partition_key)
-        rows, without = meta["dagster/row_count"], meta["batchpipe/without_result"]
+        rows, without = meta["dagster/row_count"], meta[md.WITHOUT_RESULT]
         return dg.AssetCheckResult(
             passed=without == 0,
             metadata={"rows": rows, "without_result": without},
@@ -363,7 +364,7 @@ def error_rate_check(pf: PipelineFile, key: dg.AssetKey) -> dg.AssetChecksDefini
         if meta is None:
             return _not_materialized(key, context.partition_key)
         rows = meta["dagster/row_count"]
-        failed = meta["batchpipe/errored"] + meta["batchpipe/parse_errors"]
+        failed = meta[md.ERRORED] + meta[md.PARSE_ERRORS]
         rate = failed / rows if rows else 0.0
         return dg.AssetCheckResult(
             passed=rate <= output.max_error_rate,
