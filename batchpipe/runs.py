@@ -13,9 +13,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from batchpipe.defs import metadata as md
 from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
-from batchpipe.defs.specs import OPEN_BATCHES, source_spec
+from batchpipe.defs.specs import source_spec
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
 
@@ -57,7 +58,7 @@ def run_partition(
             # The steps' own lines (and a failure's message) are printed by the caller;
             # Dagster's event log stays in the instance and the UI, not the terminal.
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            tags={"batchpipe/pipeline": pf.pipeline.name},
+            tags={md.PIPELINE_TAG: pf.pipeline.name},
         )
     if not result.success:
         raise BatchpipeError(_failure_message(result))
@@ -93,40 +94,40 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
         step = materialization.asset_key.path[-1]
         meta = {k: v.value for k, v in materialization.metadata.items()}
         if step == "requests":
-            if meta["batchpipe/requests"] == 0:
+            if meta[md.REQUESTS] == 0:
                 day = result.dagster_run.tags.get("dagster/partition")
                 lines.append(f"requests:     no source rows fall on {day}, so nothing was sent")
             lines.append(
-                f"requests:     {meta['batchpipe/requests']} built, "
-                f"{meta['batchpipe/to_send']} to send, {meta['batchpipe/reused']} reused; "
-                f"estimated ${meta['batchpipe/estimated_usd']:.4f}"
+                f"requests:     {meta[md.REQUESTS]} built, "
+                f"{meta[md.TO_SEND]} to send, {meta[md.REUSED]} reused; "
+                f"estimated ${meta[md.ESTIMATED_USD]:.4f}"
             )
         elif step == "batch_status":
-            ids = ", ".join(meta["batchpipe/batch_ids"]) or "none needed"
+            ids = ", ".join(meta[md.BATCH_IDS]) or "none needed"
             lines.append(
-                f"batch_status: {meta['batchpipe/sent_now']} sent; batches {ids}; "
-                f"{meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored"
+                f"batch_status: {meta[md.SENT_NOW]} sent; batches {ids}; "
+                f"{meta[md.SUCCEEDED]} succeeded, {meta[md.ERRORED]} errored"
             )
-            if meta[OPEN_BATCHES] and "enriched" not in steps:
+            if meta[md.OPEN_BATCHES] and "enriched" not in steps:
                 lines.append(
-                    f"results:      {len(meta[OPEN_BATCHES])} batch(es) still processing; "
+                    f"results:      {len(meta[md.OPEN_BATCHES])} batch(es) still processing; "
                     "results and enriched are materialized by the sensor once they end"
                 )
         elif step == "results":
-            retried = meta["batchpipe/retried"]
+            retried = meta[md.RETRIED]
             lines.append(
-                f"results:      {meta['batchpipe/results_loaded']} result(s) copied into DuckDB "
-                f"from {meta['batchpipe/batches_loaded']} batch(es)"
+                f"results:      {meta[md.RESULTS_LOADED]} result(s) copied into DuckDB "
+                f"from {meta[md.BATCHES_LOADED]} batch(es)"
                 + (f"; {retried} retryable request(s) sent again" if retried else "")
             )
         elif step == "enriched":
-            cost = meta["batchpipe/cost_usd"]
-            standard = meta["batchpipe/standard_cost_usd"]
+            cost = meta[md.COST_USD]
+            standard = meta[md.STANDARD_COST_USD]
             lines.append(
                 f"enriched:     {meta['dagster/row_count']} rows "
-                f"({meta['batchpipe/succeeded']} succeeded, {meta['batchpipe/errored']} errored, "
-                f"{meta['batchpipe/expired']} expired, {meta['batchpipe/canceled']} canceled, "
-                f"{meta['batchpipe/missing']} missing)"
+                f"({meta[md.SUCCEEDED]} succeeded, {meta[md.ERRORED]} errored, "
+                f"{meta[md.EXPIRED]} expired, {meta[md.CANCELED]} canceled, "
+                f"{meta[md.MISSING]} missing)"
             )
             lines.append(
                 f"cost:         ${cost:.4f} for this partition at batch prices; the standard API "

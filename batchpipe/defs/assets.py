@@ -17,11 +17,13 @@ from typing import TypeVar
 import dagster as dg
 
 from batchpipe import steps, warehouse
+from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
 from batchpipe.errors import reaching, scrub, scrubbed
 from batchpipe.loader import PipelineFile
+from batchpipe.requests import RequestsSummary
 
 T = TypeVar("T")
 
@@ -100,107 +102,160 @@ def pipeline_assets(
     """requests -> batch_status -> results -> enriched, daily partitions from the file, and
     the enriched table's two checks."""
     placement = placement or Placement()
+    requests = requests_asset(pf, placement)
+    batch_status = batch_status_asset(pf, placement, requests)
+    results = results_asset(pf, placement, batch_status)
+    enriched = enriched_asset(pf, placement, results)
+    return [requests, batch_status, results, enriched, *pipeline_checks(pf, placement)]
+
+
+def _asset_args(pf: PipelineFile, placement: Placement, step: str) -> dict:
+    """What every step's `@dg.asset` takes from the translator, the file and the placement."""
     translator = placement.translator
-    key = {step: placement.key(pf, step) for step in specs.STEPS}
+    description = translator.get_description(pf, step)
+    if step == "requests":
+        description += "\n\n" + specs.pool_advice(placement.pool)
+    return {
+        "key": placement.key(pf, step),
+        "description": description,
+        "metadata": dict(translator.get_metadata(pf, step)),
+        "tags": dict(translator.get_tags(pf, step)) or None,
+        "owners": list(translator.get_owners(pf, step)) or None,
+        "partitions_def": specs.partitions(pf),
+        "group_name": translator.get_group_name(pf),
+        "code_version": specs.code_version(pf, step),
+        "pool": placement.pool,
+        "required_resource_keys": {placement.resource_key},
+    }
 
-    def common(step: str) -> dict:
-        description = translator.get_description(pf, step)
-        if step == "requests":
-            description += "\n\n" + specs.pool_advice(placement.pool)
-        return {
-            "key": key[step],
-            "description": description,
-            "metadata": dict(translator.get_metadata(pf, step)),
-            "tags": dict(translator.get_tags(pf, step)) or None,
-            "owners": list(translator.get_owners(pf, step)) or None,
-            "partitions_def": specs.partitions(pf),
-            "group_name": translator.get_group_name(pf),
-            "code_version": specs.code_version(pf, step),
-            "pool": placement.pool,
-            "required_resource_keys": {placement.resource_key},
-        }
 
-    @dg.asset(deps=[translator.get_source_asset_key(pf)], kinds={"duckdb"}, **common("requests"))
+def requests_asset(pf: PipelineFile, placement: Placement) -> dg.AssetsDefinition:
+    """The partition's requests, built in DuckDB from the source rows."""
+    source = placement.translator.get_source_asset_key(pf)
+
+    @dg.asset(deps=[source], kinds={"duckdb"}, **_asset_args(pf, placement, "requests"))
     def requests(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warn_without_pool_limit(context, pf, placement, "requests")
         resource = _resource(context, placement)
         # every asset body: its failure reaches Dagster without the key
         with scrubbed(), warehouse.using(_database(resource, placement)):
             summary = steps.build_requests(pf, _date(context), _log(context))
-        return dg.MaterializeResult(
-            metadata={
-                "batchpipe/requests": summary.requests,
-                "batchpipe/to_send": summary.to_send,
-                "batchpipe/reused": summary.reused,
-                "batchpipe/estimated_usd": _usd(summary.estimate.whole.expected_usd),
-                "batchpipe/estimated_high_usd": _usd(summary.estimate.whole.high_usd),
-            }
-        )
+        return dg.MaterializeResult(metadata=_requests_metadata(summary))
 
-    @dg.asset(deps=[requests], kinds={"anthropic"}, **common("batch_status"))
+    return requests
+
+
+def _requests_metadata(summary: RequestsSummary) -> dict:
+    return {
+        md.REQUESTS: summary.requests,
+        md.TO_SEND: summary.to_send,
+        md.REUSED: summary.reused,
+        md.ESTIMATED_USD: _usd(summary.estimate.whole.expected_usd),
+        md.ESTIMATED_HIGH_USD: _usd(summary.estimate.whole.high_usd),
+    }
+
+
+def batch_status_asset(
+    pf: PipelineFile, placement: Placement, requests: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
+    """Sends the pending requests as Message Batches and records where they stand."""
+
+    @dg.asset(deps=[requests], kinds={"anthropic"}, **_asset_args(pf, placement, "batch_status"))
     def batch_status(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warn_without_pool_limit(context, pf, placement, "batch_status")
         summary = _through_api(steps.submit, pf, context, placement)
-        return dg.MaterializeResult(
-            metadata={
-                "batchpipe/sent_now": summary.sent_now,
-                "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
-                specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
-                "batchpipe/requests": summary.requests,
-                "batchpipe/succeeded": summary.succeeded,
-                "batchpipe/errored": summary.errored,
-                "batchpipe/canceled": summary.canceled,
-                "batchpipe/expired": summary.expired,
-                "batchpipe/estimated_usd": _usd(summary.estimated_usd),
-            }
-        )
+        return dg.MaterializeResult(metadata=_batch_status_metadata(summary))
 
-    @dg.asset(deps=[batch_status], kinds={"duckdb"}, output_required=False, **common("results"))
+    return batch_status
+
+
+def _batch_status_metadata(summary: steps.BatchesSummary) -> dict:
+    return {
+        md.SENT_NOW: summary.sent_now,
+        md.BATCH_IDS: dg.MetadataValue.json(summary.batch_ids),
+        md.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
+        md.REQUESTS: summary.requests,
+        md.SUCCEEDED: summary.succeeded,
+        md.ERRORED: summary.errored,
+        md.CANCELED: summary.canceled,
+        md.EXPIRED: summary.expired,
+        md.ESTIMATED_USD: _usd(summary.estimated_usd),
+    }
+
+
+def results_asset(
+    pf: PipelineFile, placement: Placement, batch_status: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
+    """Copies the ended batches' results into DuckDB; materialized only once none is open."""
+    args = _asset_args(pf, placement, "results")
+
+    @dg.asset(deps=[batch_status], kinds={"duckdb"}, output_required=False, **args)
     def results(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         warn_without_pool_limit(context, pf, placement, "results")
         summary = _through_api(steps.load_results, pf, context, placement)
         if summary.open_batch_ids:
             # Not final (still processing, or a retry round just sent): no materialization.
-            # The ids go on record for the sensor, which runs this step again once they end.
-            context.log_event(
-                dg.AssetObservation(
-                    asset_key=key["batch_status"],
-                    partition=context.partition_key,
-                    metadata={
-                        specs.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
-                        "batchpipe/results_loaded": summary.lines_loaded,
-                        "batchpipe/retried": summary.retried,
-                    },
-                )
-            )
-            context.log.info(
-                f"{len(summary.open_batch_ids)} batch(es) still open: {key['results']} and "
-                f"{key['enriched']} are not materialized for {context.partition_key} until "
-                "they end; the sensor launches that run"
-            )
-            backfill = context.run.tags.get("dagster/backfill")
-            if backfill:
-                # Dagster's backfill daemon knows no work that ends outside its runs.
-                context.log.warning(
-                    f"backfill {backfill}: if its runs all end before these batches do, "
-                    f"Dagster marks its {key['results']} and {key['enriched']} partitions "
-                    "failed. They are not: the sensor's run loads them once the batches "
-                    f"end, listed on the backfill's page (tag dagster/backfill={backfill})."
-                )
+            _record_open_batches(context, pf, placement, summary)
             return
-        yield dg.MaterializeResult(
+        yield dg.MaterializeResult(metadata=_results_metadata(summary))
+
+    return results
+
+
+def _results_metadata(summary: steps.ResultsSummary) -> dict:
+    return {
+        md.BATCHES_LOADED: summary.batches_loaded,
+        md.RESULTS_LOADED: summary.lines_loaded,
+        md.RETRIED: summary.retried,
+        md.OPEN_BATCHES: dg.MetadataValue.json([]),
+    }
+
+
+def _record_open_batches(
+    context: dg.AssetExecutionContext,
+    pf: PipelineFile,
+    placement: Placement,
+    summary: steps.ResultsSummary,
+) -> None:
+    """The ids go on record for the sensor, which runs the results step again once they
+    end; the run's log says why nothing was materialized."""
+    key = {step: placement.key(pf, step) for step in specs.STEPS}
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=key["batch_status"],
+            partition=context.partition_key,
             metadata={
-                "batchpipe/batches_loaded": summary.batches_loaded,
-                "batchpipe/results_loaded": summary.lines_loaded,
-                "batchpipe/retried": summary.retried,
-                specs.OPEN_BATCHES: dg.MetadataValue.json([]),
-            }
+                md.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
+                md.RESULTS_LOADED: summary.lines_loaded,
+                md.RETRIED: summary.retried,
+            },
+        )
+    )
+    context.log.info(
+        f"{len(summary.open_batch_ids)} batch(es) still open: {key['results']} and "
+        f"{key['enriched']} are not materialized for {context.partition_key} until "
+        "they end; the sensor launches that run"
+    )
+    backfill = context.run.tags.get("dagster/backfill")
+    if backfill:
+        # Dagster's backfill daemon knows no work that ends outside its runs.
+        context.log.warning(
+            f"backfill {backfill}: if its runs all end before these batches do, "
+            f"Dagster marks its {key['results']} and {key['enriched']} partitions "
+            "failed. They are not: the sensor's run loads them once the batches "
+            f"end, listed on the backfill's page (tag dagster/backfill={backfill})."
         )
 
-    enriched_common = common("enriched")
-    enriched_common["metadata"]["dagster/table_name"] = placement.table_name(pf)
 
-    @dg.asset(deps=[results], kinds={"duckdb"}, output_required=False, **enriched_common)
+def enriched_asset(
+    pf: PipelineFile, placement: Placement, results: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
+    """The output table, written once the partition is final."""
+    args = _asset_args(pf, placement, "enriched")
+    args["metadata"]["dagster/table_name"] = placement.table_name(pf)
+    key = args["key"]
+
+    @dg.asset(deps=[results], kinds={"duckdb"}, output_required=False, **args)
     def enriched(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         warn_without_pool_limit(context, pf, placement, "enriched")
         date = _date(context)
@@ -208,12 +263,12 @@ def pipeline_assets(
         with scrubbed(), warehouse.using(_database(resource, placement)):
             why = _not_final(context, pf, placement, date)
             if why is not None:
-                context.log.info(f"{key['enriched']} not materialized for {date}: {why}")
+                context.log.info(f"{key} not materialized for {date}: {why}")
                 return
             summary = steps.write_enriched(pf, date, _log(context))
         yield dg.MaterializeResult(metadata=_enriched_metadata(summary))
 
-    return [requests, batch_status, results, enriched, *pipeline_checks(pf, placement)]
+    return enriched
 
 
 def _not_final(
@@ -239,25 +294,25 @@ def _enriched_metadata(summary) -> dict:
         "dagster/column_schema": dg.TableSchema(
             columns=[dg.TableColumn(name, kind) for name, kind in summary.columns.items()]
         ),
-        "batchpipe/succeeded": summary.succeeded,
-        "batchpipe/errored": summary.errored,
-        "batchpipe/expired": summary.expired,
-        "batchpipe/canceled": summary.canceled,
-        "batchpipe/missing": summary.missing,
-        "batchpipe/without_result": summary.unfinished,
-        "batchpipe/parse_errors": summary.parse_errors,
-        "batchpipe/input_tokens": summary.input_tokens,
-        "batchpipe/output_tokens": summary.output_tokens,
-        "batchpipe/cache_creation_input_tokens": summary.cache_creation_input_tokens,
-        "batchpipe/cache_read_input_tokens": summary.cache_read_input_tokens,
-        "batchpipe/batch_ids": dg.MetadataValue.json(summary.batch_ids),
-        "batchpipe/cost_usd": _usd(summary.cost_usd),
-        "batchpipe/standard_cost_usd": _usd(summary.standard_cost_usd),
+        md.SUCCEEDED: summary.succeeded,
+        md.ERRORED: summary.errored,
+        md.EXPIRED: summary.expired,
+        md.CANCELED: summary.canceled,
+        md.MISSING: summary.missing,
+        md.WITHOUT_RESULT: summary.unfinished,
+        md.PARSE_ERRORS: summary.parse_errors,
+        md.INPUT_TOKENS: summary.input_tokens,
+        md.OUTPUT_TOKENS: summary.output_tokens,
+        md.CACHE_CREATION_INPUT_TOKENS: summary.cache_creation_input_tokens,
+        md.CACHE_READ_INPUT_TOKENS: summary.cache_read_input_tokens,
+        md.BATCH_IDS: dg.MetadataValue.json(summary.batch_ids),
+        md.COST_USD: _usd(summary.cost_usd),
+        md.STANDARD_COST_USD: _usd(summary.standard_cost_usd),
         # the estimate the batches were sent with, to plot against cost_usd
-        "batchpipe/estimated_usd": _usd(summary.estimated_usd),
-        "batchpipe/estimated_low_usd": _usd(summary.estimated_low_usd),
-        "batchpipe/estimated_high_usd": _usd(summary.estimated_high_usd),
-        "batchpipe/preview": dg.MetadataValue.md(summary.preview),
+        md.ESTIMATED_USD: _usd(summary.estimated_usd),
+        md.ESTIMATED_LOW_USD: _usd(summary.estimated_low_usd),
+        md.ESTIMATED_HIGH_USD: _usd(summary.estimated_high_usd),
+        md.PREVIEW: dg.MetadataValue.md(summary.preview),
     }
 
 
@@ -266,55 +321,63 @@ def pipeline_checks(pf: PipelineFile, placement: Placement) -> list[dg.AssetChec
     materialization, so it runs only after one: a run whose batches are still open
     skips them with the asset, and a retry round never evaluates them."""
     key = placement.key(pf, "enriched")
-    output = pf.pipeline.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned checks, 1.13
+        return [every_row_final_check(pf, key), error_rate_check(pf, key)]
 
-        @dg.asset_check(
-            asset=key,
-            name="every_row_final",
-            partitions_def=specs.partitions(pf),
-            description="Every source row of the partition has a final result: succeeded, "
-            "errored, expired or canceled. Rows a budget refused, or never answered, fail it.",
+
+def every_row_final_check(pf: PipelineFile, key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=key,
+        name="every_row_final",
+        partitions_def=specs.partitions(pf),
+        description="Every source row of the partition has a final result: succeeded, "
+        "errored, expired or canceled. Rows a budget refused, or never answered, fail it.",
+    )
+    def every_row_final(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        meta = _materialized(context, key)
+        if meta is None:
+            return _not_materialized(key, context.partition_key)
+        rows, without = meta["dagster/row_count"], meta[md.WITHOUT_RESULT]
+        return dg.AssetCheckResult(
+            passed=without == 0,
+            metadata={"rows": rows, "without_result": without},
+            description=f"{without} of {rows} rows have no final result",
         )
-        def every_row_final(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-            meta = _materialized(context, key)
-            if meta is None:
-                return _not_materialized(key, context.partition_key)
-            rows, without = meta["dagster/row_count"], meta["batchpipe/without_result"]
-            return dg.AssetCheckResult(
-                passed=without == 0,
-                metadata={"rows": rows, "without_result": without},
-                description=f"{without} of {rows} rows have no final result",
-            )
 
-        @dg.asset_check(
-            asset=key,
-            name="error_rate",
-            partitions_def=specs.partitions(pf),
-            blocking=output.block_on_error_rate,
-            description=f"At most {output.max_error_rate:.0%} of the partition's rows errored "
-            "or failed the output schema (output.max_error_rate)"
-            + ("; blocking (output.block_on_error_rate)." if output.block_on_error_rate else "."),
+    return every_row_final
+
+
+def error_rate_check(pf: PipelineFile, key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    output = pf.pipeline.output
+
+    @dg.asset_check(
+        asset=key,
+        name="error_rate",
+        partitions_def=specs.partitions(pf),
+        blocking=output.block_on_error_rate,
+        description=f"At most {output.max_error_rate:.0%} of the partition's rows errored "
+        "or failed the output schema (output.max_error_rate)"
+        + ("; blocking (output.block_on_error_rate)." if output.block_on_error_rate else "."),
+    )
+    def error_rate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        meta = _materialized(context, key)
+        if meta is None:
+            return _not_materialized(key, context.partition_key)
+        rows = meta["dagster/row_count"]
+        failed = meta[md.ERRORED] + meta[md.PARSE_ERRORS]
+        rate = failed / rows if rows else 0.0
+        return dg.AssetCheckResult(
+            passed=rate <= output.max_error_rate,
+            metadata={
+                "error_rate": dg.MetadataValue.float(rate),
+                "max_error_rate": output.max_error_rate,
+                "failed_rows": failed,
+            },
+            description=f"{failed} of {rows} rows errored or failed the output schema",
         )
-        def error_rate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-            meta = _materialized(context, key)
-            if meta is None:
-                return _not_materialized(key, context.partition_key)
-            rows = meta["dagster/row_count"]
-            failed = meta["batchpipe/errored"] + meta["batchpipe/parse_errors"]
-            rate = failed / rows if rows else 0.0
-            return dg.AssetCheckResult(
-                passed=rate <= output.max_error_rate,
-                metadata={
-                    "error_rate": dg.MetadataValue.float(rate),
-                    "max_error_rate": output.max_error_rate,
-                    "failed_rows": failed,
-                },
-                description=f"{failed} of {rows} rows errored or failed the output schema",
-            )
 
-    return [every_row_final, error_rate]
+    return error_rate
 
 
 def _materialized(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dict | None:

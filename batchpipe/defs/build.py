@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from batchpipe.defs import metadata as md
 from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.sensors import batch_sensor, daily_schedule, partition_job
@@ -85,11 +86,11 @@ def problem_spec(path: Path, problems: list[str]) -> dg.AssetSpec:
         description=f"**{path.name} cannot be loaded**: its pipeline is left out of this "
         f"code location until it is fixed (`batchpipe validate {path}`).\n\n{listed}",
         metadata={
-            "batchpipe/file": str(path),
-            "batchpipe/problems": dg.MetadataValue.md(listed),
+            md.FILE: str(path),
+            md.PROBLEMS: dg.MetadataValue.md(listed),
         },
         kinds={"yaml"},
-        tags={"batchpipe/broken": "true"},
+        tags={md.BROKEN_TAG: "true"},
     )
 
 

@@ -22,6 +22,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 from pydantic import BaseModel, field_validator
 
+from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
@@ -129,17 +130,17 @@ def _origin_tags(
     its batches and, when that run was part of a backfill, the backfill: as
     `batchpipe/backfill`, and as Dagster's own `dagster/backfill`, so the follow-up is
     listed on the backfill's page (and counts for it while the backfill is running)."""
-    tags = {"batchpipe/pipeline": name, "batchpipe/partition": partition}
+    tags = {md.PIPELINE_TAG: name, md.PARTITION_TAG: partition}
     recorded_by = instance.get_run_by_id(known.run_id) if known.run_id else None
     if recorded_by is None:
         return tags
-    origin = recorded_by.tags.get("batchpipe/submitted_by_run")  # set on a retry round
-    tags["batchpipe/submitted_by_run"] = origin or recorded_by.run_id
-    backfill = recorded_by.tags.get("batchpipe/backfill") or (
+    origin = recorded_by.tags.get(md.SUBMITTED_BY_RUN_TAG)  # set on a retry round
+    tags[md.SUBMITTED_BY_RUN_TAG] = origin or recorded_by.run_id
+    backfill = recorded_by.tags.get(md.BACKFILL_TAG) or (
         None if origin else recorded_by.tags.get("dagster/backfill")
     )
     if backfill:
-        tags["batchpipe/backfill"] = backfill
+        tags[md.BACKFILL_TAG] = backfill
         tags["dagster/backfill"] = backfill
     return tags
 
@@ -171,9 +172,9 @@ def _track_new_records(
         after = max(after, record.storage_id)
         event = record.asset_materialization or record.asset_observation
         metadata = event.metadata if event else {}
-        if record.partition_key is None or specs.OPEN_BATCHES not in metadata:
+        if record.partition_key is None or md.OPEN_BATCHES not in metadata:
             continue  # the sensor's own progress observations carry no open ids
-        ids = list(metadata[specs.OPEN_BATCHES].value)
+        ids = list(metadata[md.OPEN_BATCHES].value)
         if ids:
             open_batches[record.partition_key] = OpenPartition(batch_ids=ids, run_id=record.run_id)
         else:
@@ -184,17 +185,15 @@ def _track_new_records(
 def _progress(key: dg.AssetKey, partition: str, batches: list) -> dg.AssetObservation:
     counts = {
         field: sum(getattr(b.request_counts, field) for b in batches)
-        for field in ("processing", "succeeded", "errored", "canceled", "expired")
+        for field in md.REQUEST_COUNT_KEYS
     }
     return dg.AssetObservation(
         asset_key=key,
         partition=partition,
         metadata={
-            **{f"batchpipe/{field}": value for field, value in counts.items()},
-            "batchpipe/request_counts": dg.MetadataValue.json(counts),
-            "batchpipe/batches": dg.MetadataValue.json(
-                {b.id: b.processing_status for b in batches}
-            ),
+            **{md.REQUEST_COUNT_KEYS[field]: value for field, value in counts.items()},
+            md.REQUEST_COUNTS: dg.MetadataValue.json(counts),
+            md.BATCHES: dg.MetadataValue.json({b.id: b.processing_status for b in batches}),
         },
     )
 
@@ -237,8 +236,8 @@ def daily_schedule(
         description=f"Runs one daily partition of {pf.pipeline.name} at each tick: {which} "
         f"({partitions.timezone}); partitions are days from {partitions.start}.",
         metadata={
-            "batchpipe/partitions": f"daily from {partitions.start} ({partitions.timezone})",
-            "batchpipe/schedule_offset_days": offset,
+            md.PARTITIONS: f"daily from {partitions.start} ({partitions.timezone})",
+            md.SCHEDULE_OFFSET_DAYS: offset,
         },
     )
     def run_that_day(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
@@ -248,7 +247,7 @@ def daily_schedule(
         return dg.RunRequest(
             partition_key=day.isoformat(),
             run_key=f"{pf.pipeline.name}:{day.isoformat()}:scheduled",
-            tags={"batchpipe/pipeline": pf.pipeline.name, "batchpipe/partition": day.isoformat()},
+            tags={md.PIPELINE_TAG: pf.pipeline.name, md.PARTITION_TAG: day.isoformat()},
         )
 
     return run_that_day

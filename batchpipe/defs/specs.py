@@ -11,13 +11,12 @@ from pathlib import Path
 import dagster as dg
 
 from batchpipe import warehouse
+from batchpipe.defs.metadata import OPEN_BATCHES
 from batchpipe.defs.translator import STEPS, BatchpipeTranslator
 from batchpipe.loader import PipelineFile
 
 __all__ = ["OPEN_BATCHES", "POOL", "STEPS", "Placement"]
 
-# Metadata key of the batch ids still open after a step; the sensor watches these.
-OPEN_BATCHES = "batchpipe/open_batch_ids"
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
 
 
