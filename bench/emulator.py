@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batchpipe.emulator.process import start as start_emulator
 from bench.record import heading, write_section
 from bench.workload import STRUCT_JSON_SCHEMA  # what struct_bench asks for
-from tests.support import start_emulator
 
 HEADERS = {
     "content-type": "application/json",

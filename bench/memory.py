@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batchpipe.emulator.process import start as start_emulator
 from bench.pipeline import reset_emulator, run_partition
 from bench.record import heading, write_section
 from bench.workload import OUTPUTS, make_project
-from tests.support import start_emulator
 
 TITLE = "Peak memory by partition size"
 

@@ -25,11 +25,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batchpipe.emulator.process import start as start_emulator
 from bench import baselines, child, fixed_cost, profiling
 from bench.record import write_section
 from bench.report import TITLE, report
 from bench.workload import OUTPUTS, Project, make_project
-from tests.support import start_emulator
 
 MEMORY_REFERENCE_ROWS = 100_000
 

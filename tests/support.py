@@ -6,54 +6,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
+from batchpipe.emulator import process
+from batchpipe.emulator.process import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(
-    state_dir: Path,
-    latency: float = 0.2,
-    api_key: str | None = None,
-    *,
-    extra_args: Sequence[str] = (),
-    port: int | None = None,
-) -> tuple[subprocess.Popen, str]:
-    """An emulator process and its URL; `extra_args` adds flags (faults, seed, ...) and
-    `port` reuses a known port (for a restart on the same address)."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchpipe.emulator",
-            *("--port", str(port), "--state-dir", str(state_dir), "--latency", str(latency)),
-            *(("--api-key", api_key) if api_key else ()),
-            *extra_args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_emulator/health", timeout=1):
-                return process, url
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the emulator did not start")
+# The emulator as a process: tests and bench/ share one launcher, in the emulator itself.
+start_emulator = process.start
 
 
 def ledger(url: str) -> list[dict]:
