@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from batchpipe.errors import WarehouseError
+from batchpipe.sqlcheck import sql_string
 
 LOCK_WAIT_SECONDS = float(os.environ.get("BATCHPIPE_LOCK_WAIT", "60"))
 
@@ -110,7 +111,7 @@ def set_timezone(con: duckdb.DuckDBPyConnection, zone: str) -> None:
     """DuckDB's TimeZone for this connection: the day a TIMESTAMPTZ falls on (CAST to
     DATE), its text (CAST to VARCHAR, to_json) and how a DATE compares with it. A
     connection's cursors do not inherit it: they start in the process's zone again."""
-    con.execute("SET TimeZone = '" + zone.replace("'", "''") + "'")
+    con.execute(f"SET TimeZone = {sql_string(zone)}")
 
 
 def _lock_holder(err: duckdb.IOException) -> str:
