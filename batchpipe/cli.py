@@ -147,15 +147,13 @@ def _select(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from batchpipe import batches
+    from batchpipe.api import ensure_emulator, using_emulator
     from batchpipe.runs import check_date, run_partition
 
     files = _select(args)
     for pf in files:
         check_date(pf, args.date)  # before starting anything
-    if batches.using_emulator():
-        from batchpipe.emulator_launcher import ensure_emulator
-
+    if using_emulator():
         ensure_emulator()
     failed = 0
     for pf in files:
@@ -201,11 +199,10 @@ def _reachable_api():
     """A client for an API that is already there; never starts an emulator to look."""
     import anthropic
 
-    from batchpipe import batches
-    from batchpipe.emulator_launcher import running_emulator
+    from batchpipe.api import client, running_emulator, using_emulator
 
-    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
-        return batches.client()
+    if not using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        return client()
     if url := running_emulator():
         return anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
     return None
@@ -214,13 +211,12 @@ def _reachable_api():
 def _status(args: argparse.Namespace) -> int:
     import anthropic
 
-    from batchpipe import batches
-    from batchpipe.emulator_launcher import running_emulator
+    from batchpipe.api import client, running_emulator, using_emulator
     from batchpipe.report import batch_status_lines
 
     api = None  # never start an emulator just to look
-    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
-        api = batches.client()
+    if not using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        api = client()
     elif url := running_emulator():
         api = anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
     for line in batch_status_lines(args.names or None, api):
@@ -229,11 +225,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from batchpipe import batches, steps
-    from batchpipe.errors import reaching
+    from batchpipe import steps
+    from batchpipe.api import client, reaching
 
     (pf,) = _select(args)
-    api = batches.client()
+    api = client()
     with reaching(api):
         steps.cancel(pf, args.date, api, print)
     return 0
@@ -312,12 +308,10 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """`dagster dev` from any folder: nothing it loads depends on where it starts."""
-    from batchpipe import batches
+    from batchpipe.api import ensure_emulator, using_emulator
 
     env = dev_environment(dict(os.environ), Path.cwd())
-    if batches.using_emulator():
-        from batchpipe.emulator_launcher import ensure_emulator
-
+    if using_emulator():
         env["ANTHROPIC_BASE_URL"] = ensure_emulator()
     from batchpipe.runs import prepare_dagster_home
 

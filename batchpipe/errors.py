@@ -7,7 +7,6 @@ import os
 import traceback
 from collections.abc import Iterator
 
-import anthropic
 import dagster as dg
 
 
@@ -106,27 +105,3 @@ def scrubbed() -> Iterator[None]:
         if clean is None:
             raise
         raise clean from None  # and from None: the chain kept the key
-
-
-def unreachable_message(api: anthropic.Anthropic, err: anthropic.APIConnectionError) -> str:
-    """Which URL could not be reached and why, without its credentials: the SDK's own
-    text is only "Connection error.", which leaves an operator guessing where it went."""
-    url = api.base_url.copy_with(userinfo=b"", query=None)
-    reason = scrub(str(err.__cause__ or err.message).strip()) or type(err).__name__
-    return f"cannot reach the Anthropic API at {str(url).rstrip('/')} ({reason})"
-
-
-@contextlib.contextmanager
-def reaching(api: anthropic.Anthropic) -> Iterator[None]:
-    """Calls through `api` whose connection failures become one clear BatchApiError.
-
-    Safe to run again: a create that may have reached the API left its intent row, and
-    the next run matches it upstream before anything is sent again.
-    """
-    try:
-        yield
-    except anthropic.APIConnectionError as err:
-        raise BatchApiError(
-            f"{unreachable_message(api, err)}. Check ANTHROPIC_BASE_URL and the network, "
-            "then run the same command again; nothing is sent twice"
-        ) from None

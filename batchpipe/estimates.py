@@ -23,8 +23,8 @@ import anthropic
 import duckdb
 
 from batchpipe import pricing
+from batchpipe.api import unreachable_message
 from batchpipe.config import Request
-from batchpipe.errors import unreachable_message
 
 COUNT_CALLS_AT_ONCE = 5
 SAMPLE = 20  # requests counted with count_tokens; the rest are scaled from their length

@@ -18,6 +18,7 @@ import anthropic
 import duckdb
 
 from batchpipe import batches, budget, estimates, plan, results, warehouse
+from batchpipe.api import Outage
 from batchpipe.loader import PipelineFile
 from batchpipe.templates import quote_ident
 
@@ -185,7 +186,7 @@ def load_results(
     loaded_batches = lines = retried = 0
     while True:
         with warehouse.connect() as con:
-            batches.poll(con, api, name, date, log, batches.Outage(api, log))
+            batches.poll(con, api, name, date, log, Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
                 lines += _load_ended(con, pf, ended, api, log)

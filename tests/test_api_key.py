@@ -21,7 +21,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from batchpipe import batches
+from batchpipe import api
 from batchpipe.errors import ApiKeyError, BatchpipeError, api_key, scrub, scrubbed
 from tests.support import batchpipe, ledger, query, start_emulator
 from tests.test_security import _dagster_text, _every_byte
@@ -69,9 +69,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 def test_surrounding_whitespace_is_stripped(monkeypatch: pytest.MonkeyPatch, around: str) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", around + "sk-ant-abc" + around)
     assert api_key() == "sk-ant-abc"
-    assert not batches.using_emulator()
+    assert not api.using_emulator()
     monkeypatch.setenv("ANTHROPIC_API_KEY", around)  # blank: no key, the emulator
-    assert api_key() is None and batches.using_emulator()
+    assert api_key() is None and api.using_emulator()
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_a_key_with_whitespace_inside_is_refused_without_showing_it(
     monkeypatch: pytest.MonkeyPatch, inner: str, said: str
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", f"sk-ant-abcdef{inner}ghijkl\r\n")
-    for call in (api_key, batches.using_emulator, batches.client):
+    for call in (api_key, api.using_emulator, api.client):
         with pytest.raises(ApiKeyError) as caught:
             call()
         message = str(caught.value)

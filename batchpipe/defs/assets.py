@@ -17,10 +17,11 @@ from typing import TypeVar
 import dagster as dg
 
 from batchpipe import steps, warehouse
+from batchpipe.api import reaching
 from batchpipe.defs import specs
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
-from batchpipe.errors import reaching, scrub, scrubbed
+from batchpipe.errors import scrub, scrubbed
 from batchpipe.loader import PipelineFile
 
 T = TypeVar("T")
