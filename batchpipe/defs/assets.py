@@ -19,9 +19,10 @@ import dagster as dg
 from batchpipe import steps, warehouse
 from batchpipe.api import reaching
 from batchpipe.defs import specs
+from batchpipe.defs.failures import failing
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
-from batchpipe.errors import scrub, scrubbed
+from batchpipe.errors import scrub
 from batchpipe.loader import PipelineFile
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ def _through_api(
     resource's waiting settings; its failure reaches Dagster without the API key, and an
     unreachable API as one clear message."""
     resource = _resource(context, placement)
-    with scrubbed(), warehouse.using(_database(resource, placement)):
+    with failing(), warehouse.using(_database(resource, placement)):
         api = resource.client()
         with reaching(api):
             return step(
@@ -126,7 +127,7 @@ def pipeline_assets(
         warn_without_pool_limit(context, pf, placement, "requests")
         resource = _resource(context, placement)
         # every asset body: its failure reaches Dagster without the key
-        with scrubbed(), warehouse.using(_database(resource, placement)):
+        with failing(), warehouse.using(_database(resource, placement)):
             summary = steps.build_requests(pf, _date(context), _log(context))
         return dg.MaterializeResult(
             metadata={
@@ -206,7 +207,7 @@ def pipeline_assets(
         warn_without_pool_limit(context, pf, placement, "enriched")
         date = _date(context)
         resource = _resource(context, placement)
-        with scrubbed(), warehouse.using(_database(resource, placement)):
+        with failing(), warehouse.using(_database(resource, placement)):
             why = _not_final(context, pf, placement, date)
             if why is not None:
                 context.log.info(f"{key['enriched']} not materialized for {date}: {why}")
