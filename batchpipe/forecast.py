@@ -14,11 +14,13 @@ import datetime as dt
 import json
 import math
 from dataclasses import dataclass
-
-import anthropic
+from typing import TYPE_CHECKING
 
 from batchpipe import budget, estimates, plan, warehouse
 from batchpipe.loader import PipelineFile
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 @dataclass(frozen=True)
