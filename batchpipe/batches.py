@@ -19,14 +19,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import anthropic
 import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import budget, estimates, state, warehouse
-from batchpipe.errors import BatchApiError, api_key, scrub, unreachable_message
+from batchpipe.api import Outage, _api_message
+from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.state import State
 
@@ -46,30 +47,8 @@ WIRE_ID_SQL = (
     "ELSE 'h-' || md5(custom_id) END || '-' || ?"
 )
 BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
-# How long a run waits out an API it cannot reach (or that answers 429/5xx) while polling
-# or downloading; the batches carry on upstream meanwhile, and results keep 29 days.
-API_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_API_PATIENCE", "900"))
-OUTAGE_MAX_DELAY = 30.0
 
 Log = Callable[[str], None]
-T = TypeVar("T")
-
-
-def client() -> anthropic.Anthropic:
-    """The SDK client: the real API with a key, else the emulator (started if need be)."""
-    key = api_key()  # stripped; a key with whitespace inside is refused here
-    base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
-    if key:
-        return anthropic.Anthropic(api_key=key, base_url=base_url)
-    from batchpipe.emulator_launcher import ensure_emulator
-
-    return anthropic.Anthropic(
-        api_key="batchpipe-emulator", base_url=ensure_emulator(announce=False)
-    )
-
-
-def using_emulator() -> bool:
-    return api_key() is None
 
 
 @dataclass(frozen=True)
@@ -480,73 +459,6 @@ def _record_created(
     )
 
 
-class Outage:
-    """Rides out an API that is down for a while, for calls that are safe to repeat.
-
-    The SDK retries a failed call twice within about two seconds; an API restarting, a
-    network blip or a run of 529s lasts longer, and a run that dies of it leaves its
-    batches to finish upstream with nobody waiting. Retrieving a batch or downloading
-    its results changes nothing upstream, so they are simply tried again, with a growing
-    delay, for at most `patience` seconds from the first failure. A create is never
-    passed through here: a repeated create can make a second, paid batch.
-    """
-
-    def __init__(self, api: anthropic.Anthropic, log: Log, patience: float | None = None):
-        self.api, self.log = api, log
-        self.patience = API_PATIENCE_SECONDS if patience is None else patience
-        self.since: float | None = None
-        self.delay = 1.0
-
-    def call(self, fn: Callable[[], T], doing: str) -> T:
-        while True:
-            try:
-                result = fn()
-            except (anthropic.APIConnectionError, anthropic.APIStatusError) as err:
-                if not _transient(err):
-                    raise
-                self._wait(err, doing)
-                continue
-            if self.since is not None:
-                down = time.monotonic() - self.since
-                self.log(f"the Batches API answers again after {down:.0f} s; carrying on")
-                self.since, self.delay = None, 1.0
-            return result
-
-    def _wait(self, err: anthropic.APIError, doing: str) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-            self.log(
-                f"the Batches API is unavailable while {doing} ({self._reason(err)}); "
-                f"the batches go on upstream, so this run tries again for up to "
-                f"{self.patience:.0f} s (BATCHPIPE_API_PATIENCE)"
-            )
-        left = self.since + self.patience - now
-        if left <= 0:
-            raise BatchApiError(
-                f"the Batches API was unavailable for {now - self.since:.0f} s while {doing} "
-                f"({self._reason(err)}); gave up after BATCHPIPE_API_PATIENCE="
-                f"{self.patience:.0f} s. The batches go on upstream and keep their results "
-                "29 days: run the same command again once it answers; nothing is sent twice"
-            ) from None
-        time.sleep(min(self.delay, left))
-        self.delay = min(self.delay * 2, OUTAGE_MAX_DELAY)
-
-    def _reason(self, err: anthropic.APIError) -> str:
-        if isinstance(err, anthropic.APIStatusError):
-            return f"{err.status_code}: {_api_message(err)}"
-        return unreachable_message(self.api, err)
-
-
-def _transient(err: anthropic.APIError) -> bool:
-    """Unreachable, timed out, rate limited (not a spend limit: those are subclasses),
-    or a server error: worth trying again. A 4xx about the request itself is not."""
-    if isinstance(err, anthropic.APIConnectionError):
-        return True
-    status = getattr(err, "status_code", 0)
-    return status >= 500 or status == 408 or type(err) is anthropic.RateLimitError
-
-
 @dataclass(frozen=True)
 class Watch:
     """A batch a partition waits on: a submission's own, or a candidate to prove."""
@@ -789,12 +701,6 @@ def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) ->
     delay = float(retry_after) if retry_after and retry_after.isdigit() else 2.0**attempt
     log(f"rate limited by the Batches API; waiting {delay:.0f} s")
     time.sleep(min(delay, 60))
-
-
-def _api_message(err: anthropic.APIStatusError) -> str:
-    body = err.body if isinstance(err.body, dict) else {}
-    inner = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-    return scrub(str(inner.get("message") or err.message))  # a proxy may echo the key
 
 
 def _now() -> dt.datetime:

@@ -147,7 +147,7 @@ def _select(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from batchpipe import batches
+    from batchpipe.api import ensure_emulator, using_emulator
     from batchpipe.failpoints import UnknownKillPoint, check_kill_at
     from batchpipe.runs import check_date, run_partition
 
@@ -158,9 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     files = _select(args)
     for pf in files:
         check_date(pf, args.date)  # before starting anything
-    if batches.using_emulator():
-        from batchpipe.emulator_launcher import ensure_emulator
-
+    if using_emulator():
         ensure_emulator()
     failed = 0
     for pf in files:
@@ -206,11 +204,10 @@ def _reachable_api():
     """A client for an API that is already there; never starts an emulator to look."""
     import anthropic
 
-    from batchpipe import batches
-    from batchpipe.emulator_launcher import running_emulator
+    from batchpipe.api import client, running_emulator, using_emulator
 
-    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
-        return batches.client()
+    if not using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        return client()
     if url := running_emulator():
         return anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
     return None
@@ -219,13 +216,12 @@ def _reachable_api():
 def _status(args: argparse.Namespace) -> int:
     import anthropic
 
-    from batchpipe import batches
-    from batchpipe.emulator_launcher import running_emulator
+    from batchpipe.api import client, running_emulator, using_emulator
     from batchpipe.report import batch_status_lines
 
     api = None  # never start an emulator just to look
-    if not batches.using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
-        api = batches.client()
+    if not using_emulator() or os.environ.get("ANTHROPIC_BASE_URL"):
+        api = client()
     elif url := running_emulator():
         api = anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
     for line in batch_status_lines(args.names or None, api):
@@ -234,11 +230,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from batchpipe import batches, steps
-    from batchpipe.errors import reaching
+    from batchpipe import steps
+    from batchpipe.api import client, reaching
 
     (pf,) = _select(args)
-    api = batches.client()
+    api = client()
     with reaching(api):
         steps.cancel(pf, args.date, api, print)
     return 0
@@ -317,12 +313,10 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """`dagster dev` from any folder: nothing it loads depends on where it starts."""
-    from batchpipe import batches
+    from batchpipe.api import ensure_emulator, using_emulator
 
     env = dev_environment(dict(os.environ), Path.cwd())
-    if batches.using_emulator():
-        from batchpipe.emulator_launcher import ensure_emulator
-
+    if using_emulator():
         env["ANTHROPIC_BASE_URL"] = ensure_emulator()
     from batchpipe.runs import prepare_dagster_home
 

@@ -1,4 +1,7 @@
-"""One error family, so the CLI and Dagster can show an analyst a message, not a traceback."""
+"""One error family, so the CLI and Dagster can show an analyst a message, not a traceback.
+
+Plain exceptions: this module imports neither Dagster nor the SDK. The Dagster layer
+turns a BatchpipeError into a `dg.Failure` at its edge (batchpipe/defs/failures.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +10,17 @@ import os
 import traceback
 from collections.abc import Iterator
 
-import anthropic
-import dagster as dg
 
-
-class BatchpipeError(dg.Failure):
+class BatchpipeError(Exception):
     """Base of every error batchpipe raises on purpose.
 
-    It is a Dagster `Failure`, so a run that hits it shows the message in the UI
-    instead of a stack trace; the CLI prints it as one `error:` block.
+    The CLI prints it as one `error:` block; an asset or the sensor raises it as a
+    Dagster `Failure` (defs/failures.py), so a run shows the message in the UI instead
+    of a stack trace.
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(description=message)
+        super().__init__(message)
         self.message = message
 
     def __str__(self) -> str:
@@ -87,18 +88,18 @@ def _without_key(err: Exception) -> Exception | None:
     text = "".join(traceback.format_exception(err))
     if scrub(text) == text:
         return None
-    if isinstance(err, BatchpipeError):  # keep its class (and metadata) for the caller
+    if isinstance(err, BatchpipeError):  # keep its class for the caller
         err.message = scrub(err.message)
-        err.description = scrub(err.description or "")
-        err.args = (err.description,)
+        err.args = (err.message,)
         return err
     return BatchpipeError(scrub(f"{type(err).__name__}: {err}"))
 
 
 @contextlib.contextmanager
 def scrubbed() -> Iterator[None]:
-    """A boundary (an asset body, the sensor, the CLI): an exception that leaves it holds
-    no API key, in its message nor in a chained cause, so Dagster never stores one."""
+    """A boundary (the CLI; in Dagster, defs/failures.py's `failing()`): an exception that
+    leaves it holds no API key, in its message nor in a chained cause, so Dagster never
+    stores one."""
     try:
         yield
     except Exception as err:
@@ -106,27 +107,3 @@ def scrubbed() -> Iterator[None]:
         if clean is None:
             raise
         raise clean from None  # and from None: the chain kept the key
-
-
-def unreachable_message(api: anthropic.Anthropic, err: anthropic.APIConnectionError) -> str:
-    """Which URL could not be reached and why, without its credentials: the SDK's own
-    text is only "Connection error.", which leaves an operator guessing where it went."""
-    url = api.base_url.copy_with(userinfo=b"", query=None)
-    reason = scrub(str(err.__cause__ or err.message).strip()) or type(err).__name__
-    return f"cannot reach the Anthropic API at {str(url).rstrip('/')} ({reason})"
-
-
-@contextlib.contextmanager
-def reaching(api: anthropic.Anthropic) -> Iterator[None]:
-    """Calls through `api` whose connection failures become one clear BatchApiError.
-
-    Safe to run again: a create that may have reached the API left its intent row, and
-    the next run matches it upstream before anything is sent again.
-    """
-    try:
-        yield
-    except anthropic.APIConnectionError as err:
-        raise BatchApiError(
-            f"{unreachable_message(api, err)}. Check ANTHROPIC_BASE_URL and the network, "
-            "then run the same command again; nothing is sent twice"
-        ) from None

@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import anthropic
 import duckdb
 
 from batchpipe import pricing, state
 from batchpipe.config import Request
-from batchpipe.errors import unreachable_message
+
+if TYPE_CHECKING:  # the SDK is imported only to count with it: planning stays light
+    import anthropic
 
 COUNT_CALLS_AT_ONCE = 5
 SAMPLE = 20  # requests counted with count_tokens; the rest are scaled from their length
@@ -85,6 +87,10 @@ def input_tokens(
     fallback = f"about {pricing.CHARS_PER_TOKEN} characters a token"
     if api is None or not sample:
         return InputTokens(approx, approx, 0, f"{fallback}: no API to count with")
+    import anthropic
+
+    from batchpipe.api import unreachable_message
+
     try:
         # Free calls, but each a round trip to the API: a few at once, not twenty in a row.
         with ThreadPoolExecutor(max_workers=COUNT_CALLS_AT_ONCE) as pool:

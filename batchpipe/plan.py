@@ -13,13 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-
-import anthropic
+from typing import TYPE_CHECKING
 
 from batchpipe import budget, estimates, requests, state
 from batchpipe.loader import PipelineFile
 from batchpipe.pipeline_sql import bind_date, register_templates
 from batchpipe.resolve import resolve, undated_rows_note
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from batchpipe import (
     state,
     warehouse,
 )
+from batchpipe.api import Outage
 from batchpipe.loader import PipelineFile
 from batchpipe.resolve import resolve
 from batchpipe.sqlcheck import quote_ident
@@ -171,7 +172,7 @@ def load_results(
     loaded_batches = lines = retried = 0
     while True:
         with state.connect() as con:
-            batches.poll(con, api, name, date, log, batches.Outage(api, log))
+            batches.poll(con, api, name, date, log, Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
                 lines += _load_ended(con, pf, ended, api, log)

@@ -19,9 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anthropic
+import dagster as dg
 import pytest
 
-from batchpipe import batches
+from batchpipe import api
+from batchpipe.defs.failures import failing
 from batchpipe.errors import ApiKeyError, BatchpipeError, api_key, scrub, scrubbed
 from tests.support import batchpipe, ledger, query, start_emulator
 from tests.test_security import _dagster_text, _every_byte
@@ -69,9 +71,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 def test_surrounding_whitespace_is_stripped(monkeypatch: pytest.MonkeyPatch, around: str) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", around + "sk-ant-abc" + around)
     assert api_key() == "sk-ant-abc"
-    assert not batches.using_emulator()
+    assert not api.using_emulator()
     monkeypatch.setenv("ANTHROPIC_API_KEY", around)  # blank: no key, the emulator
-    assert api_key() is None and batches.using_emulator()
+    assert api_key() is None and api.using_emulator()
 
 
 @pytest.mark.parametrize(
@@ -83,7 +85,7 @@ def test_a_key_with_whitespace_inside_is_refused_without_showing_it(
     monkeypatch: pytest.MonkeyPatch, inner: str, said: str
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", f"sk-ant-abcdef{inner}ghijkl\r\n")
-    for call in (api_key, batches.using_emulator, batches.client):
+    for call in (api_key, api.using_emulator, api.client):
         with pytest.raises(ApiKeyError) as caught:
             call()
         message = str(caught.value)
@@ -124,10 +126,29 @@ def test_an_error_leaves_a_boundary_without_the_key_in_it_or_its_chain(
             raise OSError(secret)
         except OSError:
             raise ApiKeyError(f"no good: {secret}") from None
-    assert refused.value.description == "no good: [ANTHROPIC_API_KEY]"
+    assert refused.value.message == "no good: [ANTHROPIC_API_KEY]"
     assert secret not in "".join(traceback.format_exception(refused.value))
 
     with pytest.raises(KeyError) as untouched, scrubbed():  # nothing to hide: as it was
+        raise KeyError("no key here")
+    assert untouched.value.args == ("no key here",)
+
+
+def test_a_dagster_step_fails_with_the_message_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the Dagster edge a BatchpipeError becomes a `dg.Failure` whose description is
+    its message, scrubbed, with no chain; any other error leaves as it came."""
+    secret = _sentinel()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    with pytest.raises(dg.Failure) as failed, failing():
+        try:
+            raise OSError(secret)
+        except OSError:
+            raise ApiKeyError(f"no good: {secret}") from None
+    assert failed.value.description == "no good: [ANTHROPIC_API_KEY]"
+    assert secret not in "".join(traceback.format_exception(failed.value))
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+
+    with pytest.raises(KeyError) as untouched, failing():
         raise KeyError("no key here")
     assert untouched.value.args == ("no key here",)
 

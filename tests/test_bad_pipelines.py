@@ -1,7 +1,8 @@
 """What analysts and operators get wrong, and what batchpipe tells them.
 
 Two lists, read as one. tests/bad_pipelines/ holds one broken file per mistake, each
-starting with the report `batchpipe validate FILE` must give. RUNTIME below holds the
+starting with the report `batchpipe validate FILE` must give (checked in process through
+the CLI's entry point; one file also as a process, marked slow). RUNTIME below holds the
 mistakes that need data or the environment: how to make each, the command as a person
 types it, and what they must be told. Every case exits 1 (0 for a no-op that says why
 nothing was sent), shows no traceback, bills nothing, creates no batch, and never shows
@@ -24,6 +25,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from batchpipe.cli import main
 from tests.support import batchpipe, free_port, ledger, start_emulator
 
 CORPUS = Path(__file__).parent / "bad_pipelines"
@@ -42,7 +44,21 @@ def expected_report(case: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", FILES, ids=[c.stem for c in FILES])
-def test_each_broken_file_is_explained_at_its_line(demo_db: Path, case: Path) -> None:
+def test_each_broken_file_is_explained_at_its_line(
+    demo_db: Path, case: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["validate", str(case)])  # in process, through the CLI's entry point
+    stdout, stderr = capfd.readouterr()
+    assert status == 1
+    for text in expected_report(case):
+        assert text in stderr, stderr
+    assert "Traceback" not in stderr + stdout
+
+
+@pytest.mark.slow
+def test_the_command_explains_a_broken_file(demo_db: Path) -> None:
+    """One file of the corpus through `batchpipe validate` as a person runs it: a process."""
+    case = CORPUS / "bad_template.yaml"
     result = batchpipe("validate", str(case))
     assert result.returncode == 1
     for text in expected_report(case):

@@ -60,6 +60,24 @@ def test_validate_reports_every_broken_file_and_costs_nothing(demo_db: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_validating_and_planning_without_an_api_load_neither_dagster_nor_the_sdk(
+    demo_db: Path,
+) -> None:
+    """Only what talks to the API imports them, so `batchpipe validate FILE` starts fast."""
+    script = """
+import datetime as dt, sys
+from batchpipe import cli, forecast
+from batchpipe.loader import load_pipelines
+assert cli.main(["validate"]) == 0
+for pf in load_pipelines():
+    forecast.forecast(pf, dt.date(2026, 11, 3), None)
+print(sorted({m.split(".")[0] for m in sys.modules if m.startswith(("dagster", "anthropic"))}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+
+
 def test_dagster_cli_materializes_one_partition(demo_db: Path, emulator_url: str) -> None:
     """The command README shows for Dagster's own CLI."""
     result = subprocess.run(

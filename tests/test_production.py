@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import batches, steps
+from batchpipe import api, steps
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
 from tests.support import batchpipe, ledger, pipeline, query
@@ -100,7 +100,7 @@ def test_cancel_records_what_became_of_each_request(demo_db: Path, faulty) -> No
     url = faulty("--requests-per-second", "2")
     pf = pipeline()
     steps.build_requests(pf, DAY, print)
-    submitted = steps.submit(pf, DAY, batches.client(), print, wait=False, poll_seconds=0.1)
+    submitted = steps.submit(pf, DAY, api.client(), print, wait=False, poll_seconds=0.1)
     (batch_id,) = submitted.open_batch_ids
     run = batchpipe("cancel", "product_descriptions", "--date", str(DAY))
     assert run.returncode == 0, run.stderr

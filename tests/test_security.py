@@ -566,7 +566,7 @@ def test_the_emulator_listens_on_loopback_by_default(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads Linux's /proc")
 def test_the_emulator_batchpipe_starts_listens_on_loopback(project: Path) -> None:
     """The one a run without a key starts in the background, and leaves running."""
-    from batchpipe.emulator_launcher import ensure_emulator
+    from batchpipe.api import ensure_emulator
 
     url = ensure_emulator(announce=False)
     pid = json.loads((project / ".batchpipe" / "emulator" / "server.json").read_text())["pid"]

@@ -17,11 +17,13 @@ from typing import TypeVar
 import dagster as dg
 
 from batchpipe import steps, warehouse
+from batchpipe.api import reaching
 from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
+from batchpipe.defs.failures import failing
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
-from batchpipe.errors import reaching, scrub, scrubbed
+from batchpipe.errors import scrub
 from batchpipe.loader import PipelineFile
 from batchpipe.requests import RequestsSummary
 
@@ -55,7 +57,7 @@ def _through_api(
     resource's waiting settings; its failure reaches Dagster without the API key, and an
     unreachable API as one clear message."""
     resource = _resource(context, placement)
-    with scrubbed(), warehouse.using(_database(resource, placement)):
+    with failing(), warehouse.using(_database(resource, placement)):
         api = resource.client()
         with reaching(api):
             return step(
@@ -138,7 +140,7 @@ def requests_asset(pf: PipelineFile, placement: Placement) -> dg.AssetsDefinitio
         warn_without_pool_limit(context, pf, placement, "requests")
         resource = _resource(context, placement)
         # every asset body: its failure reaches Dagster without the key
-        with scrubbed(), warehouse.using(_database(resource, placement)):
+        with failing(), warehouse.using(_database(resource, placement)):
             summary = steps.build_requests(pf, _date(context), _log(context))
         return dg.MaterializeResult(metadata=_requests_metadata(summary))
 
@@ -260,7 +262,7 @@ def enriched_asset(
         warn_without_pool_limit(context, pf, placement, "enriched")
         date = _date(context)
         resource = _resource(context, placement)
-        with scrubbed(), warehouse.using(_database(resource, placement)):
+        with failing(), warehouse.using(_database(resource, placement)):
             why = _not_final(context, pf, placement, date)
             if why is not None:
                 context.log.info(f"{key} not materialized for {date}: {why}")

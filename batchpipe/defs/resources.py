@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import dagster as dg
 
-from batchpipe import batches
+from batchpipe import api
 
 
 class BatchpipeResource(dg.ConfigurableResource):
@@ -18,12 +18,12 @@ class BatchpipeResource(dg.ConfigurableResource):
     database: str | None = None
 
     def client(self) -> anthropic.Anthropic:
-        return batches.client()
+        return api.client()
 
     def poll_interval(self) -> float:
         if self.poll_seconds is not None:
             return self.poll_seconds
-        return 1.0 if batches.using_emulator() else 30.0
+        return 1.0 if api.using_emulator() else 30.0
 
     def waits(self, file_wait: bool) -> bool:
         return file_wait if self.wait is None else self.wait

@@ -24,9 +24,10 @@ from pydantic import BaseModel, field_validator
 
 from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
+from batchpipe.defs.failures import failing
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.defs.specs import Placement
-from batchpipe.errors import scrub, scrubbed
+from batchpipe.errors import scrub
 from batchpipe.loader import PipelineFile
 
 
@@ -63,7 +64,7 @@ def batch_sensor(
     def poll_batches(
         context: dg.SensorEvaluationContext, **resource: BatchpipeResource
     ) -> dg.SensorResult | dg.SkipReason:
-        with scrubbed():  # a failed tick is stored by Dagster: without the API key
+        with failing():  # a failed tick is stored by Dagster: without the API key
             return _poll(context, resource[placement.resource_key])
 
     # Dagster passes a resource by parameter name, and the name is the placement's.

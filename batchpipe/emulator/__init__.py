@@ -5,7 +5,18 @@ it with `base_url`) without network, cost or nondeterminism: batches persist in 
 directory, time can be advanced to reach expiry, and every billed request is logged.
 """
 
-from batchpipe.emulator.app import create_app
-from batchpipe.emulator.server import serve
-
 __all__ = ["create_app", "serve"]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on use: `batchpipe validate` builds the CLI's parser, which takes the
+    # emulator's flags from __main__.py, and should not load the server to do so.
+    if name == "create_app":
+        from batchpipe.emulator.app import create_app
+
+        return create_app
+    if name == "serve":
+        from batchpipe.emulator.server import serve
+
+        return serve
+    raise AttributeError(f"module 'batchpipe.emulator' has no attribute {name!r}")

@@ -10,9 +10,6 @@ import argparse
 import os
 from pathlib import Path
 
-from batchpipe.emulator.faults import FaultSettings
-from batchpipe.emulator.server import serve
-
 LATENCY_ENV = "BATCHPIPE_EMULATOR_LATENCY"
 
 
@@ -70,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from batchpipe.emulator.faults import FaultSettings
+    from batchpipe.emulator.server import serve
+
     faults = FaultSettings(
         http_error_rate=args.http_error_rate,
         stream_cut_rate=args.stream_cut_rate,
