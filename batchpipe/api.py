@@ -129,7 +129,7 @@ class Outage:
 
     def _reason(self, err: anthropic.APIError) -> str:
         if isinstance(err, anthropic.APIStatusError):
-            return f"{err.status_code}: {_api_message(err)}"
+            return f"{err.status_code}: {api_message(err)}"
         return unreachable_message(self.api, err)
 
 
@@ -142,7 +142,7 @@ def _transient(err: anthropic.APIError) -> bool:
     return status >= 500 or status == 408 or type(err) is anthropic.RateLimitError
 
 
-def _api_message(err: anthropic.APIStatusError) -> str:
+def api_message(err: anthropic.APIStatusError) -> str:
     body = err.body if isinstance(err.body, dict) else {}
     inner = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
     return scrub(str(inner.get("message") or err.message))  # a proxy may echo the key

@@ -26,7 +26,7 @@ import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import budget, estimates, state, warehouse
-from batchpipe.api import Outage, _api_message
+from batchpipe.api import Outage, api_message
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.state import State
@@ -301,9 +301,9 @@ def _finish_submission(
             continue
         except anthropic.APIStatusError as err:
             if err.status_code < 500 and err.status_code not in (408, 409):
-                state.record_failed(con, sub.submission_id, _api_message(err))
+                state.record_failed(con, sub.submission_id, api_message(err))
                 raise BatchApiError(
-                    f"the Batches API refused the batch ({err.status_code}): {_api_message(err)}"
+                    f"the Batches API refused the batch ({err.status_code}): {api_message(err)}"
                 ) from None
             outcome = err
         except anthropic.APIConnectionError as err:

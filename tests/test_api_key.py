@@ -122,10 +122,7 @@ def test_an_error_leaves_a_boundary_without_the_key_in_it_or_its_chain(
     assert secret not in shown and "Illegal header" not in shown
 
     with pytest.raises(ApiKeyError) as refused, scrubbed():  # batchpipe's own: class kept
-        try:
-            raise OSError(secret)
-        except OSError:
-            raise ApiKeyError(f"no good: {secret}") from None
+        _refuse_quoting(secret)
     assert refused.value.message == "no good: [ANTHROPIC_API_KEY]"
     assert secret not in "".join(traceback.format_exception(refused.value))
 
@@ -134,16 +131,21 @@ def test_an_error_leaves_a_boundary_without_the_key_in_it_or_its_chain(
     assert untouched.value.args == ("no key here",)
 
 
+def _refuse_quoting(secret: str) -> None:
+    """batchpipe's own error quoting the key, raised while handling another that does."""
+    try:
+        raise OSError(secret)
+    except OSError:
+        raise ApiKeyError(f"no good: {secret}") from None
+
+
 def test_a_dagster_step_fails_with_the_message_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     """At the Dagster edge a BatchpipeError becomes a `dg.Failure` whose description is
     its message, scrubbed, with no chain; any other error leaves as it came."""
     secret = _sentinel()
     monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
     with pytest.raises(dg.Failure) as failed, failing():
-        try:
-            raise OSError(secret)
-        except OSError:
-            raise ApiKeyError(f"no good: {secret}") from None
+        _refuse_quoting(secret)
     assert failed.value.description == "no good: [ANTHROPIC_API_KEY]"
     assert secret not in "".join(traceback.format_exception(failed.value))
     assert failed.value.__cause__ is None and failed.value.__suppress_context__
