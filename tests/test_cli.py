@@ -66,11 +66,11 @@ def test_validating_and_planning_without_an_api_load_neither_dagster_nor_the_sdk
     """Only what talks to the API imports them, so `batchpipe validate FILE` starts fast."""
     script = """
 import datetime as dt, sys
-from batchpipe import cli, forecast
+from batchpipe import cli, plan
 from batchpipe.loader import load_pipelines
 assert cli.main(["validate"]) == 0
 for pf in load_pipelines():
-    forecast.forecast(pf, dt.date(2026, 11, 3), None)
+    plan.forecast(pf, dt.date(2026, 11, 3), None)
 print(sorted({m.split(".")[0] for m in sys.modules if m.startswith(("dagster", "anthropic"))}))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
