@@ -11,11 +11,10 @@ from pathlib import Path
 import dagster as dg
 
 from batchpipe import warehouse
-from batchpipe.defs.metadata import OPEN_BATCHES
 from batchpipe.defs.translator import STEPS, BatchpipeTranslator
 from batchpipe.loader import PipelineFile
 
-__all__ = ["OPEN_BATCHES", "POOL", "STEPS", "Placement"]
+__all__ = ["POOL", "STEPS", "Placement"]
 
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
 
