@@ -13,7 +13,7 @@ import os
 import secrets
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +46,10 @@ class ApiError(Exception):
     status: int
     type: str
     message: str
+    # `error.details` (the SDK picks a narrower exception class by its `error_code`) and
+    # extra response headers (`retry-after`): only the emulated account limits set them.
+    details: dict[str, Any] | None = field(default=None, kw_only=True)
+    headers: dict[str, str] | None = field(default=None, kw_only=True)
 
     def __str__(self) -> str:
         return f"{self.status} {self.type}: {self.message}"
@@ -103,11 +107,10 @@ def rfc3339(moment: dt.datetime) -> str:
 
 def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
     """The HTTP error envelope; `request_id` is the same as the `request-id` header."""
-    return {
-        "type": "error",
-        "error": {"type": error.type, "message": error.message},
-        "request_id": request_id,
-    }
+    inner: dict[str, Any] = {"type": error.type, "message": error.message}
+    if error.details is not None:
+        inner["details"] = error.details
+    return {"type": "error", "error": inner, "request_id": request_id}
 
 
 def _not_serializable(obj: Any) -> Any:
