@@ -185,6 +185,8 @@ class Ledger:
         self._lock = threading.Lock()
         self._lines: list[tuple[str, str]] = []  # (batch_id, line text)
         self._billed: set[tuple[str, str]] = set()
+        self._summed, self._usd = 0, 0.0  # lines added into _usd so far, and their total
+        self.credit_usd: float | None = None  # the emulated credit balance (not persisted)
         self._load()
 
     def _load(self) -> None:
@@ -213,11 +215,26 @@ class Ledger:
         with self._lock:
             return {cid for cid in custom_ids if (batch_id, cid) not in self._billed}
 
+    def billed_usd(self) -> float:
+        """The total billed so far, as `report` gives it. Lines are parsed once, when
+        first asked for, so billing itself pays nothing when no account limit is set."""
+        with self._lock:
+            for _, text in self._lines[self._summed :]:
+                self._usd += json.loads(text).get("usd", 0.0)
+            self._summed = len(self._lines)
+            return round(self._usd, USD_DIGITS)
+
+    def credit_left(self) -> float | None:
+        """USD left of `credit_usd` (<= 0 once it is spent), or None without a credit."""
+        credit = self.credit_usd
+        return None if credit is None else credit - self.billed_usd()
+
     def reset(self) -> None:
         with self._lock:
             self.path.unlink(missing_ok=True)
             self._lines.clear()
             self._billed.clear()
+            self._summed, self._usd = 0, 0.0
 
     def report(self, batch_id: str | None = None) -> dict[str, Any]:
         """`GET /_emulator/ledger`: totals, totals by model, and every billed line."""
