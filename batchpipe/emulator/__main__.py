@@ -27,6 +27,66 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
+    return value
+
+
+def _amount(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The real service's account limits (emulator/limits.py), all off by default."""
+    limits = parser.add_argument_group(
+        "limits",
+        "the real API's account limits, all off by default; "
+        "change at run time with POST /_emulator/faults",
+    )
+    limits.add_argument(
+        "--queue-limit",
+        type=_count,
+        default=None,
+        help="429 a create that would queue more than N unprocessed batch requests",
+    )
+    limits.add_argument(
+        "--batch-rpm",
+        type=_count,
+        default=None,
+        help="429 calls to /v1/messages/batches beyond N in any 60 s",
+    )
+    limits.add_argument(
+        "--spend-limit-usd",
+        type=_amount,
+        default=None,
+        help="429 enforced_spend_limit_reached on create once X USD is billed",
+    )
+    limits.add_argument(
+        "--workspace-limit-usd",
+        type=_amount,
+        default=None,
+        help="400 workspace usage limit on create once X USD is billed",
+    )
+    limits.add_argument(
+        "--credit-usd",
+        type=_amount,
+        default=None,
+        help="once X USD is billed, unprocessed batch lines end errored, unbilled",
+    )
+    limits.add_argument(
+        "--not-found-after-create",
+        type=_amount,
+        default=None,
+        metavar="S",
+        help="retrieve answers 404 for S seconds after a batch's create",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
@@ -64,10 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="batch processing speed once the latency has passed (default: unlimited)",
     )
+    add_limit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     from batchpipe.emulator.faults import FaultSettings
+    from batchpipe.emulator.limits import LimitSettings
     from batchpipe.emulator.server import serve
 
     faults = FaultSettings(
@@ -86,6 +148,14 @@ def run(args: argparse.Namespace) -> None:
         faults=faults,
         seed=args.seed,
         public=args.public,
+        limits=LimitSettings(
+            queue_limit=args.queue_limit,
+            batch_rpm=args.batch_rpm,
+            spend_limit_usd=args.spend_limit_usd,
+            workspace_limit_usd=args.workspace_limit_usd,
+            credit_usd=args.credit_usd,
+            not_found_after_create=args.not_found_after_create,
+        ),
     )
 
 

@@ -9,7 +9,7 @@ faults, reset) are never faulted and need no API key: they belong to the test ha
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from starlette.routing import Route
 
 from batchpipe.emulator import lifecycle
 from batchpipe.emulator.faults import Faults, FaultSettings
+from batchpipe.emulator.limits import KEYS as LIMIT_KEYS
+from batchpipe.emulator.limits import Limits, LimitSettings
 from batchpipe.emulator.protocol import (
     ApiMiddleware,
     ResultsBody,
@@ -38,7 +40,7 @@ from batchpipe.emulator.protocol import (
     version_and_betas,
 )
 from batchpipe.emulator.responders import MODELS, check_model, count_input_tokens, respond
-from batchpipe.emulator.state import Store
+from batchpipe.emulator.state import BatchRecord, Store
 from batchpipe.emulator.wire import ApiError, invalid, not_found, rfc3339
 
 MAX_BATCH_BODY = 256 * 1024 * 1024  # research §1.5: Cloudflare answers 413 above this
@@ -49,11 +51,17 @@ MAX_CONTROL_BODY = 1024 * 1024
 @dataclass(frozen=True)
 class Emulator:
     """What the handlers share, kept on `app.state.emulator`: the batch store, the
-    seconds before a batch starts completing, and the fault injector."""
+    seconds before a batch starts completing, the fault injector and the account limits."""
 
     store: Store
     latency: float
     injector: Faults
+    limits: Limits = field(default_factory=Limits)
+
+    def apply_limits(self, settings: LimitSettings) -> None:
+        """Set the limits; the credit is the ledger's to know, as lines spend it."""
+        self.limits.apply(settings)
+        self.store.ledger.credit_usd = settings.credit_usd
 
 
 def emulator_of(request: Request) -> Emulator:
@@ -73,12 +81,30 @@ async def create_batch(request: Request) -> Response:
     requests = validate_create(parse_json(raw))
     version, betas = version_and_betas(request)
     line_faults = emu.injector.for_new_batch()
-    record = await run_in_threadpool(
-        lifecycle.create, emu.store, requests, version, betas, line_faults, raw
-    )
+
+    def create() -> BatchRecord:
+        with emu.store.lock:  # checked and created at once, so two creates cannot both fit
+            check_limits(emu, len(requests))
+            return lifecycle.create(emu.store, requests, version, betas, line_faults, raw)
+
+    record = await run_in_threadpool(create)
     answer = JSONResponse(lifecycle.batch_json(record, base_url(request)))
     lifecycle.process_soon(emu.store, record, emu.latency)
     return answer
+
+
+def check_limits(emu: Emulator, adding: int) -> None:
+    """Raise the error a create of `adding` requests meets under the account limits.
+    Open batches are brought up to date first only when a limit needs the billed total
+    or the queue, so with the limits off a create costs what it always did."""
+    if not emu.limits.needs_billing():
+        return
+    queued = lifecycle.queued(emu.store, emu.latency)
+    billed = emu.store.ledger.billed_usd()
+    now = emu.store.clock.now()
+    error = emu.limits.check_create(billed, queued, adding, emu.latency, now)
+    if error is not None:
+        raise error
 
 
 def batches_newest_first(emu: Emulator, base: str) -> list[dict[str, Any]]:
@@ -97,6 +123,8 @@ async def retrieve_batch(request: Request) -> Response:
     emu = emulator_of(request)
     batch_id = request.path_params["batch_id"]
     record = await run_in_threadpool(lifecycle.get, emu.store, batch_id, emu.latency)
+    if emu.limits.hides(record.created_at, emu.store.clock.now()):
+        raise not_found(f"Message Batch {batch_id} not found.")  # not visible here yet
     return JSONResponse(lifecycle.batch_json(record, base_url(request)))
 
 
@@ -210,20 +238,33 @@ async def ledger(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(emulator_of(request).store.ledger.report, batch_id))
 
 
+def faults_json(emu: Emulator) -> dict[str, Any]:
+    """The fault settings, plus the limits that are on."""
+    return emu.injector.to_json() | emu.limits.settings.shown()
+
+
 async def get_faults(request: Request) -> Response:
-    return JSONResponse(emulator_of(request).injector.to_json())
+    return JSONResponse(faults_json(emulator_of(request)))
 
 
 async def set_faults(request: Request) -> Response:
-    injector = emulator_of(request).injector
-    injector.update(await read_json(request, MAX_CONTROL_BODY))
-    return JSONResponse(injector.to_json())
+    """Faults and limits share one endpoint; a bad value anywhere changes nothing."""
+    emu = emulator_of(request)
+    changes = await read_json(request, MAX_CONTROL_BODY)
+    limits = emu.limits.update(changes)
+    if isinstance(changes, dict):
+        changes = {key: value for key, value in changes.items() if key not in LIMIT_KEYS}
+    emu.injector.update(changes)
+    emu.apply_limits(limits)
+    return JSONResponse(faults_json(emu))
 
 
 async def reset(request: Request) -> Response:
     emu = emulator_of(request)
     await run_in_threadpool(emu.store.reset)
     emu.injector.reset()
+    emu.limits.reset()
+    emu.apply_limits(emu.limits.settings)
     return JSONResponse({"ok": True})
 
 
@@ -255,14 +296,22 @@ def create_app(
     *,
     faults: FaultSettings | None = None,
     seed: int = 0,
+    limits: LimitSettings | None = None,
 ) -> Starlette:
     """The emulator as an ASGI app; batches start completing `latency_seconds` after
-    creation, at `faults.requests_per_second` (all at once by default). `faults` and
-    `seed` are the startup settings that `POST /_emulator/reset` returns to."""
-    emu = Emulator(Store(Path(state_dir)), latency_seconds, Faults(faults or FaultSettings(), seed))
+    creation, at `faults.requests_per_second` (all at once by default). `faults`, `seed`
+    and `limits` are the startup settings that `POST /_emulator/reset` returns to."""
+    emu = Emulator(
+        Store(Path(state_dir)),
+        latency_seconds,
+        Faults(faults or FaultSettings(), seed),
+        Limits(limits or LimitSettings()),
+    )
+    emu.apply_limits(emu.limits.settings)
+    middleware = Middleware(ApiMiddleware, api_key=api_key, faults=emu.injector, limits=emu.limits)
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(ApiMiddleware, api_key=api_key, faults=emu.injector)],
+        middleware=[middleware],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,

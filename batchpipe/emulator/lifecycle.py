@@ -45,6 +45,7 @@ from batchpipe.emulator.faults import (
     never_processed,
     worker_request_id,
 )
+from batchpipe.emulator.limits import no_credit_result
 from batchpipe.emulator.responders import respond
 from batchpipe.emulator.state import BatchRecord, ResultLine, Store, paused_gc, tally
 from batchpipe.emulator.wire import (
@@ -213,15 +214,21 @@ def _answer_range(
     when the batch never uses the prompt cache."""
     requests = _requests(store, record)
     answers, stamp = _Answers(), _Stamps(schedule)
+    credit = store.ledger.credit_left()  # None: no credit limit; lines spend it in order
     for position in positions:
         request = requests[schedule.order[position]]
         custom_id = request["custom_id"]
-        result = _answer(store, record, request, schedule.finished_at(position))
+        if credit is not None and credit <= 0:
+            result = no_credit_result()
+        else:
+            result = _answer(store, record, request, schedule.finished_at(position))
         answers.custom_ids.append(custom_id)
         answers.kinds.append(result["type"])
         answers.texts.append(dumps_line({"custom_id": custom_id, "result": result}))
         if result["type"] == "succeeded":
             row = ledger.entry(record.id, custom_id, result["message"], stamp(position))
+            if credit is not None:
+                credit -= row["usd"]
             answers.billed.append(custom_id)
             answers.bills.append(dumps_line(row))
     return answers
@@ -238,8 +245,14 @@ def _answer_all(
     safe and worth a fork: the prompt cache makes answers depend on the order lines are
     processed in, so a batch that has `cache_control` anywhere is answered in order, in
     this process. Forked, this process answers the first part and keeps it while the
-    child answers the (bigger) rest, since ending the batch is left to this process."""
-    if len(positions) < FORK_AT_LEAST or not forked.AVAILABLE or not _cache_free(store, record):
+    child answers the (bigger) rest, since ending the batch is left to this process.
+    A credit limit, too, is spent in order, so with one set nothing is forked."""
+    if (
+        len(positions) < FORK_AT_LEAST
+        or not forked.AVAILABLE
+        or store.ledger.credit_usd is not None
+        or not _cache_free(store, record)
+    ):
         keep(_answer_range(store, record, schedule, positions))
         return
     _requests(store, record)  # parsed before the fork, so the child need not
@@ -344,6 +357,19 @@ def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
             record.archived_at = record.created_at + RETENTION
             store.save(record)
         return record
+
+
+def queued(store: Store, latency: float) -> int:
+    """Requests in the processing queue now: those of `in_progress` batches not yet
+    processed, every open batch first brought up to date (which bills what it did)."""
+    with store.lock:
+        total = 0
+        for record in store.all():
+            if record.processing_status != "ended":
+                refresh(store, record, latency)
+            if record.processing_status == "in_progress":
+                total += record.request_counts["processing"]
+        return total
 
 
 def process_soon(store: Store, record: BatchRecord, latency: float) -> threading.Thread | None:

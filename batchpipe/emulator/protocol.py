@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchpipe.emulator.faults import Faults
+from batchpipe.emulator.limits import Limits
 from batchpipe.emulator.state import paused_gc
 from batchpipe.emulator.wire import ERROR_TYPES, ApiError, error_body, invalid, new_request_id
 
@@ -55,13 +56,21 @@ def check_headers(headers: Headers, api_key: str | None) -> ApiError | None:
 
 class ApiMiddleware:
     """Gives every response a `request-id` header and guards `/v1/*` with auth and
-    version checks, then injected HTTP faults, before any endpoint runs. `/_emulator/*`
-    controls are never faulted, so a test can always turn faults off again."""
+    version checks, then the batch RPM limit, then injected HTTP faults, before any
+    endpoint runs. `/_emulator/*` controls are never faulted nor limited, so a test can
+    always turn faults and limits off again."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        faults: Faults | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.faults = faults
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,8 +88,11 @@ class ApiMiddleware:
 
         if scope["path"].startswith("/v1/"):
             error = check_headers(Headers(scope=scope), self.api_key)
+            if error is None and self.limits is not None:
+                error = self.limits.admit_batch_call(scope["path"])
             if error is not None:
-                await error_response(error, request_id)(scope, receive, send_with_id)
+                response = error_response(error, request_id, error.headers)
+                await response(scope, receive, send_with_id)
                 return
             fault = self.faults.http_fault(scope["method"], scope["path"]) if self.faults else None
             if fault is not None:
@@ -98,7 +110,7 @@ def _request_id(request: Request) -> str | None:
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc, _request_id(request))
+    return error_response(exc, _request_id(request), exc.headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

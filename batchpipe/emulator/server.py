@@ -20,6 +20,7 @@ import uvicorn
 
 from batchpipe.emulator.app import create_app
 from batchpipe.emulator.faults import FaultSettings
+from batchpipe.emulator.limits import LimitSettings
 
 CUT_STREAM_LOG = "ASGI callable returned without completing response."
 
@@ -76,6 +77,7 @@ def serve(
     faults: FaultSettings | None = None,
     seed: int = 0,
     public: bool = False,
+    limits: LimitSettings | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, printing one line with the bound address. A host that
     is not loopback without `public` exits at once with a one-line message."""
@@ -87,7 +89,12 @@ def serve(
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(
-        state_dir, latency_seconds=latency_seconds, api_key=api_key, faults=faults, seed=seed
+        state_dir,
+        latency_seconds=latency_seconds,
+        api_key=api_key,
+        faults=faults,
+        seed=seed,
+        limits=limits,
     )
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
