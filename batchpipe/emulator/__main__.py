@@ -50,30 +50,35 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--queue-limit",
+        metavar="N",
         type=_count,
         default=None,
         help="429 a create that would queue more than N unprocessed batch requests",
     )
     limits.add_argument(
         "--batch-rpm",
+        metavar="N",
         type=_count,
         default=None,
         help="429 calls to /v1/messages/batches beyond N in any 60 s",
     )
     limits.add_argument(
         "--spend-limit-usd",
+        metavar="X",
         type=_amount,
         default=None,
         help="429 enforced_spend_limit_reached on create once X USD is billed",
     )
     limits.add_argument(
         "--workspace-limit-usd",
+        metavar="X",
         type=_amount,
         default=None,
         help="400 workspace usage limit on create once X USD is billed",
     )
     limits.add_argument(
         "--credit-usd",
+        metavar="X",
         type=_amount,
         default=None,
         help="once X USD is billed, unprocessed batch lines end errored, unbilled",
