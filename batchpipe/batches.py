@@ -47,6 +47,16 @@ WIRE_ID_SQL = (
     "ELSE 'h-' || md5(custom_id) END || '-' || ?"
 )
 BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
+LIST_PAGE = 100  # batches per list call, the endpoint's largest page
+# How a 400 for a custom spend limit begins: "... specified workspace API usage limits" or,
+# for an organization's, "... specified API usage limits" (research: Limits of the service).
+WORKSPACE_LIMIT_WORDS = (
+    "You have reached your specified workspace API usage limits",
+    "You have reached your specified API usage limits",
+)
+# A retrieve right after a create can answer 404 for a short while: how long one of our
+# own batches is asked again before the list endpoint decides (see _retrieve_own).
+NOT_FOUND_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_NOT_FOUND_PATIENCE", "120"))
 
 Log = Callable[[str], None]
 
@@ -100,21 +110,50 @@ def submit_partition(
     BudgetExceeded says which limit stopped what.
     """
     check_state_writable()
-    _finish_interrupted(con, api, send, log)
-    total = state.stage_pending(con, send.pipeline, send.date, send.max_attempts)
-    budget.clear_skipped(con, send.pipeline, send.date)
-    if total == 0:
+    try:
+        _finish_interrupted(con, api, send, log)
+        total = state.stage_pending(con, send.pipeline, send.date, send.max_attempts)
+        budget.clear_skipped(con, send.pipeline, send.date)
+        if total == 0:
+            return 0
+        per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH))
+        sent, refused = _send_chunks(con, api, send, per_batch, -(-total // per_batch), log)
+    except SpendLimitReached as err:
+        raise BatchApiError(_spend_limit_message(con, send, err)) from None
+    finally:
         state.drop_pending(con)
-        return 0
-    per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH))
-    sent, refused = _send_chunks(con, api, send, per_batch, -(-total // per_batch), log)
-    state.drop_pending(con)
     if refused is not None:  # only a `spend` refuses
         assert send.spend is not None
         count, chars = state.skipped_size(con, send.pipeline, send.date)
         refused_usd = send.spend.price(count, chars).high_usd
         raise budget.BudgetExceeded(budget.refused_message(refused, sent, count, refused_usd))
     return total
+
+
+def _spend_limit_message(con: duckdb.DuckDBPyConnection, send: Send, err: SpendLimitReached) -> str:
+    """What stopped, in the API's words, what went out before it and what is held."""
+    state.drop_pending(con)  # `pending_size` counts afresh: held intents are not pending
+    batch_ids, requests, *_ = state.partition_batches(con, send.pipeline, send.date)
+    held = (
+        sum(
+            s.request_count
+            for s in open_submissions(con, send.pipeline, send.date)
+            if s.state in UNSENT_STATES
+        )
+        + state.pending_size(con, send.pipeline, send.date, send.max_attempts)[0]
+    )
+    resumes = (
+        " (a tier's monthly cap lifts at 00:00 UTC on the 1st of the next month)"
+        if err.monthly
+        else ""
+    )
+    return (
+        f"the Batches API refused a batch of {send.pipeline} {send.date}: a spend limit was "
+        f"reached ({err.api_words}). Sent before it: {requests} request(s) in "
+        f"{len(batch_ids)} batch(es); held, recorded and not sent: {held} request(s). Once "
+        f"the limit is lifted{resumes}, run the same command again: each held request goes "
+        "out once"
+    )
 
 
 def _finish_interrupted(
@@ -297,9 +336,14 @@ def _finish_submission(
             kill_point("after_create")
         except anthropic.RateLimitError as err:
             state.set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
+            if err.error_code is not None:  # a spend limit: waiting seconds lifts nothing
+                raise SpendLimitReached(api_message(err), monthly=True) from None
             _wait_before_retry(err, attempt, log)
             continue
         except anthropic.APIStatusError as err:
+            if _workspace_limit(err):
+                state.set_state(con, sub.submission_id, "intent")  # held, not refused
+                raise SpendLimitReached(api_message(err), monthly=False) from None
             if err.status_code < 500 and err.status_code not in (408, 409):
                 state.record_failed(con, sub.submission_id, api_message(err))
                 raise BatchApiError(
@@ -324,6 +368,23 @@ def _finish_submission(
         f"could not create a batch after {CREATE_ATTEMPTS} attempts; nothing was submitted. "
         "Run again to retry."
     )
+
+
+class SpendLimitReached(BatchApiError):
+    """A create refused because a spend limit was reached: the tier's monthly cap (429
+    with an error code, no retry-after) or a workspace or organization limit someone set
+    (400). Not retried: its submission stays a recorded intent, held, sent by the first
+    run after the limit is lifted."""
+
+    def __init__(self, api_words: str, *, monthly: bool) -> None:
+        self.api_words, self.monthly = api_words, monthly
+        super().__init__(f"a spend limit was reached: {api_words}")
+
+
+def _workspace_limit(err: anthropic.APIStatusError) -> bool:
+    """The 400 a custom workspace or organization spend limit answers."""
+    message = api_message(err)
+    return err.status_code == 400 and message.startswith(WORKSPACE_LIMIT_WORDS)
 
 
 def _create(
@@ -484,18 +545,83 @@ def retrieve_all(
     api: anthropic.Anthropic, watch: list[Watch], outage: Outage | None = None
 ) -> list[anthropic.types.messages.MessageBatch | None]:
     """Each watched batch as the API has it now (None: a candidate that is gone); with
-    `outage`, a retrieve that cannot reach the API is tried again (see Outage). Touches
-    no database, so a waiting run holds no lock while the API answers."""
+    `outage`, a call that cannot reach the API is tried again (see Outage). Touches no
+    database, so a waiting run holds no lock while the API answers.
+
+    Several batches are read from the list endpoint, one call per 100 batches, instead of
+    one retrieve each: the batch endpoints share one requests-per-minute limit. A batch
+    the list does not show (too old for the pages walked, or just created) is retrieved."""
+    listed = _listed(api, watch, outage) if len(watch) > 1 else {}
     seen: list[anthropic.types.messages.MessageBatch | None] = []
     for w in watch:
+        if w.batch_id in listed:
+            seen.append(listed[w.batch_id])
+            continue
         retrieve = functools.partial(api.messages.batches.retrieve, w.batch_id)
         try:
             seen.append(retrieve() if outage is None else outage.call(retrieve, "polling batches"))
         except anthropic.NotFoundError:
-            if not w.candidate:
-                raise
-            seen.append(None)  # deleted by whoever sent it: it was not ours to wait on
+            if w.candidate:
+                seen.append(None)  # deleted by whoever sent it: it was not ours to wait on
+            else:
+                seen.append(_retrieve_own(api, w, retrieve))
     return seen
+
+
+def _listed(
+    api: anthropic.Anthropic, watch: list[Watch], outage: Outage | None
+) -> dict[str, anthropic.types.messages.MessageBatch]:
+    """The watched batches the list endpoint shows, walking its newest-first pages until
+    every one is found or the pages reach batches older than the oldest watched intent
+    (less the clock skew): other teams' batches on the same key only add pages."""
+    wanted = {w.batch_id for w in watch}
+    since = min(w.sub.intent_at for w in watch).replace(tzinfo=dt.UTC) - RECONCILE_SKEW
+    found: dict[str, anthropic.types.messages.MessageBatch] = {}
+    after: str | None = None
+    while True:
+        kwargs = {"limit": LIST_PAGE} | ({"after_id": after} if after else {})
+        list_page = functools.partial(api.messages.batches.list, **kwargs)
+        page = list_page() if outage is None else outage.call(list_page, "polling batches")
+        found |= {b.id: b for b in page.data if b.id in wanted}
+        if len(found) == len(wanted) or not page.data or not page.has_more:
+            return found
+        if page.data[-1].created_at < since:
+            return found
+        after = page.data[-1].id
+
+
+def _retrieve_own(
+    api: anthropic.Anthropic,
+    w: Watch,
+    retrieve: Callable[[], anthropic.types.messages.MessageBatch],
+) -> anthropic.types.messages.MessageBatch:
+    """A batch of ours that retrieve answered 404 for: asked again for a while, then
+    looked for in the list endpoint. A retrieve right after a create can answer 404 for
+    a short while (anthropic-sdk-python#1432), so a 404 never means "lost, send again":
+    only a batch neither endpoint knows after NOT_FOUND_PATIENCE_SECONDS stops the run,
+    and even then nothing is sent again."""
+    deadline = time.monotonic() + NOT_FOUND_PATIENCE_SECONDS
+    delay = 0.5
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 10.0)
+        try:
+            return retrieve()
+        except anthropic.NotFoundError:
+            continue
+    since = w.sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
+    for batch in api.messages.batches.list(limit=100):
+        if batch.created_at < since:
+            break  # newest first: everything after this is older than our create
+        if batch.id == w.batch_id:
+            return batch
+    raise BatchApiError(
+        f"batch {w.batch_id} ({w.sub.request_count} request(s)) is not known upstream: "
+        f"retrieve answered 404 for {NOT_FOUND_PATIENCE_SECONDS:.0f} s "
+        "(BATCHPIPE_NOT_FOUND_PATIENCE) and the list endpoint does not show it. Nothing "
+        "is sent again for its requests; check that ANTHROPIC_API_KEY belongs to the "
+        "workspace that created it, then run the same command again"
+    )
 
 
 def record_polled(
