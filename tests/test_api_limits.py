@@ -20,6 +20,19 @@ pytestmark = pytest.mark.slow
 DAY = "2026-11-03"
 
 
+def _answered_and_billed(project: Path, url: str) -> tuple[list[tuple], int, set[int]]:
+    """The partition's rows by result_status; how many requests the emulator billed, and
+    how many times each was billed (a set: {1} when each row was paid once)."""
+    billed = Counter(request_of(entry["custom_id"]) for entry in ledger(url))
+    statuses = query(
+        project,
+        "SELECT result_status, count(*) FROM product_descriptions WHERE partition_date = ? "
+        "GROUP BY ALL",
+        [DAY],
+    )
+    return statuses, len(billed), set(billed.values())
+
+
 def test_a_batch_not_found_right_after_its_create_is_waited_for_not_sent_again(
     demo_db: Path, private_emulator
 ) -> None:
@@ -31,16 +44,8 @@ def test_a_batch_not_found_right_after_its_create_is_waited_for_not_sent_again(
     run = batchpipe("run", "product_descriptions", "--date", DAY)
     assert run.returncode == 0, run.stdout + run.stderr
     assert len(list(upstream.messages.batches.list())) == 1
-    billed = Counter(request_of(entry["custom_id"]) for entry in ledger(url))
-    statuses = query(
-        demo_db,
-        "SELECT result_status, count(*) FROM product_descriptions WHERE partition_date = ? "
-        "GROUP BY ALL",
-        [DAY],
-    )
     (rows,) = query(demo_db, "SELECT count(*) FROM products WHERE added_on = ?", [DAY])[0]
-    assert statuses == [("succeeded", rows)]
-    assert len(billed) == rows and set(billed.values()) == {1}
+    assert _answered_and_billed(demo_db, url) == ([("succeeded", rows)], rows, {1})
 
 
 def test_many_batches_are_polled_with_one_list_call_not_one_retrieve_each(
@@ -125,12 +130,4 @@ def test_a_spend_limit_stops_the_run_at_once_and_the_held_rows_go_out_once_it_li
     resumed = batchpipe("run", "product_descriptions", "--date", DAY)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len(list(upstream.messages.batches.list())) == 3
-    billed = Counter(request_of(entry["custom_id"]) for entry in ledger(url))
-    statuses = query(
-        demo_db,
-        "SELECT result_status, count(*) FROM product_descriptions WHERE partition_date = ? "
-        "GROUP BY ALL",
-        [DAY],
-    )
-    assert statuses == [("succeeded", 30)]
-    assert len(billed) == 30 and set(billed.values()) == {1}
+    assert _answered_and_billed(demo_db, url) == ([("succeeded", 30)], 30, {1})

@@ -7,6 +7,7 @@ subcommand through `add_arguments` and calls `run`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -132,18 +133,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_limit_arguments(parser)
 
 
+def _flags(args: argparse.Namespace, settings: type) -> dict:
+    """The command-line flags named as the fields of a settings dataclass."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(settings)}
+
+
 def run(args: argparse.Namespace) -> None:
     from batchpipe.emulator.faults import FaultSettings
     from batchpipe.emulator.limits import LimitSettings
     from batchpipe.emulator.server import serve
 
-    faults = FaultSettings(
-        http_error_rate=args.http_error_rate,
-        stream_cut_rate=args.stream_cut_rate,
-        errored_rate=args.errored_rate,
-        expired_rate=args.expired_rate,
-        requests_per_second=args.requests_per_second,
-    )
+    faults = FaultSettings(**_flags(args, FaultSettings))
     serve(
         args.host,
         args.port,
@@ -153,14 +153,7 @@ def run(args: argparse.Namespace) -> None:
         faults=faults,
         seed=args.seed,
         public=args.public,
-        limits=LimitSettings(
-            queue_limit=args.queue_limit,
-            batch_rpm=args.batch_rpm,
-            spend_limit_usd=args.spend_limit_usd,
-            workspace_limit_usd=args.workspace_limit_usd,
-            credit_usd=args.credit_usd,
-            not_found_after_create=args.not_found_after_create,
-        ),
+        limits=LimitSettings(**_flags(args, LimitSettings)),
     )
 
 
