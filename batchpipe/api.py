@@ -12,11 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +20,8 @@ from typing import TypeVar
 import anthropic
 
 from batchpipe import warehouse
+from batchpipe.emulator import process as emulator_process
+from batchpipe.emulator.process import healthy
 from batchpipe.errors import BatchApiError, api_key, scrub
 
 # How long a run waits out an API it cannot reach (or that answers 429/5xx) while polling
@@ -156,8 +154,6 @@ def api_message(err: anthropic.APIStatusError) -> str:
 # This is the product starting the emulator, so it lives outside `batchpipe/emulator/`:
 # the product may start the emulator (as a process), the emulator never imports the product.
 
-START_TIMEOUT = 30.0
-
 
 def ensure_emulator(announce: bool = True) -> str:
     """The base URL of a running emulator: ANTHROPIC_BASE_URL, a recorded one, or a new one."""
@@ -194,52 +190,16 @@ def running_emulator() -> str | None:
     return url if healthy(url) else None
 
 
-def healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/_emulator/health", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _start(directory: Path) -> tuple[str, int]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (directory / "server.log").open("ab")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchpipe.emulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--state-dir",
-            str(directory / "state"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # outlives this run, so the next run reuses it
-    )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if healthy(url, timeout=0.5):
-            return url, process.pid
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise BatchApiError(
-        f"the local emulator did not start on {url}; see {directory / 'server.log'}"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A background emulator that outlives this run, logging beside its state."""
+    with (directory / "server.log").open("ab") as log:
+        try:
+            process, url = emulator_process.start(
+                directory / "state", latency=None, output=log, detached=True
+            )
+        except RuntimeError as err:
+            raise BatchApiError(f"{err}; see {directory / 'server.log'}") from None
+    return url, process.pid
 
 
 @contextlib.contextmanager

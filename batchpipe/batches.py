@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,6 @@ MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the 
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
-UNSENT_STATES = state.UNSENT_STATES
 # On the wire a request's custom_id is `<its custom_id>-<the submission's token>`, so every
 # line of a results file says which submission it answers: a batch sent by another
 # installation on the same API key (even a copy of this pipeline, with the same keys)
@@ -132,13 +131,12 @@ def submit_partition(
 
 def _spend_limit_message(con: duckdb.DuckDBPyConnection, send: Send, err: SpendLimitReached) -> str:
     """What stopped, in the API's words, what went out before it and what is held."""
-    state.drop_pending(con)  # `pending_size` counts afresh: held intents are not pending
     batch_ids, requests, *_ = state.partition_batches(con, send.pipeline, send.date)
     held = (
         sum(
             s.request_count
             for s in open_submissions(con, send.pipeline, send.date)
-            if s.state in UNSENT_STATES
+            if s.state in state.UNSENT_STATES
         )
         + state.pending_size(con, send.pipeline, send.date, send.max_attempts)[0]
     )
@@ -161,7 +159,7 @@ def _finish_interrupted(
 ) -> None:
     """Intents an earlier run recorded and did not finish: found upstream, or sent."""
     for sub in open_submissions(con, send.pipeline, send.date):
-        if sub.state in UNSENT_STATES:
+        if sub.state in state.UNSENT_STATES:
             _finish_submission(
                 con, api, sub, log, interrupted=sub.state == "submitting", betas=send.betas
             )
@@ -311,19 +309,8 @@ def _finish_submission(
     fresh one, is sent at once: looking first would only risk taking someone else's batch.
     Whatever is found upstream is only provisional until its results prove it ours.
     """
-    if interrupted:
-        found = _reconcile(con, api, sub)
-        if found:
-            _hold(con, sub, found, log)
-            return
-    count, content = body if body is not None else _body(con, sub)
-    if count != sub.request_count:
-        # The partition's requests were rebuilt (the file changed) before this intent was
-        # sent, and nothing upstream matches it: drop it; the caller sends what is pending now.
-        state.record_failed(
-            con, sub.submission_id, "abandoned before sending: the partition's requests changed"
-        )
-        log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
+    content = _body_to_send(con, api, sub, log, interrupted=interrupted, body=body)
+    if content is None:
         return
     del body
     for attempt in range(1, CREATE_ATTEMPTS + 1):
@@ -334,16 +321,14 @@ def _finish_submission(
         try:
             batch = _create(api, content, betas)
             kill_point("after_create")
-        except anthropic.RateLimitError as err:
-            state.set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
-            if err.error_code is not None:  # a spend limit: waiting seconds lifts nothing
-                raise SpendLimitReached(api_message(err), monthly=True) from None
-            _wait_before_retry(err, attempt, log)
-            continue
         except anthropic.APIStatusError as err:
-            if _workspace_limit(err):
-                state.set_state(con, sub.submission_id, "intent")  # held, not refused
-                raise SpendLimitReached(api_message(err), monthly=False) from None
+            if (limit := _spend_limit(err)) is not None:
+                state.set_state(con, sub.submission_id, "intent")  # held: it created nothing
+                raise limit from None
+            if err.status_code == 429:
+                state.set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
+                _wait_before_retry(err, attempt, log)
+                continue
             if err.status_code < 500 and err.status_code not in (408, 409):
                 state.record_failed(con, sub.submission_id, api_message(err))
                 raise BatchApiError(
@@ -370,6 +355,34 @@ def _finish_submission(
     )
 
 
+def _body_to_send(
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    sub: Submission,
+    log: Log,
+    *,
+    interrupted: bool,
+    body: tuple[int, bytes] | None,
+) -> bytes | None:
+    """The create body of an intent, or None when nothing is to be sent for it: an
+    interrupted create whose batch may be upstream (now held for proof), or an intent
+    whose requests were rebuilt since it was recorded (dropped; the caller sends what is
+    pending now)."""
+    if interrupted:
+        found = _reconcile(con, api, sub)
+        if found:
+            _hold(con, sub, found, log)
+            return None
+    count, content = body if body is not None else _body(con, sub)
+    if count != sub.request_count:
+        state.record_failed(
+            con, sub.submission_id, "abandoned before sending: the partition's requests changed"
+        )
+        log(f"dropped an interrupted submission of {sub.request_count} requests never sent")
+        return None
+    return content
+
+
 class SpendLimitReached(BatchApiError):
     """A create refused because a spend limit was reached: the tier's monthly cap (429
     with an error code, no retry-after) or a workspace or organization limit someone set
@@ -381,10 +394,16 @@ class SpendLimitReached(BatchApiError):
         super().__init__(f"a spend limit was reached: {api_words}")
 
 
-def _workspace_limit(err: anthropic.APIStatusError) -> bool:
-    """The 400 a custom workspace or organization spend limit answers."""
-    message = api_message(err)
-    return err.status_code == 400 and message.startswith(WORKSPACE_LIMIT_WORDS)
+def _spend_limit(err: anthropic.APIStatusError) -> SpendLimitReached | None:
+    """A create refused by a spend limit, which waiting seconds does not lift: a 429 with
+    an error code (the tier's monthly cap, enforced_spend_limit_reached, and its kin), or
+    the 400 of a workspace or organization limit someone set."""
+    words = api_message(err)
+    if err.status_code == 429 and err.error_code is not None:
+        return SpendLimitReached(words, monthly=err.error_code == "enforced_spend_limit_reached")
+    if err.status_code == 400 and words.startswith(WORKSPACE_LIMIT_WORDS):
+        return SpendLimitReached(words, monthly=False)
+    return None
 
 
 def _create(
@@ -415,14 +434,37 @@ def _reconcile(
     time only make a batch a candidate; its results decide (see `_prove`).
     """
     known = state.claimed_batch_ids(con, sub.submission_id)
-    since = sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
-    matches = []
-    for batch in api.messages.batches.list(limit=100):
-        if batch.created_at < since:
-            break  # newest first: everything after this is older
-        if batch.id not in known and _size(batch) == sub.request_count:
-            matches.append(batch)
-    return matches
+    return [
+        batch
+        for batch in _created_since(api, _since(sub))
+        if batch.id not in known and _size(batch) == sub.request_count
+    ]
+
+
+def _since(sub: Submission) -> dt.datetime:
+    """The earliest a batch of the submission can have been created: its intent, less
+    the clock skew tolerated between this machine and the API."""
+    return sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
+
+
+def _created_since(
+    api: anthropic.Anthropic, since: dt.datetime, outage: Outage | None = None
+) -> Iterator[anthropic.types.messages.MessageBatch]:
+    """The batches upstream created since `since`, newest first, a page of LIST_PAGE at a
+    time (the endpoint's order: a page older than `since` ends the walk); with `outage`,
+    a page the API cannot serve now is asked for again (see Outage)."""
+    after: str | None = None
+    while True:
+        kwargs = {"limit": LIST_PAGE} | ({"after_id": after} if after else {})
+        list_page = functools.partial(api.messages.batches.list, **kwargs)
+        page = list_page() if outage is None else outage.call(list_page, "polling batches")
+        for batch in page.data:
+            if batch.created_at < since:
+                return
+            yield batch
+        if not page.data or not page.has_more:
+            return
+        after = page.data[-1].id
 
 
 def _size(batch: anthropic.types.messages.MessageBatch) -> int:
@@ -575,19 +617,13 @@ def _listed(
     every one is found or the pages reach batches older than the oldest watched intent
     (less the clock skew): other teams' batches on the same key only add pages."""
     wanted = {w.batch_id for w in watch}
-    since = min(w.sub.intent_at for w in watch).replace(tzinfo=dt.UTC) - RECONCILE_SKEW
     found: dict[str, anthropic.types.messages.MessageBatch] = {}
-    after: str | None = None
-    while True:
-        kwargs = {"limit": LIST_PAGE} | ({"after_id": after} if after else {})
-        list_page = functools.partial(api.messages.batches.list, **kwargs)
-        page = list_page() if outage is None else outage.call(list_page, "polling batches")
-        found |= {b.id: b for b in page.data if b.id in wanted}
-        if len(found) == len(wanted) or not page.data or not page.has_more:
-            return found
-        if page.data[-1].created_at < since:
-            return found
-        after = page.data[-1].id
+    for batch in _created_since(api, min(_since(w.sub) for w in watch), outage):
+        if batch.id in wanted:
+            found[batch.id] = batch
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 def _retrieve_own(
@@ -609,10 +645,7 @@ def _retrieve_own(
             return retrieve()
         except anthropic.NotFoundError:
             continue
-    since = w.sub.intent_at.replace(tzinfo=dt.UTC) - RECONCILE_SKEW
-    for batch in api.messages.batches.list(limit=100):
-        if batch.created_at < since:
-            break  # newest first: everything after this is older than our create
+    for batch in _created_since(api, _since(w.sub)):
         if batch.id == w.batch_id:
             return batch
     raise BatchApiError(
@@ -708,7 +741,7 @@ def cancel(
             batch = api.messages.batches.cancel(sub.batch_id)
             record_status(con, sub.submission_id, batch)
             canceled.append(batch.id)
-        elif sub.state in UNSENT_STATES:
+        elif sub.state in state.UNSENT_STATES:
             stop_unsent(con, api, sub, log)
         elif sub.state == "provisional":
             ids = ", ".join(state.unproven_candidates(con, sub.submission_id))
@@ -825,8 +858,9 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
 def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) -> None:
     retry_after = err.response.headers.get("retry-after")
     delay = float(retry_after) if retry_after and retry_after.isdigit() else 2.0**attempt
+    delay = min(delay, 60.0)
     log(f"rate limited by the Batches API; waiting {delay:.0f} s")
-    time.sleep(min(delay, 60))
+    time.sleep(delay)
 
 
 def _now() -> dt.datetime:

@@ -221,12 +221,12 @@ def _cached_prefix_tokens(api: anthropic.Anthropic, params: dict) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a partition's pending requests will cost, and what that rests on: made once
-    where the requests are known (`for_pending`), then read as it is by the log, the
-    asset metadata, `batchpipe plan` and each batch's budget reservation."""
+    """What a partition's pending requests will cost, and what that rests on, as one typed
+    value (`for_pending`): a step that prices requests makes it once and reads its fields,
+    for the log, the asset metadata, `batchpipe plan` and each batch's reservation. The
+    requests step's is from characters; the send step counts tokens on a sample."""
 
     requests: int
-    chars: int  # of the requests' params, in all
     batches: int
     input: InputTokens
     output: OutputTokens
@@ -258,4 +258,4 @@ def for_pending(
         )  # fmt: skip
 
     batches = -(-requests // request.max_batch_requests)
-    return Estimate(requests, chars, batches, inp, out, priced(requests, chars, batches), priced)
+    return Estimate(requests, batches, inp, out, priced(requests, chars, batches), priced)

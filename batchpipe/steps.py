@@ -99,7 +99,7 @@ def _send_pending(
     name, request = pf.pipeline.name, pf.pipeline.request
     pending, chars = requests.pending_size(con, pf, date)
     interrupted = any(
-        s.state in batches.UNSENT_STATES for s in batches.open_submissions(con, name, date)
+        s.state in state.UNSENT_STATES for s in batches.open_submissions(con, name, date)
     )
     if not pending and not interrupted:
         log("nothing to send: every request is answered, final or in flight")
@@ -178,12 +178,12 @@ def load_results(
                 lines += _load_ended(con, pf, ended, api, log)
                 loaded_batches += len(ended)
             still_open = batches.open_submissions(con, name, date)
-            if any(s.state in batches.UNSENT_STATES for s in still_open):
+            if any(s.state in state.UNSENT_STATES for s in still_open):
                 if retry:
                     _send_pending(con, pf, date, api, log)
                 else:
                     for sub in still_open:
-                        if sub.state in batches.UNSENT_STATES:
+                        if sub.state in state.UNSENT_STATES:
                             batches.stop_unsent(con, api, sub, log)
                 still_open = batches.open_submissions(con, name, date)
             open_ids = state.watched_batch_ids(con, name, date)
