@@ -32,6 +32,7 @@ UNSENT_STATES: tuple[State, ...] = ("intent", "submitting")  # no batch known; m
 # requests), released (another candidate proved ours) or gone (deleted upstream).
 Verdict = Literal["ours", "foreign", "released", "gone"]
 ResultType = Literal["succeeded", "errored", "canceled", "expired"]
+HoldReason = Literal["rate_limit", "queue_cap", "canary"]
 # result_status of a row a budget stopped from being sent (budget.py says why).
 SKIPPED_STATUS = "skipped_budget"
 assert set(OPEN_STATES) | {"loaded", "failed"} == set(get_args(State))
@@ -139,6 +140,20 @@ TABLES: dict[str, str] = {
     pipeline VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL,   -- UTC
     adopted BOOLEAN NOT NULL         -- true: it existed before batchpipe wrote to it
+""",
+    # Requests of a partition held back at its latest send, and why: the API's queue or
+    # rate limit answered 429 (`rate_limit`), BATCHPIPE_MAX_QUEUED_REQUESTS would be passed
+    # (`queue_cap`), or a canary batch goes first (`canary`). Held requests are recorded
+    # (pending, or an intent known never sent), not failed: the next send, by a waiting
+    # run or the sensor's, from retry_at on, sends them. One row a partition at most.
+    "batchpipe_holds": """
+    pipeline VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,
+    reason VARCHAR NOT NULL,         -- see HoldReason
+    message VARCHAR NOT NULL,        -- the API's own words, or batchpipe's
+    requests BIGINT NOT NULL,
+    held_at TIMESTAMP NOT NULL,      -- UTC
+    retry_at TIMESTAMP NOT NULL      -- UTC: not sent again before (retry-after)
 """,
 }
 # Columns added after a table's first release: a database an older batchpipe wrote gains
@@ -837,6 +852,67 @@ def clear_skipped(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) 
         "DELETE FROM batchpipe_skipped WHERE pipeline = ? AND partition_date = ?",
         [pipeline, date],
     )
+
+
+# --- holds (requests kept back by a queue or rate limit, or behind a canary) -------
+
+
+def record_hold(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    date: dt.date,
+    *,
+    reason: HoldReason,
+    message: str,
+    requests: int,
+    retry_at: dt.datetime,
+) -> None:
+    """The partition's hold, replacing any earlier one."""
+    clear_hold(con, pipeline, date)
+    con.execute(
+        "INSERT INTO batchpipe_holds VALUES (?, ?, ?, ?, ?, timezone('UTC', now()), ?)",
+        [pipeline, date, reason, message, requests, retry_at],
+    )
+
+
+def clear_hold(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> None:
+    con.execute(
+        "DELETE FROM batchpipe_holds WHERE pipeline = ? AND partition_date = ?", [pipeline, date]
+    )
+
+
+def hold_of(
+    con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date
+) -> tuple[HoldReason, str, int, dt.datetime, dt.datetime] | None:
+    """(reason, message, requests, held_at, retry_at) of the partition's hold, or None."""
+    return con.execute(
+        "SELECT reason, message, requests, held_at, retry_at FROM batchpipe_holds "
+        "WHERE pipeline = ? AND partition_date = ?",
+        [pipeline, date],
+    ).fetchone()
+
+
+def holds(con: duckdb.DuckDBPyConnection, names: list[str] | None) -> list[tuple]:
+    """Every hold, oldest first: pipeline, partition, reason, message, requests, held_at,
+    retry_at."""
+    return con.execute(
+        "SELECT pipeline, partition_date, reason, message, requests, held_at, retry_at "
+        "FROM batchpipe_holds WHERE ($names IS NULL OR list_contains($names, pipeline)) "
+        "ORDER BY held_at",
+        {"names": names or None},
+    ).fetchall()
+
+
+def queued_upstream(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """Over every pipeline of the warehouse: the batches not known to have ended (sent,
+    or maybe sent), and their requests still processing as last polled. What
+    BATCHPIPE_MAX_QUEUED_REQUESTS caps, and what a queue limit waits on."""
+    batches, requests = con.execute(
+        "SELECT count(*), coalesce(sum(request_count - coalesce(succeeded, 0) "
+        "- coalesce(errored, 0) - coalesce(canceled, 0) - coalesce(expired, 0)), 0) "
+        "FROM batchpipe_batches WHERE state IN ('submitting', 'provisional', 'submitted')"
+    ).fetchone()
+    return int(batches), int(requests)
 
 
 # --- a partition's summary, and the reports ----------------------------------------
