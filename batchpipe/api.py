@@ -115,6 +115,8 @@ class Outage:
                 f"{self.patience:.0f} s (BATCHPIPE_API_PATIENCE)"
             )
         left = self.since + self.patience - now
+        # A 429 (or 503) says how long to wait: never call again sooner.
+        asked = retry_after(err) if isinstance(err, anthropic.APIStatusError) else 0.0
         if left <= 0:
             raise BatchApiError(
                 f"the Batches API was unavailable for {now - self.since:.0f} s while {doing} "
@@ -122,7 +124,7 @@ class Outage:
                 f"{self.patience:.0f} s. The batches go on upstream and keep their results "
                 "29 days: run the same command again once it answers; nothing is sent twice"
             ) from None
-        time.sleep(min(self.delay, left))
+        time.sleep(max(min(self.delay, left), asked))
         self.delay = min(self.delay * 2, OUTAGE_MAX_DELAY)
 
     def _reason(self, err: anthropic.APIError) -> str:
@@ -138,6 +140,18 @@ def _transient(err: anthropic.APIError) -> bool:
         return True
     status = getattr(err, "status_code", 0)
     return status >= 500 or status == 408 or type(err) is anthropic.RateLimitError
+
+
+def retry_after(err: anthropic.APIStatusError, default: float = 0.0) -> float:
+    """The seconds a 429 (or 503) asks to wait: `retry-after-ms`, else `retry-after` in
+    seconds (the SDK's own reading, research: retries), else `default`."""
+    headers = err.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(float(headers[name]) * scale, 0.0)
+        except (KeyError, ValueError):
+            continue
+    return default
 
 
 def api_message(err: anthropic.APIStatusError) -> str:

@@ -26,7 +26,7 @@ import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import budget, estimates, state, warehouse
-from batchpipe.api import Outage, api_message
+from batchpipe.api import Outage, api_message, retry_after
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.state import State
@@ -56,6 +56,11 @@ WORKSPACE_LIMIT_WORDS = (
 # A retrieve right after a create can answer 404 for a short while: how long one of our
 # own batches is asked again before the list endpoint decides (see _retrieve_own).
 NOT_FOUND_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_NOT_FOUND_PATIENCE", "120"))
+MAX_QUEUED_VARIABLE = "BATCHPIPE_MAX_QUEUED_REQUESTS"
+# A 429 at create with no batch of this warehouse processing: nothing of ours will make
+# room, so after this long (from the first refusal) the run fails naming the limit.
+UNDRAINED_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_API_PATIENCE", "900"))
+OPEN_BATCHES_MAX_AGE = dt.timedelta(hours=25)  # a batch ends (or expires) within 24 hours
 
 Log = Callable[[str], None]
 
@@ -95,51 +100,125 @@ class Send:
     max_requests: int = MAX_REQUESTS_PER_BATCH
     betas: Sequence[str] = ()
     spend: Spend | None = None
+    poll_seconds: float = 60.0  # how soon a hold without retry-after is tried again
+
+
+class Held(Exception):
+    """Sending stopped short and nothing is lost: a queue or rate limit answered 429 (its
+    submission stays an intent, known never created), or the next batch would pass
+    BATCHPIPE_MAX_QUEUED_REQUESTS. What is held is recorded; the next send from
+    `retry_after` seconds on sends it."""
+
+    def __init__(self, reason: state.HoldReason, message: str, retry_after: float) -> None:
+        self.reason, self.message, self.retry_after = reason, message, retry_after
+        super().__init__(message)
+
+
+def max_queued_requests() -> int | None:
+    """BATCHPIPE_MAX_QUEUED_REQUESTS: the most requests this warehouse keeps upstream
+    unprocessed at once, across its pipelines; unset, the API's queue limit decides."""
+    raw = os.environ.get(MAX_QUEUED_VARIABLE, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BatchApiError(
+            f"{MAX_QUEUED_VARIABLE}={raw!r}: expected a whole number of requests, at least 1 "
+            "(or unset it to let the API's queue limit decide); nothing was sent"
+        )
+    return int(raw)
 
 
 def submit_partition(
     con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, send: Send, log: Log
 ) -> int:
-    """Send the partition's pending requests; return how many were pending.
+    """Send the partition's pending requests; return how many went out.
 
     Intents left by a killed run are finished first (found upstream, or sent);
     requests already in an open batch are not pending, so nothing goes twice.
     With `send.spend`, a batch whose reservation would pass a limit is not sent: it and
     the batches after it are recorded as skipped, the ones before it are sent, and then
-    BudgetExceeded says which limit stopped what.
+    BudgetExceeded says which limit stopped what. A queue or rate limit (or the
+    warehouse's own cap) holds the rest back: recorded in batchpipe_holds, not failed.
     """
     check_state_writable()
+    cap = max_queued_requests()
+    sent, refused, held = 0, None, None
     try:
-        _finish_interrupted(con, api, send, log)
+        sent = _finish_interrupted(con, api, send, cap, log)
         total = state.stage_pending(con, send.pipeline, send.date, send.max_attempts)
         budget.clear_skipped(con, send.pipeline, send.date)
-        if total == 0:
-            return 0
-        per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH))
-        sent, refused = _send_chunks(con, api, send, per_batch, -(-total // per_batch), log)
+        if total:
+            per_batch = _batch_size(
+                con, min(send.max_requests, MAX_REQUESTS_PER_BATCH, cap or total)
+            )
+            more, refused, held = _send_chunks(
+                con, api, send, per_batch, -(-total // per_batch), cap, log
+            )
+            sent += more
+    except Held as err:
+        held = err
     except SpendLimitReached as err:
         raise BatchApiError(_spend_limit_message(con, send, err)) from None
     finally:
         state.drop_pending(con)
+    if held is not None:
+        _record_hold(con, send, held, log)
+    else:
+        state.clear_hold(con, send.pipeline, send.date)
     if refused is not None:  # only a `spend` refuses
         assert send.spend is not None
         count, chars = state.skipped_size(con, send.pipeline, send.date)
         refused_usd = send.spend.price(count, chars).high_usd
         raise budget.BudgetExceeded(budget.refused_message(refused, sent, count, refused_usd))
-    return total
+    return sent
+
+
+def held_requests(con: duckdb.DuckDBPyConnection, send: Send) -> int:
+    """What a partition has recorded and not sent: intents never created, and pending."""
+    unsent = sum(
+        s.request_count
+        for s in open_submissions(con, send.pipeline, send.date)
+        if s.state in state.UNSENT_STATES
+    )
+    return unsent + state.pending_size(con, send.pipeline, send.date, send.max_attempts)[0]
+
+
+def _record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log) -> None:
+    """Record what is held and when to try again; or, when the API's limit refuses us and
+    no batch of this warehouse is processing to make room, fail naming it (after a while:
+    a requests-per-minute 429 passes by itself)."""
+    requests = held_requests(con, send)
+    earlier = state.hold_of(con, send.pipeline, send.date)
+    since = earlier[3] if earlier and earlier[0] == held.reason else _now()
+    upstream, queued = state.queued_upstream(con)
+    if held.reason == "rate_limit" and upstream == 0:
+        waited = (_now() - since).total_seconds()
+        if waited >= UNDRAINED_PATIENCE_SECONDS:
+            state.clear_hold(con, send.pipeline, send.date)
+            raise BatchApiError(
+                f"the Batches API refused the batches of {send.pipeline} {send.date} for "
+                f"{waited:.0f} s ({held.message}) and no batch of this warehouse is "
+                "processing to make room: the limit is used by others on this API key's "
+                f"organization. {requests} request(s) are held, recorded and not sent; run "
+                "the same command again once there is room: each goes out once"
+            )
+    delay = max(held.retry_after or send.poll_seconds, 1.0)
+    with warehouse.transaction(con):
+        state.record_hold(
+            con, send.pipeline, send.date, reason=held.reason, message=held.message,
+            requests=requests, held_at=since, retry_at=_now() + dt.timedelta(seconds=delay),
+        )  # fmt: skip
+    log(
+        f"held {requests} request(s) of {send.date}, recorded and not sent: {held.message}. "
+        f"{upstream} batch(es) of this warehouse are processing ({queued} request(s)); "
+        f"trying again in {delay:.0f} s"
+    )
 
 
 def _spend_limit_message(con: duckdb.DuckDBPyConnection, send: Send, err: SpendLimitReached) -> str:
     """What stopped, in the API's words, what went out before it and what is held."""
     batch_ids, requests, *_ = state.partition_batches(con, send.pipeline, send.date)
-    held = (
-        sum(
-            s.request_count
-            for s in open_submissions(con, send.pipeline, send.date)
-            if s.state in state.UNSENT_STATES
-        )
-        + state.pending_size(con, send.pipeline, send.date, send.max_attempts)[0]
-    )
+    held = held_requests(con, send)
     resumes = (
         " (a tier's monthly cap lifts at 00:00 UTC on the 1st of the next month)"
         if err.monthly
@@ -155,14 +234,38 @@ def _spend_limit_message(con: duckdb.DuckDBPyConnection, send: Send, err: SpendL
 
 
 def _finish_interrupted(
-    con: duckdb.DuckDBPyConnection, api: anthropic.Anthropic, send: Send, log: Log
-) -> None:
-    """Intents an earlier run recorded and did not finish: found upstream, or sent."""
+    con: duckdb.DuckDBPyConnection,
+    api: anthropic.Anthropic,
+    send: Send,
+    cap: int | None,
+    log: Log,
+) -> int:
+    """Intents an earlier run (or an earlier send held) recorded and did not finish:
+    found upstream, or sent, within the warehouse's cap; returns the requests sent."""
+    sent = 0
     for sub in open_submissions(con, send.pipeline, send.date):
         if sub.state in state.UNSENT_STATES:
-            _finish_submission(
+            if sub.state == "intent":
+                _check_room(con, cap, sub.request_count)
+            sent += _finish_submission(
                 con, api, sub, log, interrupted=sub.state == "submitting", betas=send.betas
             )
+    return sent
+
+
+def _check_room(con: duckdb.DuckDBPyConnection, cap: int | None, adding: int) -> None:
+    """Raise Held when `adding` more requests would pass BATCHPIPE_MAX_QUEUED_REQUESTS;
+    with nothing of ours upstream a batch always fits (batches are cut to the cap)."""
+    if cap is None:
+        return
+    _, queued = state.queued_upstream(con)
+    if queued and queued + adding > cap:
+        raise Held(
+            "queue_cap",
+            f"{MAX_QUEUED_VARIABLE}={cap}: {queued} request(s) of this warehouse are queued "
+            f"upstream, and the next batch adds {adding}",
+            retry_after=0.0,
+        )
 
 
 def _send_chunks(
@@ -171,39 +274,56 @@ def _send_chunks(
     send: Send,
     per_batch: int,
     chunks: int,
+    cap: int | None,
     log: Log,
-) -> tuple[int, budget.Refusal | None]:
+) -> tuple[int, budget.Refusal | None, Held | None]:
     """Send the staged requests `per_batch` at a time, each chunk's intent recorded
-    first; returns the requests sent and the budget refusal that stopped the rest, if any.
+    first; returns the requests sent, the budget refusal that stopped the rest, if any,
+    and the hold that stopped them, if any.
 
     While one batch uploads, the next one's body is built on a second cursor: DuckDB and
     the socket both run without the GIL. Its intent is recorded first, as always, so a
     crash leaves at most two intents to finish, in the order they were recorded."""
 
-    def intent(chunk: int) -> Submission | budget.Refusal:
+    def intent(chunk: int, in_flight: int) -> Submission | budget.Refusal:
+        _check_room(con, cap, in_flight + state.chunk_size(con, per_batch, chunk)[0])
         return _record_intent(con, send, per_batch, chunk)
 
     sent = 0
-    first = intent(0)
+    try:
+        first = intent(0, 0)
+    except Held as held:
+        return sent, None, held
     if isinstance(first, budget.Refusal):
-        return sent, first
+        return sent, first, None
     refused: budget.Refusal | None = None
+    held: Held | None = None
     with ThreadPoolExecutor(max_workers=1) as builder:
         sub, body = first, _body(con, first)
         for chunk in range(chunks):
             upcoming = None
             if chunk + 1 < chunks:
-                following = intent(chunk + 1)
-                if isinstance(following, budget.Refusal):
-                    refused = following
+                try:
+                    following = intent(chunk + 1, sub.request_count)
+                except Held as err:
+                    held = err
                 else:
-                    upcoming = (following, builder.submit(_body_on, con.cursor(), following))
-            _finish_submission(con, api, sub, log, interrupted=False, betas=send.betas, body=body)
-            sent += sub.request_count
+                    if isinstance(following, budget.Refusal):
+                        refused = following
+                    else:
+                        upcoming = (following, builder.submit(_body_on, con.cursor(), following))
+            try:
+                sent += _finish_submission(
+                    con, api, sub, log, interrupted=False, betas=send.betas, body=body
+                )
+            except Held as err:
+                if upcoming is not None:
+                    upcoming[1].result()  # the builder's cursor is done before returning
+                return sent, refused, err
             if upcoming is None:
                 break
             sub, body = upcoming[0], upcoming[1].result()
-    return sent, refused
+    return sent, refused, held
 
 
 def check_state_writable() -> None:
@@ -300,9 +420,10 @@ def _finish_submission(
     interrupted: bool,
     betas: Sequence[str] = (),
     body: tuple[int, bytes] | None = None,
-) -> None:
+) -> int:
     """Turn a recorded intent into exactly one batch upstream; `body` is `_body(sub)`
-    when the caller built it already.
+    when the caller built it already. Returns the requests sent (0: held for proof, or
+    dropped); a queue or rate limit's 429 raises Held, the intent kept.
 
     An intent whose create was called by an earlier process (`interrupted`) may already
     have its batch upstream: look for it before sending. An intent never sent, and a
@@ -311,7 +432,7 @@ def _finish_submission(
     """
     content = _body_to_send(con, api, sub, log, interrupted=interrupted, body=body)
     if content is None:
-        return
+        return 0
     del body
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         # Committed before the call goes out: from here on a crash leaves an outcome to
@@ -326,9 +447,10 @@ def _finish_submission(
                 state.set_state(con, sub.submission_id, "intent")  # held: it created nothing
                 raise limit from None
             if err.status_code == 429:
-                state.set_state(con, sub.submission_id, "intent")  # a 429 creates nothing
-                _wait_before_retry(err, attempt, log)
-                continue
+                # A 429 creates nothing: the intent is held, and tried again after the
+                # wait the API asks for, outside this connection (no lock held while waiting).
+                state.set_state(con, sub.submission_id, "intent")
+                raise Held("rate_limit", api_message(err), retry_after(err)) from None
             if err.status_code < 500 and err.status_code not in (408, 409):
                 state.record_failed(con, sub.submission_id, api_message(err))
                 raise BatchApiError(
@@ -340,12 +462,12 @@ def _finish_submission(
         else:
             _record_created(con, sub.submission_id, batch)
             log(f"submitted batch {batch.id} with {sub.request_count} requests")
-            return
+            return sub.request_count
         # The create may or may not have reached the API: look before sending again.
         found = _reconcile(con, api, sub)
         if found:
             _hold(con, sub, found, log)
-            return
+            return 0
         state.set_state(con, sub.submission_id, "intent")  # looked: it did not
         log(f"create failed ({type(outcome).__name__}); no batch upstream, retrying")
         time.sleep(min(2**attempt, 30))
@@ -626,6 +748,29 @@ def _listed(
     return found
 
 
+def retrieve_by_id(
+    api: anthropic.Anthropic, batch_ids: Sequence[str]
+) -> dict[str, anthropic.types.messages.MessageBatch]:
+    """The batches with these ids as the API has them now, for a caller that knows only
+    ids (the sensor): read from the list endpoint, one call per 100 batches, walking back
+    no further than a batch can stay open; one not listed is retrieved, and one neither
+    endpoint knows is left out (asked again at the next poll)."""
+    wanted = set(batch_ids)
+    found: dict[str, anthropic.types.messages.MessageBatch] = {}
+    if len(wanted) > 1:
+        for batch in _created_since(api, dt.datetime.now(dt.UTC) - OPEN_BATCHES_MAX_AGE):
+            if batch.id in wanted:
+                found[batch.id] = batch
+                if len(found) == len(wanted):
+                    break
+    for batch_id in sorted(wanted - found.keys()):
+        try:
+            found[batch_id] = api.messages.batches.retrieve(batch_id)
+        except anthropic.NotFoundError:
+            continue
+    return found
+
+
 def _retrieve_own(
     api: anthropic.Anthropic,
     w: Watch,
@@ -699,7 +844,8 @@ def wait_until_ended(
     log: Log,
 ) -> None:
     """Poll the partition's open batches until all have ended (the API has no webhooks),
-    riding out an API that is unreachable for a while (see Outage).
+    riding out an API that is unreachable for a while (see Outage); or, when the
+    partition holds requests back (batchpipe_holds), until it is time to try them again.
 
     The warehouse is opened only to read what to poll and to record what was seen, never
     while waiting, so `batchpipe cancel` (or any other writer) gets in between polls."""
@@ -708,7 +854,10 @@ def wait_until_ended(
     while True:
         with state.connect() as con:
             watch = watching(con, pipeline, date)
-        seen = retrieve_all(api, watch, outage)
+            hold = state.hold_of(con, pipeline, date)
+        if hold is not None and _now() >= hold[4]:
+            return  # the held requests are due: the caller sends them
+        seen = retrieve_all(api, watch, outage) if watch else []
         with state.connect() as con:
             record_polled(con, api, watch, seen, log)
         batches = [b for b in seen if b is not None]
@@ -720,9 +869,13 @@ def wait_until_ended(
         if report and report != last_report:
             log(report)
             last_report = report
-        if all(b.processing_status == "ended" for b in batches):
+        ended = all(b.processing_status == "ended" for b in batches)
+        if ended and hold is None:
             return
-        time.sleep(poll_seconds)
+        pause = poll_seconds
+        if hold is not None:
+            pause = min(pause, max((hold[4] - _now()).total_seconds(), 0.0))
+        time.sleep(pause)
 
 
 def cancel(
@@ -853,14 +1006,6 @@ def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
             kill_point("mid_download")
         out.flush()
         os.fsync(out.fileno())
-
-
-def _wait_before_retry(err: anthropic.APIStatusError, attempt: int, log: Log) -> None:
-    retry_after = err.response.headers.get("retry-after")
-    delay = float(retry_after) if retry_after and retry_after.isdigit() else 2.0**attempt
-    delay = min(delay, 60.0)
-    log(f"rate limited by the Batches API; waiting {delay:.0f} s")
-    time.sleep(delay)
 
 
 def _now() -> dt.datetime:

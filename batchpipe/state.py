@@ -865,13 +865,14 @@ def record_hold(
     reason: HoldReason,
     message: str,
     requests: int,
+    held_at: dt.datetime,
     retry_at: dt.datetime,
 ) -> None:
-    """The partition's hold, replacing any earlier one."""
+    """The partition's hold, replacing any earlier one; `held_at` is when it began."""
     clear_hold(con, pipeline, date)
     con.execute(
-        "INSERT INTO batchpipe_holds VALUES (?, ?, ?, ?, ?, timezone('UTC', now()), ?)",
-        [pipeline, date, reason, message, requests, retry_at],
+        "INSERT INTO batchpipe_holds VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [pipeline, date, reason, message, requests, held_at, retry_at],
     )
 
 

@@ -64,6 +64,25 @@ class BatchesSummary:
     canceled: int
     expired: int
     estimated_usd: float
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Requests of the partition held back, recorded and not sent, and why."""
+
+    reason: str
+    message: str
+    requests: int
+    retry_at: dt.datetime  # UTC: the next send tries them from then on
+
+
+def hold_of(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> Hold | None:
+    found = state.hold_of(con, name, date)
+    if found is None:
+        return None
+    reason, message, count, _, retry_at = found
+    return Hold(reason, message, count, retry_at)
 
 
 def submit(
@@ -75,13 +94,18 @@ def submit(
     wait: bool,
     poll_seconds: float,
 ) -> BatchesSummary:
-    """Send what is pending; with `wait`, poll here until every batch has ended."""
+    """Send what is pending; with `wait`, poll here until every batch has ended, sending
+    what a queue or rate limit held back as it lets it."""
     with state.connect() as con:
         if not state.request_count(con, pf.pipeline.name, date):
             requests.build_requests(con, resolve(pf, con), date)
-        sent = _send_pending(con, pf, date, api, log)
-    if wait:  # without holding the warehouse: `batchpipe cancel` can get in
+        sent = _send_pending(con, pf, date, api, log, poll_seconds)
+    while wait:  # without holding the warehouse: `batchpipe cancel` can get in
         batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log)
+        with state.connect() as con:
+            if state.hold_of(con, pf.pipeline.name, date) is None:
+                break
+            sent += _send_pending(con, pf, date, api, log, poll_seconds)
     with state.connect() as con:
         return _batches_summary(con, pf.pipeline.name, date, sent)
 
@@ -92,6 +116,7 @@ def _send_pending(
     date: dt.date,
     api: anthropic.Anthropic,
     log: Log,
+    poll_seconds: float | None = None,
 ) -> int:
     # Every send goes through here, also a retry or a batch_status run on its own: the
     # output table must still be this pipeline's (resolve checked it when built).
@@ -102,6 +127,7 @@ def _send_pending(
         s.state in state.UNSENT_STATES for s in batches.open_submissions(con, name, date)
     )
     if not pending and not interrupted:
+        state.clear_hold(con, name, date)
         log("nothing to send: every request is answered, final or in flight")
         return 0
     # Input tokens counted on a sample of what is pending, output learned from history:
@@ -128,6 +154,7 @@ def _send_pending(
         max_requests=request.max_batch_requests,
         betas=request.betas or (),
         spend=batches.Spend(estimate.per_batch, budget.limits(pf)),
+        poll_seconds=request.poll_interval if poll_seconds is None else poll_seconds,
     )
     return batches.submit_partition(con, api, send, log)
 
@@ -139,7 +166,7 @@ def _batches_summary(
     # What the sensor polls: the partition's batches still running, and the candidates of
     # a create whose outcome is not yet known (their results decide whose they are).
     watched = state.watched_batch_ids(con, name, date)
-    return BatchesSummary(sent, batch_ids, watched, *counts)
+    return BatchesSummary(sent, batch_ids, watched, *counts, hold=hold_of(con, name, date))
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,7 @@ class ResultsSummary:
     lines_loaded: int
     retried: int
     open_batch_ids: list[str] = field(default_factory=list)
+    hold: Hold | None = None
 
 
 def load_results(
@@ -180,17 +208,19 @@ def load_results(
             still_open = batches.open_submissions(con, name, date)
             if any(s.state in state.UNSENT_STATES for s in still_open):
                 if retry:
-                    _send_pending(con, pf, date, api, log)
+                    _send_pending(con, pf, date, api, log, poll_seconds)
                 else:
                     for sub in still_open:
                         if sub.state in state.UNSENT_STATES:
                             batches.stop_unsent(con, api, sub, log)
+                    state.clear_hold(con, name, date)  # canceled: nothing is held for later
                 still_open = batches.open_submissions(con, name, date)
             open_ids = state.watched_batch_ids(con, name, date)
+            hold = hold_of(con, name, date)
         if still_open and not wait:
             log(
-                f"{len(still_open)} batch(es) still processing; the sensor runs this "
-                "step again once they have ended"
+                f"{len(still_open)} batch(es) still processing or held; the sensor runs "
+                "this step again once they have ended, or once the held ones are due"
             )
             break
         if still_open:
@@ -199,15 +229,22 @@ def load_results(
         if not retry:
             break
         with state.connect() as con:
-            again = _send_pending(con, pf, date, api, log)
+            was_held = hold is not None
+            again = _send_pending(con, pf, date, api, log, poll_seconds)
             open_ids = state.watched_batch_ids(con, name, date)
-        if not again:
+            hold = hold_of(con, name, date)
+        if again and not was_held:
+            retried += again
+            log(f"sent {again} retryable request(s) again")
+        elif again:
+            log(f"sent {again} request(s) that were held")
+        if not again and hold is None:
             break
-        retried += again
-        log(f"sent {again} retryable request(s) again")
         if not wait:
             break
-    return ResultsSummary(loaded_batches, lines, retried, open_ids)
+        if hold is not None and not open_ids:
+            batches.wait_until_ended(api, name, date, poll_seconds, log)
+    return ResultsSummary(loaded_batches, lines, retried, open_ids, hold)
 
 
 def _load_ended(
@@ -250,6 +287,9 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
         open_subs = batches.open_submissions(con, name, date)
         # Requests a budget refused are final until the limit is raised: they show as such.
         pending = state.pending_unskipped(con, name, date, pf.pipeline.request.max_attempts)
+        hold = hold_of(con, name, date)
+    if hold is not None:
+        return f"{hold.requests} request(s) of {date} held, not sent yet ({hold.message})"
     if open_subs:
         return f"{len(open_subs)} batch(es) of {date} not ended yet"
     if pending:

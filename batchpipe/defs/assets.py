@@ -182,6 +182,18 @@ def _batch_status_metadata(summary: steps.BatchesSummary) -> dict:
         md.CANCELED: summary.canceled,
         md.EXPIRED: summary.expired,
         md.ESTIMATED_USD: _usd(summary.estimated_usd),
+        **_hold_metadata(summary.hold),
+    }
+
+
+def _hold_metadata(hold: steps.Hold | None) -> dict:
+    """What is held back and when it goes out: the sensor reads HELD and HELD_UNTIL."""
+    if hold is None:
+        return {md.HELD: 0}
+    return {
+        md.HELD: hold.requests,
+        md.HELD_REASON: f"{hold.reason}: {hold.message}",
+        md.HELD_UNTIL: hold.retry_at.replace(tzinfo=dt.UTC).isoformat(),
     }
 
 
@@ -195,8 +207,9 @@ def results_asset(
     def results(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         warn_without_pool_limit(context, pf, placement, "results")
         summary = _through_api(steps.load_results, pf, context, placement)
-        if summary.open_batch_ids:
-            # Not final (still processing, or a retry round just sent): no materialization.
+        if summary.open_batch_ids or summary.hold:
+            # Not final (still processing, held, or a retry round just sent): no
+            # materialization.
             _record_open_batches(context, pf, placement, summary)
             return
         yield dg.MaterializeResult(metadata=_results_metadata(summary))
@@ -230,11 +243,13 @@ def _record_open_batches(
                 md.OPEN_BATCHES: dg.MetadataValue.json(summary.open_batch_ids),
                 md.RESULTS_LOADED: summary.lines_loaded,
                 md.RETRIED: summary.retried,
+                **_hold_metadata(summary.hold),
             },
         )
     )
+    held = f", {summary.hold.requests} request(s) held" if summary.hold else ""
     context.log.info(
-        f"{len(summary.open_batch_ids)} batch(es) still open: {key['results']} and "
+        f"{len(summary.open_batch_ids)} batch(es) still open{held}: {key['results']} and "
         f"{key['enriched']} are not materialized for {context.partition_key} until "
         "they end; the sensor launches that run"
     )

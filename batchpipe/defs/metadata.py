@@ -44,6 +44,11 @@ ESTIMATED_USD = "batchpipe/estimated_usd"
 ESTIMATED_LOW_USD = "batchpipe/estimated_low_usd"
 ESTIMATED_HIGH_USD = "batchpipe/estimated_high_usd"
 PREVIEW = "batchpipe/preview"
+# Requests held back by a queue or rate limit, the cap, or a canary (batch_status, and the
+# results step's observation): how many, why, and from when the sensor's run sends them.
+HELD = "batchpipe/held_requests"
+HELD_REASON = "batchpipe/held_reason"
+HELD_UNTIL = "batchpipe/held_until"
 
 # The sensor's progress observations of batch_status: each field of the batches'
 # request_counts under its own key, all of them together, and each batch's status.

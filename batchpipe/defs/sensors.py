@@ -22,6 +22,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 from pydantic import BaseModel, field_validator
 
+from batchpipe import batches
 from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
 from batchpipe.defs.failures import failing
@@ -34,6 +35,7 @@ from batchpipe.loader import PipelineFile
 class OpenPartition(BaseModel):
     batch_ids: list[str]
     run_id: str | None = None  # the run that recorded them: it submitted the batches
+    held_until: str | None = None  # ISO UTC: requests held back go out from then on
 
 
 class SensorCursor(BaseModel):
@@ -83,27 +85,43 @@ def batch_sensor(
         cursor = SensorCursor.model_validate_json(context.cursor or "{}")
         cursor = _track_new_records(context.instance, watched, status_key, cursor)
         if not cursor.open:
-            return dg.SkipReason("no open batches")
+            return dg.SkipReason("no open batches and nothing held")
         api = batchpipe.client()
         observations, runs = [], []
+        try:  # every partition's batches in one walk of the list endpoint (100 a call)
+            seen = batches.retrieve_by_id(
+                api, [b for known in cursor.open.values() for b in known.batch_ids]
+            )
+        except anthropic.APIError as err:
+            context.log.warning(scrub(f"could not poll the open batches ({err}); trying next time"))
+            return dg.SkipReason("the Batches API did not answer; trying next time")
+        now = dt.datetime.now(dt.UTC)
         for partition, known in sorted(cursor.open.items()):
-            try:
-                states = [api.messages.batches.retrieve(b) for b in known.batch_ids]
-            except anthropic.APIError as err:
-                context.log.warning(scrub(f"could not poll {partition} ({err}); trying next time"))
-                continue
-            observations.append(_progress(status_key, partition, states))
-            if all(s.processing_status == "ended" for s in states):
+            if known.batch_ids:
+                states = [seen.get(b) for b in known.batch_ids]
+                if any(s is None for s in states):
+                    context.log.warning(f"not every batch of {partition} is listed yet; next time")
+                    continue
+                observations.append(_progress(status_key, partition, states))
+                if not all(s.processing_status == "ended" for s in states):
+                    continue
                 digest = hashlib.sha256(",".join(sorted(known.batch_ids)).encode()).hexdigest()
-                runs.append(
-                    dg.RunRequest(
-                        job_name=job.name,
-                        partition_key=partition,
-                        asset_selection=finish,
-                        run_key=f"{name}:{partition}:{digest[:16]}",  # once per set of batches
-                        tags=_origin_tags(context.instance, name, partition, known),
-                    )
+                run_key = f"{name}:{partition}:{digest[:16]}"  # once per set of batches
+            elif known.held_until and now >= dt.datetime.fromisoformat(known.held_until):
+                # Only held requests: the run's results step sends them (the sensor itself
+                # never writes the warehouse); once per hold, as each hold has its time.
+                run_key = f"{name}:{partition}:held:{known.held_until}"
+            else:
+                continue
+            runs.append(
+                dg.RunRequest(
+                    job_name=job.name,
+                    partition_key=partition,
+                    asset_selection=finish,
+                    run_key=run_key,
+                    tags=_origin_tags(context.instance, name, partition, known),
                 )
+            )
         for run in runs:
             cursor.open.pop(run.partition_key, None)
         return dg.SensorResult(
@@ -176,8 +194,12 @@ def _track_new_records(
         if record.partition_key is None or md.OPEN_BATCHES not in metadata:
             continue  # the sensor's own progress observations carry no open ids
         ids = list(metadata[md.OPEN_BATCHES].value)
-        if ids:
-            open_batches[record.partition_key] = OpenPartition(batch_ids=ids, run_id=record.run_id)
+        held = md.HELD in metadata and metadata[md.HELD].value
+        held_until = metadata[md.HELD_UNTIL].value if held and md.HELD_UNTIL in metadata else None
+        if ids or held_until:
+            open_batches[record.partition_key] = OpenPartition(
+                batch_ids=ids, run_id=record.run_id, held_until=held_until
+            )
         else:
             open_batches.pop(record.partition_key, None)
     return SensorCursor(after_storage_id=after, open=open_batches)

@@ -105,6 +105,7 @@ def check_limits(emu: Emulator, adding: int) -> None:
     error = emu.limits.check_create(billed, queued, adding, emu.latency, now)
     if error is not None:
         raise error
+    emu.limits.note_queued(queued + adding)
 
 
 def batches_newest_first(emu: Emulator, base: str) -> list[dict[str, Any]]:
@@ -247,6 +248,11 @@ async def get_faults(request: Request) -> Response:
     return JSONResponse(faults_json(emulator_of(request)))
 
 
+async def get_limits(request: Request) -> Response:
+    """What the account limits did: 429s, those a client did not wait for, peak queue."""
+    return JSONResponse(emulator_of(request).limits.record.to_json())
+
+
 async def set_faults(request: Request) -> Response:
     """Faults and limits share one endpoint; a bad value anywhere changes nothing."""
     emu = emulator_of(request)
@@ -284,6 +290,7 @@ ROUTES = [
     Route("/_emulator/clock", advance_clock, methods=["POST"]),
     Route("/_emulator/ledger", ledger, methods=["GET"]),
     Route("/_emulator/faults", get_faults, methods=["GET"]),
+    Route("/_emulator/limits", get_limits, methods=["GET"]),
     Route("/_emulator/faults", set_faults, methods=["POST"]),
     Route("/_emulator/reset", reset, methods=["POST"]),
 ]

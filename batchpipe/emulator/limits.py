@@ -129,6 +129,19 @@ def no_credit_result() -> dict[str, Any]:
 
 
 @dataclass
+class LimitRecord:
+    """What the limits did since startup (or the last reset), for `GET /_emulator/limits`:
+    the referee's own account of whether a client waited as it was told."""
+
+    refused: int = 0  # 429s of the RPM and queue limits
+    refused_early: int = 0  # of them, calls made before the previous 429's retry-after
+    peak_queued: int = 0  # the most requests in the processing queue after a create
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
 class Limits:
     """The live limit settings and the batch RPM window, shared by all requests."""
 
@@ -139,10 +152,27 @@ class Limits:
         self.reset()
 
     def reset(self) -> None:
-        """Back to the startup flags, the RPM window emptied."""
+        """Back to the startup flags, the RPM window emptied, the record cleared."""
         with self._lock:
             self.settings = self.startup
             self._calls: collections.deque[float] = collections.deque()
+            self._not_before = 0.0  # monotonic: when the last 429's retry-after ends
+            self.record = LimitRecord()
+
+    def _refused(self, error: ApiError) -> ApiError:
+        """Count a 429 in the record, and whether it came inside the retry-after of the
+        one before it (a client that did not wait); call with the lock held."""
+        now = time.monotonic()
+        self.record.refused += 1
+        if now < self._not_before:
+            self.record.refused_early += 1
+        self._not_before = now + float((error.headers or {}).get("retry-after", "0"))
+        return error
+
+    def note_queued(self, queued: int) -> None:
+        """The processing queue just after a create was admitted, for the record's peak."""
+        with self._lock:
+            self.record.peak_queued = max(self.record.peak_queued, queued)
 
     def update(self, changes: Any) -> LimitSettings:
         """The settings `changes` would give, validated but not applied (see `apply`), so
@@ -168,12 +198,12 @@ class Limits:
                 self._calls.append(now)
                 return None
             wait = self._calls[0] + WINDOW_SECONDS - now
-        message = (
-            f"This request would exceed your organization's rate limit of {limit:,} "
-            f"requests per minute to the Message Batches API. For details, refer to: "
-            f"{RATE_LIMITS_DOCS}. Please try again later."
-        )
-        return rate_limited(message, wait)
+            message = (
+                f"This request would exceed your organization's rate limit of {limit:,} "
+                f"requests per minute to the Message Batches API. For details, refer to: "
+                f"{RATE_LIMITS_DOCS}. Please try again later."
+            )
+            return self._refused(rate_limited(message, wait))
 
     def check_create(
         self, billed_usd: float, queued: int, adding: int, latency: float, now: dt.datetime
@@ -186,7 +216,8 @@ class Limits:
         if settings.workspace_limit_usd is not None and billed_usd >= settings.workspace_limit_usd:
             return workspace_limit_reached(settings.workspace_limit_usd)
         if settings.queue_limit is not None and queued + adding > settings.queue_limit:
-            return queue_full(settings.queue_limit, queued, adding, latency)
+            with self._lock:
+                return self._refused(queue_full(settings.queue_limit, queued, adding, latency))
         return None
 
     def needs_billing(self) -> bool:

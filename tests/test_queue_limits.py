@@ -1,0 +1,195 @@
+"""Issue 18: partitions larger than the room in the API's processing queue go out as far as
+the room goes, the rest held and sent as batches end, by a waiting run or by the sensor's
+runs; a requests-per-minute limit is waited out as the API asks. The emulator is the
+referee: it refuses what would pass its limits and records the queue's peak and any call
+made before a 429's retry-after had passed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from batchpipe.dagster import build_definitions
+from batchpipe.defs.resources import BatchpipeResource
+from tests.support import batchpipe, ledger, query, request_of
+
+pytestmark = pytest.mark.slow
+
+DAY = dt.date(2026, 11, 3)
+NAME = "bulk"
+PIPELINE = """\
+name: bulk
+source:
+  table: items
+  key: item_id
+  partition_column: added_on
+request:
+  model: claude-haiku-4-5
+  max_tokens: 16
+  prompt: "Name a colour for {{ word }}"
+  max_batch_requests: PER_BATCH
+output:
+  table: bulk_out
+  column: reply
+partitions:
+  start: 2026-11-01
+"""
+
+
+def _bulk_project(project: Path, rows_per_day: int, days: int = 1, per_batch: int = 1000) -> None:
+    """The test's project holds one pipeline, over `rows_per_day` items on each of `days`
+    days from DAY, sent `per_batch` requests a batch."""
+    for other in (project / "pipelines").glob("*.yaml"):
+        other.unlink()
+    (project / "pipelines" / "bulk.yaml").write_text(PIPELINE.replace("PER_BATCH", str(per_batch)))
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        con.execute(
+            "CREATE TABLE items AS SELECT i AS item_id, 'word ' || i AS word, "
+            "DATE '2026-11-03' + CAST(i % ? AS INTEGER) AS added_on "
+            "FROM range(?) t(i)",
+            [days, rows_per_day * days],
+        )
+
+
+def _record(url: str) -> dict:
+    """The emulator's own account of its limits: 429s, early calls, the queue's peak."""
+    with urllib.request.urlopen(f"{url}/_emulator/limits", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _billed(url: str) -> Counter:
+    """How many times the emulator billed each request."""
+    return Counter(request_of(entry["custom_id"]) for entry in ledger(url))
+
+
+def _statuses(project: Path) -> list[tuple]:
+    return query(project, f"SELECT result_status, count(*) FROM {NAME}_out GROUP BY ALL")
+
+
+def test_a_partition_four_times_the_queue_limit_completes_unattended(
+    project: Path, private_emulator
+) -> None:
+    """12,000 rows, 1,000 a batch, under a queue limit of 3,000: the run sends three
+    batches, is refused the fourth (429, retry-after), holds the rest and sends them as
+    the first ones end. It completes without a person; the queue never held more than
+    3,000; each row was billed once."""
+    _bulk_project(project, 12_000)
+    url = private_emulator("--queue-limit", "3000", latency=1.0)
+    run = batchpipe("run", NAME, "--date", DAY.isoformat())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _statuses(project) == [("succeeded", 12_000)]
+    billed = _billed(url)
+    assert len(billed) == 12_000 and set(billed.values()) == {1}
+    record = _record(url)
+    assert record["refused"] >= 1  # the limit was met, and lived with
+    assert 2_000 < record["peak_queued"] <= 3_000
+    assert record["refused_early"] == 0
+    assert query(project, "SELECT count(*) FROM batchpipe_holds") == [(0,)]
+
+
+def test_a_cap_of_our_own_keeps_open_requests_under_it_without_a_429(
+    project: Path, private_emulator
+) -> None:
+    """BATCHPIPE_MAX_QUEUED_REQUESTS=2500 under a queue limit of 3000: batchpipe never
+    asks for more than its cap, so the API never has to refuse a create."""
+    _bulk_project(project, 6_000)
+    url = private_emulator("--queue-limit", "3000", latency=1.0)
+    run = batchpipe(
+        "run", NAME, "--date", DAY.isoformat(), env={"BATCHPIPE_MAX_QUEUED_REQUESTS": "2500"}
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _statuses(project) == [("succeeded", 6_000)]
+    record = _record(url)
+    assert record["refused"] == 0
+    assert record["peak_queued"] <= 2_500
+    assert set(_billed(url).values()) == {1}
+
+
+def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None, resource):
+    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
+    return sensor(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"batchpipe": resource},
+            repository_def=defs.get_repository_def(),
+        )
+    )
+
+
+def _follow_ups(defs, instance, job, resource, timeout: float = 120) -> list:
+    """Tick the sensor as the daemon would and run what it asks for, until it has nothing
+    open or held: the runs it launched."""
+    cursor, launched = None, []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = _tick(defs, instance, cursor, resource)
+        if isinstance(result, dg.SkipReason):
+            return launched
+        cursor = result.cursor
+        for run in result.run_requests:
+            launched.append(
+                job.execute_in_process(
+                    partition_key=run.partition_key,
+                    asset_selection=run.asset_selection,
+                    instance=instance,
+                    tags=run.tags,
+                )
+            )
+        time.sleep(0.3)
+    raise AssertionError(f"the sensor still had batches open or held after {timeout} s")
+
+
+@pytest.mark.parametrize(("rows", "days"), [(12_000, 1), (2_000, 5)], ids=["one", "backfill"])
+def test_the_sensor_sends_held_batches_as_room_appears(
+    project: Path, private_emulator, rows: int, days: int
+) -> None:
+    """Through Dagster without waiting, as the daemon runs it: one partition of 12,000
+    rows, or a backfill of five partitions of 2,000 started one after the other with
+    nothing waiting, under a queue limit of 3,000. Each submitting run sends what fits
+    and records the rest as held; the sensor's runs send it as batches end. Every
+    partition ends materialized, no run fails, each row is billed once."""
+    _bulk_project(project, rows, days)
+    url = private_emulator("--queue-limit", "3000", latency=2.0)
+    resource = BatchpipeResource(poll_seconds=0.2, wait=False)  # the sensor's
+    defs = build_definitions(project / "pipelines")
+    job = defs.resolve_job_def(f"{NAME}__job")
+    partitions = [(DAY + dt.timedelta(days=n)).isoformat() for n in range(days)]
+    with dg.instance_for_test() as instance:
+        submitted = [
+            job.execute_in_process(partition_key=p, instance=instance) for p in partitions
+        ]
+        assert all(run.success for run in submitted)
+        assert _record(url)["refused"] >= 1  # a submitting run found the queue full
+        runs = _follow_ups(defs, instance, job, resource)
+        assert runs and all(run.success for run in runs)
+        enriched = dg.AssetKey([NAME, "enriched"])
+        done = instance.get_materialized_partitions(enriched)
+    assert done == set(partitions)
+    assert _statuses(project) == [("succeeded", rows * days)]
+    billed = _billed(url)
+    assert len(billed) == rows * days and set(billed.values()) == {1}
+    assert _record(url)["peak_queued"] <= 3_000
+
+
+def test_a_batch_rpm_limit_is_waited_out_as_the_api_asks(project: Path, private_emulator) -> None:
+    """40 one-request batches under 30 calls a minute on the batch endpoints: creates,
+    polls and downloads are refused along the way, and the run completes; the emulator
+    saw no call refused before the previous refusal's retry-after had passed."""
+    _bulk_project(project, 40, per_batch=1)
+    url = private_emulator("--batch-rpm", "30", latency=0.0)
+    run = batchpipe("run", NAME, "--date", DAY.isoformat())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _statuses(project) == [("succeeded", 40)]
+    record = _record(url)
+    assert record["refused"] >= 1
+    assert record["refused_early"] == 0
+    assert set(_billed(url).values()) == {1}
