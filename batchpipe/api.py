@@ -12,12 +12,14 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import anthropic
+import httpx2  # the SDK's HTTP library
 
 from batchpipe import warehouse
 from batchpipe.emulator import process as emulator_process
@@ -36,11 +38,49 @@ def client() -> anthropic.Anthropic:
     """The SDK client: the real API with a key, else the emulator (started if need be)."""
     key = api_key()  # stripped; a key with whitespace inside is refused here
     base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
-    if key:
-        return anthropic.Anthropic(api_key=key, base_url=base_url)
-    return anthropic.Anthropic(
-        api_key="batchpipe-emulator", base_url=ensure_emulator(announce=False)
+    http = anthropic.DefaultHttpxClient(
+        event_hooks={"request": [RETRY_AFTER.before], "response": [RETRY_AFTER.after]}
     )
+    if key:
+        return anthropic.Anthropic(api_key=key, base_url=base_url, http_client=http)
+    return anthropic.Anthropic(
+        api_key="batchpipe-emulator", base_url=ensure_emulator(announce=False), http_client=http
+    )
+
+
+class RetryAfterGate:
+    """Every call waits out the last `retry-after` its endpoints were given, whoever made
+    it: the batch endpoints share one requests-per-minute limit, so after a 429 on a
+    create, a poll sent before its retry-after has passed is only refused again (and the
+    API may count it). The SDK's own retry waits the header for the call it repeats; this
+    holds back the process's other calls to the same endpoints until then too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, str], float] = {}  # (host, endpoints) -> monotonic
+
+    @staticmethod
+    def _endpoints(request: httpx2.Request) -> tuple[str, str]:
+        batches = request.url.path.startswith("/v1/messages/batches")
+        return (request.url.host, "batches" if batches else "other")
+
+    def before(self, request: httpx2.Request) -> None:
+        with self._lock:
+            until = self._until.get(self._endpoints(request), 0.0)
+        if (delay := until - time.monotonic()) > 0:
+            time.sleep(delay)
+
+    def after(self, response: httpx2.Response) -> None:
+        if response.status_code not in (429, 503):
+            return
+        seconds = _header_seconds(response.headers)
+        if seconds:
+            key = self._endpoints(response.request)
+            with self._lock:
+                self._until[key] = max(self._until.get(key, 0.0), time.monotonic() + seconds)
+
+
+RETRY_AFTER = RetryAfterGate()  # one a process: every client of this process shares it
 
 
 def using_emulator() -> bool:
@@ -143,15 +183,19 @@ def _transient(err: anthropic.APIError) -> bool:
 
 
 def retry_after(err: anthropic.APIStatusError, default: float = 0.0) -> float:
-    """The seconds a 429 (or 503) asks to wait: `retry-after-ms`, else `retry-after` in
-    seconds (the SDK's own reading, research: retries), else `default`."""
-    headers = err.response.headers
+    """The seconds a 429 (or 503) asks to wait, else `default`."""
+    return _header_seconds(err.response.headers) or default
+
+
+def _header_seconds(headers: httpx2.Headers) -> float:
+    """`retry-after-ms`, else `retry-after` in seconds, as the SDK reads them (research:
+    retries); 0 when neither says."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         try:
             return max(float(headers[name]) * scale, 0.0)
         except (KeyError, ValueError):
             continue
-    return default
+    return 0.0
 
 
 def api_message(err: anthropic.APIStatusError) -> str:

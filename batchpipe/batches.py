@@ -101,6 +101,10 @@ class Send:
     betas: Sequence[str] = ()
     spend: Spend | None = None
     poll_seconds: float = 60.0  # how soon a hold without retry-after is tried again
+    # At most this many new requests go out now (a canary), the rest held for `held_why`.
+    limit: int | None = None
+    held_why: str = ""
+    request_version: str | None = None  # recorded on each batch: what a canary proves
 
 
 class Held(Exception):
@@ -147,14 +151,15 @@ def submit_partition(
         sent = _finish_interrupted(con, api, send, cap, log)
         total = state.stage_pending(con, send.pipeline, send.date, send.max_attempts)
         budget.clear_skipped(con, send.pipeline, send.date)
-        if total:
-            per_batch = _batch_size(
-                con, min(send.max_requests, MAX_REQUESTS_PER_BATCH, cap or total)
-            )
+        now = total if send.limit is None else min(total, send.limit)
+        if now:
+            per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH, cap or now))
             more, refused, held = _send_chunks(
-                con, api, send, per_batch, -(-total // per_batch), cap, log
+                con, api, send, per_batch, -(-now // per_batch), cap, log
             )
             sent += more
+        if held is None and refused is None and now < total:
+            held = Held("canary", send.held_why, retry_after=0.0)
     except Held as err:
         held = err
     except SpendLimitReached as err:
@@ -162,7 +167,7 @@ def submit_partition(
     finally:
         state.drop_pending(con)
     if held is not None:
-        _record_hold(con, send, held, log)
+        record_hold(con, send, held, log)
     else:
         state.clear_hold(con, send.pipeline, send.date)
     if refused is not None:  # only a `spend` refuses
@@ -183,7 +188,7 @@ def held_requests(con: duckdb.DuckDBPyConnection, send: Send) -> int:
     return unsent + state.pending_size(con, send.pipeline, send.date, send.max_attempts)[0]
 
 
-def _record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log) -> None:
+def record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log) -> None:
     """Record what is held and when to try again; or, when the API's limit refuses us and
     no batch of this warehouse is processing to make room, fail naming it (after a while:
     a requests-per-minute 429 passes by itself)."""
@@ -376,6 +381,7 @@ def _record_intent(
             estimate=(
                 (estimate.low_usd, estimate.expected_usd, estimate.high_usd) if estimate else None
             ),
+            request_version=send.request_version,
         )
     return Submission(submission_id, None, "intent", count, intent_at)
 

@@ -146,6 +146,16 @@ class Request(_Strict):
             "overloaded_error), first one included.",
         ),
     ] = 3
+    canary: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=100_000,
+            description="Requests of each partition sent first, alone: the rest goes only if "
+            "their error rate is within output.max_error_rate. Unset: 10, when the request "
+            "side is new or changed and a partition has more than 1,000 to send; 0: never.",
+        ),
+    ] = None
     wait: bool = Field(
         False,
         description="Poll inside the batch_status run until the batches end (for small, quick "

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from batchpipe import budget, estimates, requests, state
+from batchpipe import budget, canary, estimates, requests, state
 from batchpipe.loader import PipelineFile
 from batchpipe.pipeline_sql import bind_date, register_templates
 from batchpipe.resolve import resolve, undated_rows_note
@@ -30,6 +30,7 @@ class Forecast:
     estimate: estimates.Estimate  # of the requests it would send
     budget: list[str]  # one line per limit that applies
     notes: tuple[str, ...] = ()  # file:line:col notes that are no error (NULL dates)
+    canary: str = ""  # whether a canary batch goes first, and why
 
     @property
     def to_send(self) -> int:
@@ -52,6 +53,7 @@ class Forecast:
             f"${cost.low_usd:.4f} to ${cost.high_usd:.4f}{caching}; "
             f"the standard API would cost ${cost.standard_usd:.4f}",
             *self.budget,
+            *([f"canary:        {self.canary}"] if self.canary else []),
             "nothing was sent and nothing was written",
         ]
 
@@ -91,6 +93,7 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         estimate = estimates.for_pending(
             con, pf.pipeline.name, pf.pipeline.request, api, sample, to_send, chars
         )
+        first = canary.describe(canary.decide(con, pf, date, to_send), pf)
         today = dt.datetime.now(dt.UTC).date()
         budget_lines = [
             f"budget:        {limit.describe(today)}: "
@@ -102,4 +105,5 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         estimate=estimate,
         budget=budget_lines,
         notes=(undated,) if undated else (),
+        canary=first,
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import anthropic
 
-from batchpipe import state, warehouse
+from batchpipe import batches, state, warehouse
 from batchpipe.errors import BatchpipeError
 from batchpipe.loader import PipelineFile
 from batchpipe.sqlcheck import quote_ident
@@ -51,9 +52,15 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
     """
     with state.connect(read_only=True) as con:
         rows = state.recent_batches(con, names)
+        holds = state.holds(con, names)
     if not rows:
         return ["no open or recent batches"]
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    live = {}
+    # One list call per 100 batches, not a retrieve each; unanswered, the last poll's.
+    if api is not None:
+        with contextlib.suppress(anthropic.APIError):
+            live = batches.retrieve_by_id(api, [r[2] for r in rows if r[3] == "submitted"])
     lines = [
         f"{'pipeline':<22} {'date':<10} {'batch':<34} {'state':<10} {'requests':>8} "
         f"{'done':>6} {'errored':>7} {'age':>6} {'cost $':>9}"
@@ -72,23 +79,34 @@ def batch_status_lines(names: list[str] | None, api: anthropic.Anthropic | None)
         cost,
         estimate,
     ) in rows:
-        if status == "submitted" and api is not None:
-            try:
-                c = api.messages.batches.retrieve(batch_id).request_counts
-                ok, bad, canceled, expired = c.succeeded, c.errored, c.canceled, c.expired
-            except anthropic.APIError:
-                pass  # show what was recorded at the last poll
+        if status == "submitted" and batch_id in live:
+            c = live[batch_id].request_counts
+            ok, bad, canceled, expired = c.succeeded, c.errored, c.canceled, c.expired
         done = ok + bad + canceled + expired
         spent = f"{cost:.4f}" if status == "loaded" else f"~{estimate or 0:.4f}"
         lines.append(
             f"{pipeline:<22} {day!s:<10} {batch_id:<34} {status:<10} {count:>8} {done:>6} "
             f"{bad:>7} {_age(now - at):>6} {spent:>9}"
         )
+    return lines + _hold_lines(holds, now)
+
+
+def _hold_lines(holds: list[tuple], now: dt.datetime) -> list[str]:
+    """Partitions holding requests back, recorded and not sent, and why."""
+    lines = []
+    for pipeline, day, reason, message, count, held_at, retry_at in holds:
+        due = "due now" if retry_at <= now else f"next try in {_age(retry_at - now)}"
+        lines.append(
+            f"held: {pipeline} {day}: {count} request(s) not sent yet, for "
+            f"{_age(now - held_at)} ({reason}: {message}); {due}"
+        )
     return lines
 
 
 def _age(delta: dt.timedelta) -> str:
     seconds = int(delta.total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
     if seconds < 3600:
         return f"{seconds // 60}m"
     if seconds < 86400:

@@ -77,7 +77,8 @@ TABLES: dict[str, str] = {
     error VARCHAR,
     estimated_low_usd DOUBLE,
     reserved_usd DOUBLE,
-    actual_usd DOUBLE
+    actual_usd DOUBLE,
+    request_version VARCHAR          -- the request side it was sent under (versions.py)
 """,
     # Which request went out in which submission, under which custom_id on the wire: the
     # request's own custom_id and the submission's token (wire_id), so a results file
@@ -165,6 +166,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("batchpipe_batches", "estimated_low_usd", "DOUBLE"),
     ("batchpipe_batches", "reserved_usd", "DOUBLE"),
     ("batchpipe_batches", "actual_usd", "DOUBLE"),
+    ("batchpipe_batches", "request_version", "VARCHAR"),
 )
 
 # Views over the state tables, for people: what each request cost, and each partition.
@@ -497,6 +499,7 @@ def record_intent(
     per_batch: int,
     chunk: int,
     estimate: tuple[float, float, float] | None,
+    request_version: str | None = None,
 ) -> int:
     """Record which staged requests the chunk's batch will hold, each under its wire id
     (`wire_id_sql`, a SQL expression of custom_id and the parameter `token`), and the
@@ -512,9 +515,20 @@ def record_intent(
     low, expected, high = estimate if estimate else (None, None, None)
     con.execute(
         "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-        "request_count, model, intent_at, estimated_low_usd, estimated_usd, reserved_usd) "
-        "VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?)",
-        [submission_id, pipeline, date, count, model, intent_at, low, expected, high],
+        "request_count, model, intent_at, estimated_low_usd, estimated_usd, reserved_usd, "
+        "request_version) VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?, ?)",
+        [
+            submission_id,
+            pipeline,
+            date,
+            count,
+            model,
+            intent_at,
+            low,
+            expected,
+            high,
+            request_version,
+        ],
     )
     return int(count)
 
@@ -914,6 +928,42 @@ def queued_upstream(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         "FROM batchpipe_batches WHERE state IN ('submitting', 'provisional', 'submitted')"
     ).fetchone()
     return int(batches), int(requests)
+
+
+# --- canary batches (a few requests of a new request side go first) -----------------
+
+
+def version_batches(
+    con: duckdb.DuckDBPyConnection, pipeline: str, version: str, date: dt.date | None
+) -> list[tuple[str, str | None, State, int, dt.date]]:
+    """(submission_id, batch_id, state, request_count, partition_date) of the pipeline's
+    batches sent under a request version (of one partition, with `date`), oldest first."""
+    return con.execute(
+        "SELECT submission_id, batch_id, state, request_count, partition_date "
+        "FROM batchpipe_batches "
+        "WHERE pipeline = ? AND request_version = ? AND state <> 'failed' "
+        "AND (?::DATE IS NULL OR partition_date = ?::DATE) ORDER BY intent_at",
+        [pipeline, version, date, date],
+    ).fetchall()
+
+
+def error_summary(
+    con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]
+) -> tuple[int, int, list[tuple[str, int]]]:
+    """Over these batches' loaded results: lines, errored lines, and the most frequent
+    error messages (at most three) with their counts."""
+    lines, errored = con.execute(
+        "SELECT count(*), count(*) FILTER (result_type = 'errored') FROM batchpipe_results "
+        "WHERE batch_id IN ?",
+        [list(batch_ids) or [""]],
+    ).fetchone()
+    top = con.execute(
+        "SELECT coalesce(error_type || ': ', '') || coalesce(error_message, '(no message)'), "
+        "count(*) FROM batchpipe_results WHERE batch_id IN ? AND result_type = 'errored' "
+        "GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3",
+        [list(batch_ids) or [""]],
+    ).fetchall()
+    return int(lines), int(errored), [(m, int(n)) for m, n in top]
 
 
 # --- a partition's summary, and the reports ----------------------------------------

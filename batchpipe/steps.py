@@ -20,6 +20,7 @@ import duckdb
 from batchpipe import (
     batches,
     budget,
+    canary,
     enriched,
     estimates,
     ownership,
@@ -29,9 +30,11 @@ from batchpipe import (
     warehouse,
 )
 from batchpipe.api import Outage
+from batchpipe.errors import BatchApiError
 from batchpipe.loader import PipelineFile
 from batchpipe.resolve import resolve
 from batchpipe.sqlcheck import quote_ident
+from batchpipe.versions import request_version
 
 Log = Callable[[str], None]
 
@@ -130,22 +133,40 @@ def _send_pending(
         state.clear_hold(con, name, date)
         log("nothing to send: every request is answered, final or in flight")
         return 0
-    # Input tokens counted on a sample of what is pending, output learned from history:
-    # each batch's intent records its estimate and reserves its high end.
-    sample = con.execute(
-        estimates.sample_sql(state.pending_params_sample_sql()),
-        requests.pending_params(pf, date),
-    ).fetchall()
-    estimate = estimates.for_pending(
-        con, name, request, api, [(json.loads(p), c) for p, c in sample], pending, chars
-    )
-    if pending:
-        whole = estimate.whole
-        log(
-            f"estimated ${whole.expected_usd:.4f} (${whole.low_usd:.4f} to ${whole.high_usd:.4f}) "
-            f"for {pending} request(s); input: {estimate.input.basis}; "
-            f"output: {estimate.output.basis}"
+    first = canary.decide(con, pf, date, pending)
+    if first.action == "load":  # this partition's canary has ended: its errors decide
+        ended = [
+            s
+            for s in batches.open_submissions(con, name, date)
+            if s.submission_id in first.submission_ids
+        ]
+        _load_ended(con, pf, ended, api, log)
+        pending, chars = requests.pending_size(con, pf, date)
+        first = canary.decide(con, pf, date, pending)
+    if first.action == "failed":
+        state.clear_hold(con, name, date)
+        raise BatchApiError(first.why)
+    spend = None  # while a canary runs nothing new is sent, so nothing is priced
+    if first.action != "wait":
+        # Input tokens counted on a sample of what is pending, output learned from
+        # history: each batch's intent records its estimate and reserves its high end.
+        sample = con.execute(
+            estimates.sample_sql(state.pending_params_sample_sql()),
+            requests.pending_params(pf, date),
+        ).fetchall()
+        estimate = estimates.for_pending(
+            con, name, request, api, [(json.loads(p), c) for p, c in sample], pending, chars
         )
+        spend = batches.Spend(estimate.per_batch, budget.limits(pf))
+        if pending:
+            whole = estimate.whole
+            log(
+                f"estimated ${whole.expected_usd:.4f} (${whole.low_usd:.4f} to "
+                f"${whole.high_usd:.4f}) for {pending} request(s); input: "
+                f"{estimate.input.basis}; output: {estimate.output.basis}"
+            )
+    if first.action == "send":
+        log(first.why)
     send = batches.Send(
         pipeline=name,
         date=date,
@@ -153,8 +174,11 @@ def _send_pending(
         max_attempts=request.max_attempts,
         max_requests=request.max_batch_requests,
         betas=request.betas or (),
-        spend=batches.Spend(estimate.per_batch, budget.limits(pf)),
+        spend=spend,
         poll_seconds=request.poll_interval if poll_seconds is None else poll_seconds,
+        limit={"send": first.size, "wait": 0}.get(first.action),
+        held_why=first.why,
+        request_version=request_version(pf),
     )
     return batches.submit_partition(con, api, send, log)
 

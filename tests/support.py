@@ -176,3 +176,45 @@ def advance_emulator_clock(url: str, seconds: float) -> None:
     )
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+BULK_PIPELINE = """\
+name: bulk
+source:
+  table: items
+  key: item_id
+  partition_column: added_on
+request:
+  model: claude-haiku-4-5
+  max_tokens: 16
+  prompt: "Name a colour for {{ word }}"
+  max_batch_requests: PER_BATCH
+EXTRA
+output:
+  table: bulk_out
+  column: reply
+partitions:
+  start: 2026-11-01
+"""
+
+
+def bulk_project(
+    project: Path, rows_per_day: int, days: int = 1, per_batch: int = 1000, extra: str = ""
+) -> None:
+    """The test's project holds one pipeline, `bulk`, over `rows_per_day` items on each of
+    `days` days from 2026-11-03, sent `per_batch` requests a batch; `extra` is added to
+    its `request:` settings (YAML lines, indented two spaces)."""
+    import duckdb
+
+    for other in (project / "pipelines").glob("*.yaml"):
+        other.unlink()
+    (project / "pipelines" / "bulk.yaml").write_text(
+        BULK_PIPELINE.replace("PER_BATCH", str(per_batch)).replace("EXTRA\n", extra)
+    )
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        con.execute(
+            "CREATE TABLE items AS SELECT i AS item_id, 'word ' || i AS word, "
+            "DATE '2026-11-03' + CAST(i % ? AS INTEGER) AS added_on "
+            "FROM range(?) t(i)",
+            [days, rows_per_day * days],
+        )

@@ -36,10 +36,10 @@ def _answered_and_billed(project: Path, url: str) -> tuple[list[tuple], int, set
 def test_a_batch_not_found_right_after_its_create_is_waited_for_not_sent_again(
     demo_db: Path, private_emulator
 ) -> None:
-    """The emulator answers retrieve 404 for 4 s after each create, as the real API can
+    """The emulator answers retrieve 404 for 5 s after each create, as the real API can
     for a short while (anthropic-sdk-python#1432). The run must wait it out and complete:
     one batch upstream, each row billed once, every row answered."""
-    url = private_emulator("--not-found-after-create", "4", latency=0.2)
+    url = private_emulator("--not-found-after-create", "5", latency=0.2)
     upstream = anthropic.Anthropic(api_key="t", base_url=url)
     run = batchpipe("run", "product_descriptions", "--date", DAY)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -19,9 +19,9 @@ import duckdb
 import pytest
 
 from batchpipe.component import BatchpipeComponent
-from batchpipe.defs import specs
 from batchpipe.errors import ConfigError
 from batchpipe.loader import load_file
+from batchpipe.versions import code_version
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -317,7 +317,7 @@ def test_attributes_name_groups_owners_tags_and_upstream_keys(tmp_path: Path) ->
     pf = load_file(pipelines / "product_descriptions.yaml")
     assert "{{ name }}" in pf.pipeline.request.prompt
     requests = graph.get(dg.AssetKey(["product_descriptions", "requests"]))
-    assert requests.code_version == specs.code_version(pf, "requests")
+    assert requests.code_version == code_version(pf, "requests")
 
     # Paths relative to the defs folder, wherever the process runs.
     assert component.pipelines_path(defs_dir) == pipelines.resolve()

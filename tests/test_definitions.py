@@ -17,6 +17,7 @@ from batchpipe.dagster import BatchpipeTranslator, build_definitions
 from batchpipe.defs import specs
 from batchpipe.errors import ConfigError
 from batchpipe.loader import PipelineFile, load_file, load_pipelines
+from batchpipe.versions import code_version
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCTS = (REPO / "pipelines" / "product_descriptions.yaml").read_text()
@@ -166,7 +167,7 @@ def _versions(tmp_path: Path, text: str) -> dict[str, str]:
     path = tmp_path / f"v{len(list(tmp_path.glob('v*.yaml')))}.yaml"
     path.write_text(text)
     pf = load_file(path)
-    return {step: specs.code_version(pf, step) for step in specs.STEPS}
+    return {step: code_version(pf, step) for step in specs.STEPS}
 
 
 def test_code_versions_change_only_where_an_edit_changes_the_data(tmp_path: Path) -> None:

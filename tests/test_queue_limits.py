@@ -14,49 +14,16 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from batchpipe.dagster import build_definitions
 from batchpipe.defs.resources import BatchpipeResource
-from tests.support import batchpipe, ledger, query, request_of
+from tests.support import batchpipe, bulk_project, ledger, query, request_of
 
 pytestmark = pytest.mark.slow
 
 DAY = dt.date(2026, 11, 3)
 NAME = "bulk"
-PIPELINE = """\
-name: bulk
-source:
-  table: items
-  key: item_id
-  partition_column: added_on
-request:
-  model: claude-haiku-4-5
-  max_tokens: 16
-  prompt: "Name a colour for {{ word }}"
-  max_batch_requests: PER_BATCH
-output:
-  table: bulk_out
-  column: reply
-partitions:
-  start: 2026-11-01
-"""
-
-
-def _bulk_project(project: Path, rows_per_day: int, days: int = 1, per_batch: int = 1000) -> None:
-    """The test's project holds one pipeline, over `rows_per_day` items on each of `days`
-    days from DAY, sent `per_batch` requests a batch."""
-    for other in (project / "pipelines").glob("*.yaml"):
-        other.unlink()
-    (project / "pipelines" / "bulk.yaml").write_text(PIPELINE.replace("PER_BATCH", str(per_batch)))
-    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
-        con.execute(
-            "CREATE TABLE items AS SELECT i AS item_id, 'word ' || i AS word, "
-            "DATE '2026-11-03' + CAST(i % ? AS INTEGER) AS added_on "
-            "FROM range(?) t(i)",
-            [days, rows_per_day * days],
-        )
 
 
 def _record(url: str) -> dict:
@@ -81,7 +48,7 @@ def test_a_partition_four_times_the_queue_limit_completes_unattended(
     batches, is refused the fourth (429, retry-after), holds the rest and sends them as
     the first ones end. It completes without a person; the queue never held more than
     3,000; each row was billed once."""
-    _bulk_project(project, 12_000)
+    bulk_project(project, 12_000)
     url = private_emulator("--queue-limit", "3000", latency=1.0)
     run = batchpipe("run", NAME, "--date", DAY.isoformat())
     assert run.returncode == 0, run.stdout + run.stderr
@@ -100,7 +67,7 @@ def test_a_cap_of_our_own_keeps_open_requests_under_it_without_a_429(
 ) -> None:
     """BATCHPIPE_MAX_QUEUED_REQUESTS=2500 under a queue limit of 3000: batchpipe never
     asks for more than its cap, so the API never has to refuse a create."""
-    _bulk_project(project, 6_000)
+    bulk_project(project, 6_000)
     url = private_emulator("--queue-limit", "3000", latency=1.0)
     run = batchpipe(
         "run", NAME, "--date", DAY.isoformat(), env={"BATCHPIPE_MAX_QUEUED_REQUESTS": "2500"}
@@ -157,18 +124,19 @@ def test_the_sensor_sends_held_batches_as_room_appears(
     nothing waiting, under a queue limit of 3,000. Each submitting run sends what fits
     and records the rest as held; the sensor's runs send it as batches end. Every
     partition ends materialized, no run fails, each row is billed once."""
-    _bulk_project(project, rows, days)
+    bulk_project(project, rows, days)
     url = private_emulator("--queue-limit", "3000", latency=2.0)
     resource = BatchpipeResource(poll_seconds=0.2, wait=False)  # the sensor's
     defs = build_definitions(project / "pipelines")
     job = defs.resolve_job_def(f"{NAME}__job")
     partitions = [(DAY + dt.timedelta(days=n)).isoformat() for n in range(days)]
     with dg.instance_for_test() as instance:
-        submitted = [
-            job.execute_in_process(partition_key=p, instance=instance) for p in partitions
-        ]
+        submitted = [job.execute_in_process(partition_key=p, instance=instance) for p in partitions]
         assert all(run.success for run in submitted)
         assert _record(url)["refused"] >= 1  # a submitting run found the queue full
+        status = batchpipe("status")
+        assert "held: bulk 2026-11-0" in status.stdout, status.stdout
+        assert "rate_limit: This request would exceed" in status.stdout
         runs = _follow_ups(defs, instance, job, resource)
         assert runs and all(run.success for run in runs)
         enriched = dg.AssetKey([NAME, "enriched"])
@@ -184,12 +152,12 @@ def test_a_batch_rpm_limit_is_waited_out_as_the_api_asks(project: Path, private_
     """40 one-request batches under 30 calls a minute on the batch endpoints: creates,
     polls and downloads are refused along the way, and the run completes; the emulator
     saw no call refused before the previous refusal's retry-after had passed."""
-    _bulk_project(project, 40, per_batch=1)
+    bulk_project(project, 40, per_batch=1)
     url = private_emulator("--batch-rpm", "30", latency=0.0)
     run = batchpipe("run", NAME, "--date", DAY.isoformat())
     assert run.returncode == 0, run.stdout + run.stderr
     assert _statuses(project) == [("succeeded", 40)]
     record = _record(url)
     assert record["refused"] >= 1
-    assert record["refused_early"] == 0
+    assert record["refused_early"] == 0, record["early_calls"]
     assert set(_billed(url).values()) == {1}

@@ -26,6 +26,7 @@ from batchpipe.defs.specs import Placement
 from batchpipe.errors import scrub
 from batchpipe.loader import PipelineFile
 from batchpipe.requests import RequestsSummary
+from batchpipe.versions import code_version
 
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ def _asset_args(pf: PipelineFile, placement: Placement, step: str) -> dict:
         "owners": list(translator.get_owners(pf, step)) or None,
         "partitions_def": specs.partitions(pf),
         "group_name": translator.get_group_name(pf),
-        "code_version": specs.code_version(pf, step),
+        "code_version": code_version(pf, step),
         "pool": placement.pool,
         "required_resource_keys": {placement.resource_key},
     }

@@ -136,8 +136,9 @@ class LimitRecord:
     refused: int = 0  # 429s of the RPM and queue limits
     refused_early: int = 0  # of them, calls made before the previous 429's retry-after
     peak_queued: int = 0  # the most requests in the processing queue after a create
+    early_calls: list[str] = field(default_factory=list)  # the last 20 early ones' paths
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -159,13 +160,14 @@ class Limits:
             self._not_before = 0.0  # monotonic: when the last 429's retry-after ends
             self.record = LimitRecord()
 
-    def _refused(self, error: ApiError) -> ApiError:
+    def _refused(self, error: ApiError, path: str) -> ApiError:
         """Count a 429 in the record, and whether it came inside the retry-after of the
         one before it (a client that did not wait); call with the lock held."""
         now = time.monotonic()
         self.record.refused += 1
         if now < self._not_before:
             self.record.refused_early += 1
+            self.record.early_calls = [*self.record.early_calls, path][-20:]
         self._not_before = now + float((error.headers or {}).get("retry-after", "0"))
         return error
 
@@ -203,7 +205,7 @@ class Limits:
                 f"requests per minute to the Message Batches API. For details, refer to: "
                 f"{RATE_LIMITS_DOCS}. Please try again later."
             )
-            return self._refused(rate_limited(message, wait))
+            return self._refused(rate_limited(message, wait), path)
 
     def check_create(
         self, billed_usd: float, queued: int, adding: int, latency: float, now: dt.datetime
@@ -217,7 +219,8 @@ class Limits:
             return workspace_limit_reached(settings.workspace_limit_usd)
         if settings.queue_limit is not None and queued + adding > settings.queue_limit:
             with self._lock:
-                return self._refused(queue_full(settings.queue_limit, queued, adding, latency))
+                error = queue_full(settings.queue_limit, queued, adding, latency)
+                return self._refused(error, BATCHES_PATH)
         return None
 
     def needs_billing(self) -> bool:
