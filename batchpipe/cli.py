@@ -149,6 +149,7 @@ def _select(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from batchpipe.api import ensure_emulator, using_emulator
     from batchpipe.failpoints import UnknownKillPoint, check_kill_at
+    from batchpipe.progress import reporting
     from batchpipe.runs import check_date, run_partition
 
     try:
@@ -161,14 +162,18 @@ def _run(args: argparse.Namespace) -> int:
     if using_emulator():
         ensure_emulator()
     failed = 0
-    for pf in files:
-        print(f"== {pf.pipeline.name} {args.date}")
-        try:
-            for line in run_partition(pf, args.date):
-                print(f"   {line}")
-        except BatchpipeError as err:
-            failed += 1
-            print(f"error: {scrub(err.message)}", file=sys.stderr)
+    # While a partition waits, its progress shows at every poll: a live table on a
+    # terminal, plain lines otherwise. Each display ends with its wait, before the lines
+    # below print.
+    with reporting(sys.stdout):
+        for pf in files:
+            print(f"== {pf.pipeline.name} {args.date}", flush=True)
+            try:
+                for line in run_partition(pf, args.date):
+                    print(f"   {line}")
+            except BatchpipeError as err:
+                failed += 1
+                print(f"error: {scrub(err.message)}", file=sys.stderr)
     return 1 if failed else 0
 
 
