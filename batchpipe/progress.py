@@ -248,7 +248,9 @@ def _held(hold: Hold | None) -> str:
 
 
 def _why(hold: Hold) -> str:
-    message = hold.message if len(hold.message) <= MESSAGE_CHARS else hold.message[:77] + "..."
+    message = hold.message
+    if len(message) > MESSAGE_CHARS:
+        message = message[: MESSAGE_CHARS - 3] + "..."
     return f"{hold.reason}, sent again from {hold.retry_at:%H:%M:%S} UTC: {message}"
 
 
