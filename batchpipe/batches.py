@@ -25,7 +25,7 @@ import anthropic
 import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
-from batchpipe import budget, estimates, state, warehouse
+from batchpipe import budget, estimates, progress, state, warehouse
 from batchpipe.api import Outage, api_message, retry_after
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
@@ -855,33 +855,32 @@ def wait_until_ended(
 
     The warehouse is opened only to read what to poll and to record what was seen, never
     while waiting, so `batchpipe cancel` (or any other writer) gets in between polls."""
-    last_report = ""
     outage = Outage(api, log)
-    while True:
-        with state.connect() as con:
-            watch = watching(con, pipeline, date)
-            hold = state.hold_of(con, pipeline, date)
-        if hold is not None and _now() >= hold[4]:
-            return  # the held requests are due: the caller sends them
-        seen = retrieve_all(api, watch, outage) if watch else []
-        with state.connect() as con:
-            record_polled(con, api, watch, seen, log)
-        batches = [b for b in seen if b is not None]
-        report = "; ".join(
-            f"{b.id}: {b.processing_status} ({b.request_counts.processing} processing, "
-            f"{b.request_counts.succeeded} succeeded, {b.request_counts.errored} errored)"
-            for b in batches
-        )
-        if report and report != last_report:
-            log(report)
-            last_report = report
-        ended = all(b.processing_status == "ended" for b in batches)
-        if ended and hold is None:
-            return
-        pause = poll_seconds
-        if hold is not None:
-            pause = min(pause, max((hold[4] - _now()).total_seconds(), 0.0))
-        time.sleep(pause)
+    # Every poll's figures go to the person: the CLI's display, else the step's log.
+    shown = progress.reporter_or(log)
+    try:
+        while True:
+            with state.connect() as con:
+                watch = watching(con, pipeline, date)
+                hold = state.hold_of(con, pipeline, date)
+            if hold is not None and _now() >= hold[4]:
+                return  # the held requests are due: the caller sends them
+            seen = retrieve_all(api, watch, outage) if watch else []
+            with state.connect() as con:
+                record_polled(con, api, watch, seen, log)
+                recorded = progress.recorded(con, pipeline, date)
+            batches = [b for b in seen if b is not None]
+            if batches or recorded.hold:
+                counts = [progress.polled(b) for b in batches]
+                shown.show(progress.snapshot(pipeline, date, counts, recorded))
+            if all(b.processing_status == "ended" for b in batches) and hold is None:
+                return
+            pause = poll_seconds
+            if hold is not None:
+                pause = min(pause, max((hold[4] - _now()).total_seconds(), 0.0))
+            time.sleep(pause)
+    finally:
+        shown.end(pipeline, date)
 
 
 def cancel(

@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="open and recent batches: counts, age, cost so far")
     status.add_argument("names", nargs="*", metavar="NAME")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="show every open partition's progress, refreshed until none is open (or Ctrl-C)",
+    )
+    status.add_argument(
+        "--every", type=float, default=5.0, metavar="SECONDS", help="--watch's refresh (5)"
+    )
     status.set_defaults(handler=_status)
 
     costs = sub.add_parser(
@@ -149,6 +157,7 @@ def _select(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from batchpipe.api import ensure_emulator, using_emulator
     from batchpipe.failpoints import UnknownKillPoint, check_kill_at
+    from batchpipe.progress import reporting
     from batchpipe.runs import check_date, run_partition
 
     try:
@@ -161,14 +170,18 @@ def _run(args: argparse.Namespace) -> int:
     if using_emulator():
         ensure_emulator()
     failed = 0
-    for pf in files:
-        print(f"== {pf.pipeline.name} {args.date}")
-        try:
-            for line in run_partition(pf, args.date):
-                print(f"   {line}")
-        except BatchpipeError as err:
-            failed += 1
-            print(f"error: {scrub(err.message)}", file=sys.stderr)
+    # While a partition waits, its progress shows at every poll: a live table on a
+    # terminal, plain lines otherwise. Each display ends with its wait, before the lines
+    # below print.
+    with reporting(sys.stdout):
+        for pf in files:
+            print(f"== {pf.pipeline.name} {args.date}", flush=True)
+            try:
+                for line in run_partition(pf, args.date):
+                    print(f"   {line}")
+            except BatchpipeError as err:
+                failed += 1
+                print(f"error: {scrub(err.message)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -224,8 +237,26 @@ def _status(args: argparse.Namespace) -> int:
         api = client()
     elif url := running_emulator():
         api = anthropic.Anthropic(api_key="batchpipe-emulator", base_url=url)
+    if args.watch:
+        return _watch(args, api)
     for line in batch_status_lines(args.names or None, api):
         print(line)
+    return 0
+
+
+def _watch(args: argparse.Namespace, api) -> int:
+    """`status --watch`: Ctrl-C is how a person stops watching, not an interruption."""
+    from batchpipe.progress import display
+    from batchpipe.watch import watch
+
+    if args.every <= 0:
+        raise BatchpipeError(f"--every must be more than 0 seconds, not {args.every:g}")
+    try:
+        with display(sys.stdout) as shown:
+            anything = watch(args.names or None, api, shown, args.every)
+    except KeyboardInterrupt:
+        return 0
+    print("every watched partition has ended" if anything else "no open partitions")
     return 0
 
 

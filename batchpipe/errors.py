@@ -39,6 +39,11 @@ class WarehouseError(BatchpipeError):
     """DuckDB refused something: a lock held by another process, a bad query."""
 
 
+class WarehouseLocked(WarehouseError):
+    """Another process holds the DuckDB file's lock: a reader that comes back by itself
+    (`batchpipe status --watch`) tries again instead of stopping."""
+
+
 class BatchApiError(BatchpipeError):
     """The Batches API refused or failed in a way a retry will not fix."""
 

@@ -271,11 +271,14 @@ def create(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(_create_view(name))
 
 
-def connect(*, read_only: bool = False) -> warehouse.Connection:
+def connect(*, read_only: bool = False, lock_wait: float | None = None) -> warehouse.Connection:
     """The warehouse with its state tables: created when writing; on a read-only
     connection to a database no run has written yet, stood in by empty temporary ones,
-    so read-only commands (plan, status, costs) work from the start."""
-    return warehouse.connect(read_only=read_only, prepare=shadow_missing if read_only else create)
+    so read-only commands (plan, status, costs) work from the start. `lock_wait`: see
+    warehouse.connect."""
+    return warehouse.connect(
+        read_only=read_only, prepare=shadow_missing if read_only else create, lock_wait=lock_wait
+    )
 
 
 def shadow_missing(con: duckdb.DuckDBPyConnection) -> None:
@@ -1115,3 +1118,39 @@ def only_batches_of(con: duckdb.DuckDBPyConnection, table_sql: str, pipeline: st
     except duckdb.CatalogException:  # no batchpipe_batches: nothing was ever sent here
         return False
     return bool(proven)
+
+
+# --- progress (what a person sees while a partition waits; progress.py renders it) -----
+
+
+def progress_batches(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> list[tuple]:
+    """The partition's batches that went out (a batch id, not failed), oldest first:
+    batch id, state, requests, processing status, succeeded, errored, canceled and expired
+    as last polled, created_at (UTC), the expected estimate, and what its results cost
+    once loaded (None before: progress prices it from the estimate)."""
+    return con.execute(
+        "SELECT batch_id, state, request_count, processing_status, coalesce(succeeded, 0), "
+        "coalesce(errored, 0), coalesce(canceled, 0), coalesce(expired, 0), created_at, "
+        "estimated_usd, CASE WHEN state = 'loaded' THEN coalesce(actual_usd, (SELECT "
+        "sum(r.cost_usd) FROM batchpipe_results r WHERE r.batch_id = b.batch_id), 0) END "
+        "FROM batchpipe_batches b WHERE pipeline = ? AND partition_date = ? "
+        "AND batch_id IS NOT NULL AND state <> 'failed' ORDER BY intent_at",
+        [pipeline, date],
+    ).fetchall()
+
+
+def open_partitions(
+    con: duckdb.DuckDBPyConnection, names: list[str] | None
+) -> list[tuple[str, dt.date]]:
+    """(pipeline, partition) of every partition something is still waited on for, by
+    date then name: a batch upstream not recorded as ended (submitted, or provisional: a
+    candidate to prove), or a hold. What `batchpipe status --watch` shows."""
+    rows = con.execute(
+        "SELECT pipeline, partition_date FROM batchpipe_batches "
+        "WHERE state IN ('submitted', 'provisional') "
+        "AND ($names IS NULL OR list_contains($names, pipeline)) UNION "
+        "SELECT pipeline, partition_date FROM batchpipe_holds "
+        "WHERE $names IS NULL OR list_contains($names, pipeline) ORDER BY 2, 1",
+        {"names": names or None},
+    ).fetchall()
+    return [(pipeline, day) for pipeline, day in rows]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchpipe.errors import WarehouseError
+from batchpipe.errors import WarehouseError, WarehouseLocked
 from batchpipe.sqlcheck import sql_string
 
 LOCK_WAIT_SECONDS = float(os.environ.get("BATCHPIPE_LOCK_WAIT", "60"))
@@ -60,9 +60,12 @@ def connect(
     *,
     read_only: bool = False,
     prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    lock_wait: float | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection that is always closed, waiting a bounded time for another writer;
-    `prepare` runs on it first (state.connect creates batchpipe's tables there)."""
+    """A connection that is always closed, waiting a bounded time for another writer
+    (`lock_wait` seconds, default BATCHPIPE_LOCK_WAIT; 0: not at all, for a reader that
+    comes back anyway); `prepare` runs on it first (state.connect creates batchpipe's
+    tables there)."""
     db = database()
     # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
     # memory should not grow with the partition, so it is capped and DuckDB spills instead.
@@ -70,7 +73,8 @@ def connect(
     # A query naming an https:// path or another format would make DuckDB download and
     # install an extension into ~/.duckdb: a pipeline file must not change the machine.
     settings = {"memory_limit": memory, "autoinstall_known_extensions": False}
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    wait = LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
+    deadline = time.monotonic() + wait
     delay = 0.1
     while True:
         try:
@@ -85,9 +89,9 @@ def connect(
             if "lock" not in str(err).lower():
                 raise WarehouseError(f"cannot open the DuckDB database {db}: {err}") from None
             if time.monotonic() >= deadline:
-                raise WarehouseError(
+                raise WarehouseLocked(
                     f"the DuckDB database {db} is locked by another process "
-                    f"({_lock_holder(err)}); waited {LOCK_WAIT_SECONDS:.0f} s. Close that "
+                    f"({_lock_holder(err)}); waited {wait:.0f} s. Close that "
                     "process's connection (a notebook, a DuckDB shell, another run) or wait "
                     "for it to finish, then run again."
                 ) from None
