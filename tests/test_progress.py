@@ -118,7 +118,8 @@ def test_a_run_on_a_terminal_draws_a_live_table_then_prints_its_summary_below(
     demo_db: Path, private_emulator
 ) -> None:
     _keep_rows(demo_db)
-    private_emulator("--requests-per-second", "5", latency=3)
+    # Nothing is processed for 6 s: the first poll sees 0 done even on a loaded machine.
+    private_emulator("--requests-per-second", "5", latency=6)
     status, screen = _on_a_terminal("run", "product_descriptions", "--date", DAY)
     text = _plain(screen)
     assert status == 0, text
