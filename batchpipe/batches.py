@@ -204,8 +204,9 @@ def record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log
                 f"the Batches API refused the batches of {send.pipeline} {send.date} for "
                 f"{waited:.0f} s ({held.message}) and no batch of this warehouse is "
                 "processing to make room: the limit is used by others on this API key's "
-                f"organization. {requests} request(s) are held, recorded and not sent; run "
-                "the same command again once there is room: each goes out once"
+                "organization, or one batch is larger than the queue takes (then lower "
+                f"request.max_batch_requests). {requests} request(s) are held, recorded and "
+                "not sent; run the same command again once there is room: each goes out once"
             )
     delay = max(held.retry_after or send.poll_seconds, 1.0)
     with warehouse.transaction(con):
