@@ -218,3 +218,43 @@ def bulk_project(
             "FROM range(?) t(i)",
             [days, rows_per_day * days],
         )
+
+
+def sensor_tick(defs, instance, cursor: str | None, resource, name: str):
+    """One evaluation of pipeline `name`'s sensor, as the daemon makes it."""
+    import dagster as dg
+
+    sensor = defs.resolve_sensor_def(f"{name}__batches")
+    return sensor(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"batchpipe": resource},
+            repository_def=defs.get_repository_def(),
+        )
+    )
+
+
+def sensor_follow_ups(defs, instance, job, resource, name: str, timeout: float = 60) -> list:
+    """Tick the sensor as the daemon would and run what it asks for, until it has
+    nothing open or held: the runs it launched, in order."""
+    import dagster as dg
+
+    cursor, launched = None, []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = sensor_tick(defs, instance, cursor, resource, name)
+        if isinstance(result, dg.SkipReason):
+            return launched
+        cursor = result.cursor
+        for run in result.run_requests:
+            launched.append(
+                job.execute_in_process(
+                    partition_key=run.partition_key,
+                    asset_selection=run.asset_selection,
+                    instance=instance,
+                    tags=run.tags,
+                )
+            )
+        time.sleep(0.2)
+    raise AssertionError(f"the sensor still had batches open or held after {timeout} s")

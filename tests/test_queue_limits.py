@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,14 @@ import pytest
 
 from batchpipe.dagster import build_definitions
 from batchpipe.defs.resources import BatchpipeResource
-from tests.support import batchpipe, bulk_project, ledger, query, request_of
+from tests.support import (
+    batchpipe,
+    bulk_project,
+    ledger,
+    query,
+    request_of,
+    sensor_follow_ups,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,41 +86,6 @@ def test_a_cap_of_our_own_keeps_open_requests_under_it_without_a_429(
     assert set(_billed(url).values()) == {1}
 
 
-def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None, resource):
-    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
-    return sensor(
-        dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={"batchpipe": resource},
-            repository_def=defs.get_repository_def(),
-        )
-    )
-
-
-def _follow_ups(defs, instance, job, resource, timeout: float = 120) -> list:
-    """Tick the sensor as the daemon would and run what it asks for, until it has nothing
-    open or held: the runs it launched."""
-    cursor, launched = None, []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = _tick(defs, instance, cursor, resource)
-        if isinstance(result, dg.SkipReason):
-            return launched
-        cursor = result.cursor
-        for run in result.run_requests:
-            launched.append(
-                job.execute_in_process(
-                    partition_key=run.partition_key,
-                    asset_selection=run.asset_selection,
-                    instance=instance,
-                    tags=run.tags,
-                )
-            )
-        time.sleep(0.3)
-    raise AssertionError(f"the sensor still had batches open or held after {timeout} s")
-
-
 @pytest.mark.parametrize(
     ("rows", "days", "extra", "held_for"),
     [(12_000, 1, "", "canary: a canary batch"), (2_000, 5, "  canary: 0\n", "rate_limit: This")],
@@ -153,7 +124,7 @@ def test_the_sensor_sends_held_batches_as_room_appears(
             status = batchpipe("status")
             assert "held: bulk 2026-11-03: 11990 request(s) not sent yet" in status.stdout
             assert "(canary: a canary batch of 10 request(s) goes first" in status.stdout
-        runs = _follow_ups(defs, instance, job, resource)
+        runs = sensor_follow_ups(defs, instance, job, resource, NAME, timeout=120)
         assert runs and all(run.success for run in runs)
         enriched = dg.AssetKey([NAME, "enriched"])
         done = instance.get_materialized_partitions(enriched)

@@ -14,6 +14,7 @@ import pytest
 
 from batchpipe.dagster import build_definitions
 from batchpipe.defs.resources import BatchpipeResource
+from tests.support import sensor_follow_ups, sensor_tick
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +27,7 @@ RESOURCE = BatchpipeResource(poll_seconds=0.1, wait=False)
 
 def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
     """One evaluation of the pipeline's sensor, as the daemon makes it."""
-    sensor = defs.resolve_sensor_def(f"{NAME}__batches")
-    return sensor(
-        dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={"batchpipe": RESOURCE},
-            repository_def=defs.get_repository_def(),
-        )
-    )
+    return sensor_tick(defs, instance, cursor, RESOURCE, NAME)
 
 
 def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -155,29 +148,6 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
     assert statuses == [("succeeded", 30)]
 
 
-def _follow_ups(defs: dg.Definitions, instance: dg.DagsterInstance, job: dg.JobDefinition) -> list:
-    """Tick the sensor as the daemon would and run what it asks for, until it has nothing
-    open: the runs it launched, in order."""
-    cursor, launched = None, []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        result = _tick(defs, instance, cursor)
-        if isinstance(result, dg.SkipReason):
-            return launched
-        cursor = result.cursor
-        for run in result.run_requests:
-            launched.append(
-                job.execute_in_process(
-                    partition_key=run.partition_key,
-                    asset_selection=run.asset_selection,
-                    instance=instance,
-                    tags=run.tags,
-                )
-            )
-        time.sleep(0.2)
-    raise AssertionError("the sensor still had open batches after 60 s")
-
-
 def test_a_retry_round_materializes_nothing_and_the_checks_run_once_when_final(
     demo_db: Path, private_emulator
 ) -> None:
@@ -191,7 +161,7 @@ def test_a_retry_round_materializes_nothing_and_the_checks_run_once_when_final(
     enriched = dg.AssetKey([NAME, "enriched"])
     with dg.instance_for_test() as instance:
         submitted = job.execute_in_process(partition_key=DAY, instance=instance)
-        runs = _follow_ups(defs, instance, job)
+        runs = sensor_follow_ups(defs, instance, job, RESOURCE, NAME)
         assert len(runs) >= 2  # at least one retry round before the final one
         for run in runs:
             assert run.success
