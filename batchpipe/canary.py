@@ -48,14 +48,15 @@ def decide(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date, pend
     with more than DEFAULT_ABOVE requests to send wait for one."""
     configured = pf.pipeline.request.canary
     size = DEFAULT_SIZE if configured is None else configured
-    if size == 0 or pending == 0:
+    # A partition too small for a canary is never held back by one, nor stopped.
+    if size == 0 or pending <= size or (configured is None and pending <= DEFAULT_ABOVE):
         return Canary("none")
     version = request_version(pf)
     scope = date if configured is not None else None
     sent = state.version_batches(con, pf.pipeline.name, version, scope)
     loaded = [batch_id for _, batch_id, st, _, _ in sent if st == "loaded" and batch_id]
     max_rate = pf.pipeline.output.max_error_rate
-    if loaded:
+    if loaded:  # only final errors count: a 5xx or an overload is the service's, not ours
         lines, errored, top = state.error_summary(con, loaded)
         if lines and errored / lines <= max_rate:
             return Canary("none")
@@ -68,10 +69,6 @@ def decide(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date, pend
     if any(st in state.OPEN_STATES for _, _, st, _, _ in sent):
         waiting = sum(n for _, _, st, n, _ in sent if st in state.OPEN_STATES)
         return Canary("wait", why=_waiting(waiting, pending))
-    if configured is None and pending <= DEFAULT_ABOVE:
-        return Canary("none")
-    if pending <= size:
-        return Canary("none")  # the canary would be the whole partition
     scope_words = "this partition" if configured is not None else "a new or changed request side"
     return Canary(
         "send",

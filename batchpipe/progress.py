@@ -449,6 +449,13 @@ def reporter_or(log: Log) -> Reporter:
     return _installed or Lines(log)
 
 
+def _columns(out: TextIO) -> int | None:
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def display(stream: TextIO) -> Iterator[Reporter]:
     """Snapshots shown on `stream`: the live table on a terminal, plain lines elsewhere.
@@ -459,7 +466,9 @@ def display(stream: TextIO) -> Iterator[Reporter]:
     out = _own_copy(stream)
     shown: Reporter
     if stream.isatty():
-        shown = LiveTable(Console(file=out))
+        # The terminal's own width: rich would believe a COLUMNS inherited from whoever
+        # started the process (a test runner, a wrapper) over the terminal it draws on.
+        shown = LiveTable(Console(file=out, width=_columns(out)))
     else:
         shown = Lines(lambda line: print(line, file=out, flush=True))
     try:

@@ -953,16 +953,17 @@ def version_batches(
 def error_summary(
     con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]
 ) -> tuple[int, int, list[tuple[str, int]]]:
-    """Over these batches' loaded results: lines, errored lines, and the most frequent
-    error messages (at most three) with their counts."""
+    """Over these batches' loaded results: lines, lines with a final error (not one of
+    RETRYABLE_ERRORS: those are the service's), and the most frequent of those errors'
+    messages (at most three) with their counts."""
+    final = f"result_type = 'errored' AND coalesce(error_type, '') NOT IN {RETRYABLE_ERRORS}"
     lines, errored = con.execute(
-        "SELECT count(*), count(*) FILTER (result_type = 'errored') FROM batchpipe_results "
-        "WHERE batch_id IN ?",
+        f"SELECT count(*), count(*) FILTER ({final}) FROM batchpipe_results WHERE batch_id IN ?",
         [list(batch_ids) or [""]],
     ).fetchone()
     top = con.execute(
         "SELECT coalesce(error_type || ': ', '') || coalesce(error_message, '(no message)'), "
-        "count(*) FROM batchpipe_results WHERE batch_id IN ? AND result_type = 'errored' "
+        f"count(*) FROM batchpipe_results WHERE batch_id IN ? AND {final} "
         "GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3",
         [list(batch_ids) or [""]],
     ).fetchall()

@@ -76,7 +76,7 @@ def test_a_run_without_a_terminal_writes_a_line_per_poll_as_the_counts_rise(
     assert run.stdout.rindex("spent so far") < summary  # the wait's lines come first
 
 
-def _on_a_terminal(*args: str, columns: int = 160) -> tuple[int, str]:
+def _on_a_terminal(*args: str, columns: int = 220) -> tuple[int, str]:
     """The CLI with a pseudo-terminal for its stdin, stdout and stderr, as a person runs it
     in a shell: its exit status and everything the terminal received."""
     leader, follower = pty.openpty()
@@ -127,7 +127,7 @@ def test_a_run_on_a_terminal_draws_a_live_table_then_prints_its_summary_below(
     assert not _progress(text)
     assert "waiting on the Message Batches API" in text
     for header in ("succeeded", "errored", "processing", "total", "held", "waited"):
-        assert header in text
+        assert header in text, text
     row = r"product_descriptions\s*│\s*2026-11-03\s*│\s*{}\s*│\s*0\s*│\s*{}\s*│\s*10\s*│\s*{}\s*│"
     assert re.search(row.format(0, 10, "0/1"), text), text  # the first poll
     final = list(re.finditer(row.format(10, 0, "1/0"), text))
