@@ -26,7 +26,7 @@ import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
 from batchpipe import budget, estimates, progress, state, warehouse
-from batchpipe.api import Outage, api_message, retry_after
+from batchpipe.api import API_PATIENCE_SECONDS, Outage, api_message, retry_after
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.state import State
@@ -57,9 +57,6 @@ WORKSPACE_LIMIT_WORDS = (
 # own batches is asked again before the list endpoint decides (see _retrieve_own).
 NOT_FOUND_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_NOT_FOUND_PATIENCE", "120"))
 MAX_QUEUED_VARIABLE = "BATCHPIPE_MAX_QUEUED_REQUESTS"
-# A 429 at create with no batch of this warehouse processing: nothing of ours will make
-# room, so after this long (from the first refusal) the run fails naming the limit.
-UNDRAINED_PATIENCE_SECONDS = float(os.environ.get("BATCHPIPE_API_PATIENCE", "900"))
 OPEN_BATCHES_MAX_AGE = dt.timedelta(hours=25)  # a batch ends (or expires) within 24 hours
 
 Log = Callable[[str], None]
@@ -194,11 +191,12 @@ def record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log
     a requests-per-minute 429 passes by itself)."""
     requests = held_requests(con, send)
     earlier = state.hold_of(con, send.pipeline, send.date)
-    since = earlier[3] if earlier and earlier[0] == held.reason else _now()
+    since = earlier.held_at if earlier and earlier.reason == held.reason else _now()
     upstream, queued = state.queued_upstream(con)
     if held.reason == "rate_limit" and upstream == 0:
         waited = (_now() - since).total_seconds()
-        if waited >= UNDRAINED_PATIENCE_SECONDS:
+        # Nothing of ours will make room: past the API's patience the run names the limit.
+        if waited >= API_PATIENCE_SECONDS:
             state.clear_hold(con, send.pipeline, send.date)
             raise BatchApiError(
                 f"the Batches API refused the batches of {send.pipeline} {send.date} for "
@@ -742,12 +740,20 @@ def retrieve_all(
 def _listed(
     api: anthropic.Anthropic, watch: list[Watch], outage: Outage | None
 ) -> dict[str, anthropic.types.messages.MessageBatch]:
-    """The watched batches the list endpoint shows, walking its newest-first pages until
-    every one is found or the pages reach batches older than the oldest watched intent
-    (less the clock skew): other teams' batches on the same key only add pages."""
-    wanted = {w.batch_id for w in watch}
+    """The watched batches the list endpoint shows, walking back no further than the
+    oldest watched intent (less the clock skew)."""
+    since = min(_since(w.sub) for w in watch)
+    return _find_listed(api, {w.batch_id for w in watch}, since, outage)
+
+
+def _find_listed(
+    api: anthropic.Anthropic, wanted: set[str], since: dt.datetime, outage: Outage | None = None
+) -> dict[str, anthropic.types.messages.MessageBatch]:
+    """The `wanted` batches the list endpoint shows, walking its newest-first pages until
+    every one is found or the pages reach batches created before `since`: other teams'
+    batches on the same key only add pages."""
     found: dict[str, anthropic.types.messages.MessageBatch] = {}
-    for batch in _created_since(api, min(_since(w.sub) for w in watch), outage):
+    for batch in _created_since(api, since, outage):
         if batch.id in wanted:
             found[batch.id] = batch
             if len(found) == len(wanted):
@@ -763,13 +769,9 @@ def retrieve_by_id(
     no further than a batch can stay open; one not listed is retrieved, and one neither
     endpoint knows is left out (asked again at the next poll)."""
     wanted = set(batch_ids)
-    found: dict[str, anthropic.types.messages.MessageBatch] = {}
+    found = {}
     if len(wanted) > 1:
-        for batch in _created_since(api, dt.datetime.now(dt.UTC) - OPEN_BATCHES_MAX_AGE):
-            if batch.id in wanted:
-                found[batch.id] = batch
-                if len(found) == len(wanted):
-                    break
+        found = _find_listed(api, wanted, dt.datetime.now(dt.UTC) - OPEN_BATCHES_MAX_AGE)
     for batch_id in sorted(wanted - found.keys()):
         try:
             found[batch_id] = api.messages.batches.retrieve(batch_id)
@@ -864,7 +866,7 @@ def wait_until_ended(
             with state.connect() as con:
                 watch = watching(con, pipeline, date)
                 hold = state.hold_of(con, pipeline, date)
-            if hold is not None and _now() >= hold[4]:
+            if hold is not None and _now() >= hold.retry_at:
                 return  # the held requests are due: the caller sends them
             seen = retrieve_all(api, watch, outage) if watch else []
             with state.connect() as con:
@@ -878,7 +880,7 @@ def wait_until_ended(
                 return
             pause = poll_seconds
             if hold is not None:
-                pause = min(pause, max((hold[4] - _now()).total_seconds(), 0.0))
+                pause = min(pause, max((hold.retry_at - _now()).total_seconds(), 0.0))
             time.sleep(pause)
     finally:
         shown.end(pipeline, date)

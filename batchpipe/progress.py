@@ -21,6 +21,7 @@ step's log. Imports neither Dagster nor (but for annotations) the SDK.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import os
@@ -87,17 +88,6 @@ def polled(batch: MessageBatch) -> Counts:
 
 
 @dataclass(frozen=True)
-class Hold:
-    """Requests of the partition kept back at its latest send, and why (state.hold_of)."""
-
-    reason: str
-    message: str
-    requests: int
-    held_at: dt.datetime  # UTC, aware
-    retry_at: dt.datetime  # UTC, aware
-
-
-@dataclass(frozen=True)
 class Sent:
     """A batch of the partition as the warehouse has it: its counts as last recorded, its
     expected estimate, and its cost once its results are loaded (None before)."""
@@ -113,7 +103,7 @@ class Recorded:
     """What the warehouse says of a partition, read in one short connection: the figures
     the API cannot give (the hold, the estimates, the loaded cost)."""
 
-    hold: Hold | None
+    hold: state.Hold | None
     sent: tuple[Sent, ...]
 
     def counts_of(self, batch_id: str) -> Counts | None:
@@ -122,8 +112,10 @@ class Recorded:
 
 def recorded(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> Recorded:
     hold = state.hold_of(con, pipeline, date)
+    if hold is not None:  # aware, as the SDK's timestamps it is compared with
+        hold = dataclasses.replace(hold, held_at=_utc(hold.held_at), retry_at=_utc(hold.retry_at))
     return Recorded(
-        Hold(hold[0], hold[1], int(hold[2]), _utc(hold[3]), _utc(hold[4])) if hold else None,
+        hold,
         tuple(_sent(row) for row in state.progress_batches(con, pipeline, date)),
     )
 
@@ -152,7 +144,7 @@ class Snapshot:
     expired: int
     batches_ended: int
     batches_open: int
-    hold: Hold | None
+    hold: state.Hold | None
     since: dt.datetime | None  # when the wait began: its oldest batch's creation, or the hold
     spend_usd: float  # loaded batches at their cost, the others estimated at batch price
     taken_at: dt.datetime
@@ -241,13 +233,13 @@ def spent(rec: Recorded, counts: Sequence[Counts]) -> float:
     return total
 
 
-def _held(hold: Hold | None) -> str:
+def _held(hold: state.Hold | None) -> str:
     if hold is None:
         return "0 held"
     return f"{hold.requests} held ({_why(hold)})"
 
 
-def _why(hold: Hold) -> str:
+def _why(hold: state.Hold) -> str:
     message = hold.message
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 3] + "..."

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -899,15 +900,25 @@ def clear_hold(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> 
     )
 
 
-def hold_of(
-    con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date
-) -> tuple[HoldReason, str, int, dt.datetime, dt.datetime] | None:
-    """(reason, message, requests, held_at, retry_at) of the partition's hold, or None."""
-    return con.execute(
+@dataclass(frozen=True)
+class Hold:
+    """A partition's row of batchpipe_holds: requests kept back at its latest send, why,
+    since when and from when they go out again (naive UTC, as the table holds them)."""
+
+    reason: HoldReason
+    message: str
+    requests: int
+    held_at: dt.datetime
+    retry_at: dt.datetime
+
+
+def hold_of(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> Hold | None:
+    row = con.execute(
         "SELECT reason, message, requests, held_at, retry_at FROM batchpipe_holds "
         "WHERE pipeline = ? AND partition_date = ?",
         [pipeline, date],
     ).fetchone()
+    return Hold(*row) if row else None
 
 
 def holds(con: duckdb.DuckDBPyConnection, names: list[str] | None) -> list[tuple]:

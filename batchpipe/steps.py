@@ -67,25 +67,7 @@ class BatchesSummary:
     canceled: int
     expired: int
     estimated_usd: float
-    hold: Hold | None = None
-
-
-@dataclass(frozen=True)
-class Hold:
-    """Requests of the partition held back, recorded and not sent, and why."""
-
-    reason: str
-    message: str
-    requests: int
-    retry_at: dt.datetime  # UTC: the next send tries them from then on
-
-
-def hold_of(con: duckdb.DuckDBPyConnection, name: str, date: dt.date) -> Hold | None:
-    found = state.hold_of(con, name, date)
-    if found is None:
-        return None
-    reason, message, count, _, retry_at = found
-    return Hold(reason, message, count, retry_at)
+    hold: state.Hold | None = None
 
 
 def submit(
@@ -190,7 +172,7 @@ def _batches_summary(
     # What the sensor polls: the partition's batches still running, and the candidates of
     # a create whose outcome is not yet known (their results decide whose they are).
     watched = state.watched_batch_ids(con, name, date)
-    return BatchesSummary(sent, batch_ids, watched, *counts, hold=hold_of(con, name, date))
+    return BatchesSummary(sent, batch_ids, watched, *counts, hold=state.hold_of(con, name, date))
 
 
 @dataclass(frozen=True)
@@ -199,7 +181,7 @@ class ResultsSummary:
     lines_loaded: int
     retried: int
     open_batch_ids: list[str] = field(default_factory=list)
-    hold: Hold | None = None
+    hold: state.Hold | None = None
 
 
 def load_results(
@@ -240,7 +222,7 @@ def load_results(
                     state.clear_hold(con, name, date)  # canceled: nothing is held for later
                 still_open = batches.open_submissions(con, name, date)
             open_ids = state.watched_batch_ids(con, name, date)
-            hold = hold_of(con, name, date)
+            hold = state.hold_of(con, name, date)
         if still_open and not wait:
             log(
                 f"{len(still_open)} batch(es) still processing or held; the sensor runs "
@@ -256,7 +238,7 @@ def load_results(
             was_held = hold is not None
             again = _send_pending(con, pf, date, api, log, poll_seconds)
             open_ids = state.watched_batch_ids(con, name, date)
-            hold = hold_of(con, name, date)
+            hold = state.hold_of(con, name, date)
         if again and not was_held:
             retried += again
             log(f"sent {again} retryable request(s) again")
@@ -311,7 +293,7 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
         open_subs = batches.open_submissions(con, name, date)
         # Requests a budget refused are final until the limit is raised: they show as such.
         pending = state.pending_unskipped(con, name, date, pf.pipeline.request.max_attempts)
-        hold = hold_of(con, name, date)
+        hold = state.hold_of(con, name, date)
     if hold is not None:
         return f"{hold.requests} request(s) of {date} held, not sent yet ({hold.message})"
     if open_subs:

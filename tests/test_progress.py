@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchpipe import progress
+from batchpipe import progress, state
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
 from tests.support import batchpipe, pipeline, query
@@ -222,7 +222,7 @@ def test_a_quiet_wait_writes_a_line_every_ten_polls_and_every_change_at_once() -
 
 
 def test_the_plain_line_says_every_figure_and_why_requests_are_held() -> None:
-    hold = progress.Hold(
+    hold = state.Hold(
         "rate_limit",
         "Number of request tokens has exceeded your per-minute rate limit",
         40,

@@ -149,3 +149,28 @@ def test_a_batch_rpm_limit_is_waited_out_as_the_api_asks(project: Path, private_
     assert record["refused"] >= 1
     assert record["refused_early"] == 0, record["early_calls"]
     assert set(_billed(url).values()) == {1}
+
+
+def test_a_queue_no_batch_of_ours_drains_fails_naming_the_limit_and_sends_once_later(
+    project: Path, private_emulator
+) -> None:
+    """A batch of 10 under a queue limit of 5, with nothing of this warehouse processing:
+    no wait makes room, so once BATCHPIPE_API_PATIENCE has passed the run fails in the
+    API's words, naming max_batch_requests, with nothing created. With the limit lifted,
+    the same command sends the held requests, each once."""
+    bulk_project(project, 10, per_batch=10, extra="  canary: 0\n")
+    url = private_emulator("--queue-limit", "5", latency=0.0)
+    stuck = batchpipe("run", NAME, "--date", DAY.isoformat(), env={"BATCHPIPE_API_PATIENCE": "3"})
+    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert "no batch of this warehouse is processing to make room" in stuck.stderr
+    assert "This request would exceed your organization's rate limit of 5" in stuck.stderr
+    assert "request.max_batch_requests" in stuck.stderr
+    assert _record(url)["refused"] >= 2 and not _billed(url)
+
+    body = json.dumps({"queue_limit": None}).encode()
+    lift = urllib.request.Request(f"{url}/_emulator/faults", data=body, method="POST")
+    urllib.request.urlopen(lift, timeout=5).close()
+    resumed = batchpipe("run", NAME, "--date", DAY.isoformat())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _statuses(project) == [("succeeded", 10)]
+    assert set(_billed(url).values()) == {1} and len(_billed(url)) == 10

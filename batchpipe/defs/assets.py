@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import dagster as dg
 
-from batchpipe import steps, warehouse
+from batchpipe import state, steps, warehouse
 from batchpipe.api import reaching
 from batchpipe.defs import metadata as md
 from batchpipe.defs import specs
@@ -187,7 +187,7 @@ def _batch_status_metadata(summary: steps.BatchesSummary) -> dict:
     }
 
 
-def _hold_metadata(hold: steps.Hold | None) -> dict:
+def _hold_metadata(hold: state.Hold | None) -> dict:
     """What is held back and when it goes out: the sensor reads HELD and HELD_UNTIL."""
     if hold is None:
         return {md.HELD: 0}
