@@ -47,12 +47,13 @@ def run_partition(
     step's own message when a step fails.
     """
     check_date(pf, date)
+    resource = resource or BatchpipeResource(wait=True)
     with instance() as dagster_instance:
         result = dg.materialize(
             [source_spec(pf), *pipeline_assets(pf)],
             partition_key=date.isoformat(),
             # The CLI waits for the batches to end, so one command does the whole partition.
-            resources={"batchpipe": resource or BatchpipeResource(wait=True)},
+            resources={"batchpipe": resource},
             instance=dagster_instance,
             raise_on_error=False,
             # The steps' own lines (and a failure's message) are printed by the caller;
@@ -60,9 +61,32 @@ def run_partition(
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             tags={md.PIPELINE_TAG: pf.pipeline.name},
         )
-    if not result.success:
-        raise BatchpipeError(_failure_message(result))
-    return _describe(result)
+        if not result.success:
+            raise BatchpipeError(_failure_message(result))
+        lines = _describe(result)
+        if resource.waits(pf.pipeline.request.wait) and not _wrote_enriched(result):
+            # A run that waits ends with the partition written, or says why it is not:
+            # exit 0 with no output partition would be a false mark.
+            why = _not_materialized(dagster_instance, result.run_id)
+            raise BatchpipeError(f"{pf.pipeline.name} {date} was not finished: {why}")
+    return lines
+
+
+def _wrote_enriched(result: dg.ExecuteInProcessResult) -> bool:
+    return any(
+        e.event_specific_data.materialization.asset_key.path[-1] == "enriched"
+        for e in result.get_asset_materialization_events()
+    )
+
+
+def _not_materialized(dagster_instance: dg.DagsterInstance, run_id: str) -> str:
+    """What the results or enriched step logged about not materializing."""
+    said = [
+        entry.user_message
+        for entry in dagster_instance.all_logs(run_id)
+        if " not materialized " in (entry.user_message or "")
+    ]
+    return said[-1] if said else "the enriched step wrote nothing; see the Dagster run logs"
 
 
 def check_date(pf: PipelineFile, date: dt.date) -> None:

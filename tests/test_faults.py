@@ -187,7 +187,9 @@ def test_twenty_partitions_through_faults_equal_a_fault_free_run(
         """,
     )
     assert [row[0] for row in coverage] == DAYS
-    assert all(rows == out == distinct_out == 30 for _, rows, out, distinct_out, _ in coverage)
+    assert all(rows == out == distinct_out == 30 for _, rows, out, distinct_out, _ in coverage), (
+        coverage
+    )
     assert sum(row[4] for row in coverage) == 0, coverage  # no missing or expired left
     (total_rows,) = read(faulty_db, "SELECT count(*) FROM product_descriptions")[0]
     assert total_rows == 600  # nothing extra, nothing twice
