@@ -21,6 +21,7 @@ from batchpipe.errors import BatchpipeError, ConfigError, scrub, scrubbed
 EXAMPLES = """examples:
   batchpipe run product_descriptions --date 2026-11-03
   batchpipe run --all --date 2026-11-03
+  batchpipe retry product_descriptions --date 2026-11-03
   batchpipe validate
   batchpipe show product_descriptions --date 2026-11-03
   batchpipe costs --since 2026-11-01 --by pipeline
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_selection(run)
     run.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
     run.set_defaults(handler=_run)
+
+    retry = sub.add_parser(
+        "retry", help="send again a partition's requests that came back for lack of credit"
+    )
+    retry.add_argument("names", nargs=1, metavar="NAME")
+    retry.add_argument("--date", required=True, type=_date, help="the run date, YYYY-MM-DD")
+    retry.set_defaults(handler=_retry, all=False)
 
     show = sub.add_parser("show", help="print a few enriched rows and the partition's cost")
     _add_selection(show)
@@ -183,6 +191,23 @@ def _run(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"error: {scrub(err.message)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    """A run of one partition, once requests of it wait for credit: the run sends what
+    is pending, and after a credit stop that is those requests (and any retryable ones
+    the stop kept from their follow-up round); nothing answered is sent again."""
+    from batchpipe import state
+
+    (pf,) = _select(args)
+    name, date = pf.pipeline.name, args.date
+    with state.connect(read_only=True) as con:
+        count, _ = state.pending_unbilled(con, name, date, pf.pipeline.request.max_attempts)
+    if not count:
+        print(f"nothing to retry: no request of {name} {date} is waiting for credit")
+        return 0
+    print(f"{count} request(s) of {name} {date} came back for lack of credit: sending them again")
+    return _run(args)
 
 
 def _show(args: argparse.Namespace) -> int:

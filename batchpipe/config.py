@@ -143,7 +143,8 @@ class Request(_Strict):
             ge=1,
             le=10,
             description="Sends of a request whose result is retryable (expired, api_error, "
-            "overloaded_error), first one included.",
+            "overloaded_error), first one included. A request the API left unrun because the "
+            "credit ran out (errored_billing) gets as many resends again, counted apart.",
         ),
     ] = 3
     canary: Annotated[

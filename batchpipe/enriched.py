@@ -108,14 +108,18 @@ def _summarize(
 
 
 def _status_counts(con: duckdb.DuckDBPyConnection, resolved: Resolved, date: dt.date) -> tuple:
-    """Rows of the partition, then by result_status: succeeded, errored, expired,
-    canceled, missing."""
+    """Rows of the partition, then by result_status: succeeded, errored (for lack of
+    credit too, once its resends are spent), expired, canceled, missing."""
+    statuses = (
+        "'succeeded'",
+        "'errored', 'errored_billing'",
+        "'expired'",
+        "'canceled'",
+        "'missing'",
+    )
     return con.execute(
         "SELECT count(*), "
-        + ", ".join(
-            f"count(*) FILTER (result_status = '{status}')"
-            for status in ("succeeded", "errored", "expired", "canceled", "missing")
-        )
+        + ", ".join(f"count(*) FILTER (result_status IN ({s}))" for s in statuses)
         + f" FROM {_table_sql(resolved)} WHERE partition_date = ?",
         [date],
     ).fetchone()

@@ -42,6 +42,14 @@ UNCACHED = (
 )
 
 
+# How the API words a request left unrun because the credit ran out mid-batch
+# (bespokelabsai/curator#296: "Your credit balance is too low to access the Anthropic
+# API..."): such lines are kept as errored_billing, unbilled and sent again later.
+NO_CREDIT_SQL = (
+    "j.result.type = 'errored' AND j.result.error.error.message ILIKE '%credit balance is too low%'"
+)
+
+
 def _usage(field: str) -> str:
     return f"coalesce({USAGE}.{field}, 0)"
 
@@ -92,7 +100,7 @@ def load_results_files(
 
 def _result_columns(model: str) -> str:
     """batchpipe_results' columns from result_type on, from a parsed line `j`."""
-    return f"""j.result.type,
+    return f"""CASE WHEN {NO_CREDIT_SQL} THEN 'errored_billing' ELSE j.result.type END,
         CASE WHEN j.result.type = 'succeeded' THEN {TEXT_SQL} END,
         j.result.message.stop_reason, j.result.message.model,
         {_usage("input_tokens")}, {_usage("output_tokens")},

@@ -32,7 +32,9 @@ UNSENT_STATES: tuple[State, ...] = ("intent", "submitting")  # no batch known; m
 # A candidate batch's verdict: NULL (unproven), ours, foreign (its results answer other
 # requests), released (another candidate proved ours) or gone (deleted upstream).
 Verdict = Literal["ours", "foreign", "released", "gone"]
-ResultType = Literal["succeeded", "errored", "canceled", "expired"]
+# errored_billing: errored because the credit ran out (results.py tells them apart); not
+# billed, and not the request's fault: sent again, its sends counted apart.
+ResultType = Literal["succeeded", "errored", "errored_billing", "canceled", "expired"]
 HoldReason = Literal["rate_limit", "queue_cap", "canary"]
 # result_status of a row a budget stopped from being sent (budget.py says why).
 SKIPPED_STATUS = "skipped_budget"
@@ -360,8 +362,12 @@ def pending_sql(requests: str = "batchpipe_requests") -> str:
     """The requests of a partition that still need sending, one per distinct request
     (identical rows share one answer): no succeeded result for the identical request
     anywhere in the pipeline's history, and either no result yet or a retryable one
-    (expired, api_error, overloaded_error) with attempts left. invalid_request and other
-    errors are final, and so is a cancel; requests in an open batch are not pending.
+    (expired, api_error, overloaded_error) with attempts left, or one errored for lack of
+    credit (errored_billing) with credit resends left: those sends are counted apart, so
+    a request gets max_attempts sends of its own and max_attempts resends after credit
+    errors. invalid_request and other errors are final, and so is a cancel; requests in
+    an open batch are not pending. `last_result` and `last_error` are the latest
+    result's type and error message.
     `requests` holds the partition's requests (batchpipe_requests, or the dry run's own
     table). Parameters: see `pending_params`."""
     return f"""
@@ -369,7 +375,9 @@ WITH latest AS (
     SELECT request_hash,
            bool_or(result_type = 'succeeded') AS answered,
            arg_max(result_type, loaded_at) AS result_type,
-           arg_max(error_type, loaded_at) AS error_type
+           arg_max(error_type, loaded_at) AS error_type,
+           arg_max(error_message, loaded_at) AS error_message,
+           count(*) FILTER (result_type = 'errored_billing') AS unbilled
     FROM batchpipe_results WHERE pipeline = $pipeline GROUP BY request_hash
 ),
 attempts AS (
@@ -379,15 +387,17 @@ attempts AS (
     GROUP BY r.request_hash
 )
 SELECT min(r.custom_id) AS custom_id, r.request_hash,
-       any_value(r.input_chars) AS input_chars
+       any_value(r.input_chars) AS input_chars, any_value(l.result_type) AS last_result,
+       any_value(l.error_message) AS last_error
 FROM {requests} AS r
 LEFT JOIN latest AS l USING (request_hash)
 LEFT JOIN attempts AS a USING (request_hash)
 WHERE r.pipeline = $pipeline AND r.partition_date = $date
   AND NOT coalesce(l.answered, false)
-  AND (l.result_type IS NULL OR l.result_type = 'expired'
+  AND (l.result_type IS NULL OR l.result_type IN ('expired', 'errored_billing')
        OR l.error_type IN {RETRYABLE_ERRORS})
-  AND coalesce(a.sent, 0) < $max_attempts
+  AND coalesce(a.sent, 0) - coalesce(l.unbilled, 0) < $max_attempts
+  AND coalesce(l.unbilled, 0) <= $max_attempts
   AND r.request_hash NOT IN (  -- in flight: an open batch will answer it
       SELECT r2.request_hash
       FROM batchpipe_batch_requests AS r2 JOIN batchpipe_batches AS b2 USING (submission_id)
@@ -410,6 +420,19 @@ def pending_size(
         pending_params(pipeline, date, max_attempts),
     ).fetchone()
     return int(count), int(chars)
+
+
+def pending_unbilled(
+    con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date, max_attempts: int
+) -> tuple[int, str | None]:
+    """Pending requests whose latest result errored for lack of credit (they wait for a
+    person to add credit, not for the next round of retries), and the API's words."""
+    count, message = con.execute(
+        f"SELECT count(*), any_value(last_error) FROM ({pending_sql()}) "
+        "WHERE last_result = 'errored_billing'",
+        pending_params(pipeline, date, max_attempts),
+    ).fetchone()
+    return int(count), message
 
 
 def pending_unskipped(

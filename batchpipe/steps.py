@@ -235,6 +235,10 @@ def load_results(
         if not retry:
             break
         with state.connect() as con:
+            no_credit = unbilled(con, pf, date)
+        if no_credit:  # sending them again now would only meet the empty balance again
+            raise BatchApiError(no_credit)
+        with state.connect() as con:
             was_held = hold is not None
             again = _send_pending(con, pf, date, api, log, poll_seconds)
             open_ids = state.watched_batch_ids(con, name, date)
@@ -251,6 +255,20 @@ def load_results(
         if hold is not None and not open_ids:
             batches.wait_until_ended(api, name, date, poll_seconds, log)
     return ResultsSummary(loaded_batches, lines, retried, open_ids, hold)
+
+
+def unbilled(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date) -> str | None:
+    """What to tell a person when requests of the partition came back unrun for lack of
+    credit (and with resends left), or None."""
+    name = pf.pipeline.name
+    count, words = state.pending_unbilled(con, name, date, pf.pipeline.request.max_attempts)
+    if not count:
+        return None
+    return (
+        f"{count} request(s) of {date} came back unrun and unbilled: {words} Add credit, "
+        f"then `batchpipe retry {name} --date {date}` (or materialize {name}/batch_status) "
+        "sends only those again; their resends are counted apart from max_attempts' retries"
+    )
 
 
 def _load_ended(
@@ -294,8 +312,11 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
         # Requests a budget refused are final until the limit is raised: they show as such.
         pending = state.pending_unskipped(con, name, date, pf.pipeline.request.max_attempts)
         hold = state.hold_of(con, name, date)
+        no_credit = unbilled(con, pf, date)
     if hold is not None:
         return f"{hold.requests} request(s) of {date} held, not sent yet ({hold.message})"
+    if no_credit:
+        return no_credit
     if open_subs:
         return f"{len(open_subs)} batch(es) of {date} not ended yet"
     if pending:
