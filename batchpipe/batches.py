@@ -9,6 +9,7 @@ endpoint before anything is sent again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -710,6 +711,12 @@ def watching(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> li
     return watch
 
 
+# The results_url of each ended batch this process has polled. A download from it needs
+# no retrieve first (the SDK's results() retrieves), and every call counts against the
+# batch endpoints' requests-per-minute limit.
+_RESULTS_URLS: dict[str, str] = {}
+
+
 def retrieve_all(
     api: anthropic.Anthropic, watch: list[Watch], outage: Outage | None = None
 ) -> list[anthropic.types.messages.MessageBatch | None]:
@@ -734,6 +741,7 @@ def retrieve_all(
                 seen.append(None)  # deleted by whoever sent it: it was not ours to wait on
             else:
                 seen.append(_retrieve_own(api, w, retrieve))
+    _RESULTS_URLS.update((b.id, b.results_url) for b in seen if b is not None and b.results_url)
     return seen
 
 
@@ -1005,15 +1013,30 @@ def _whole(path: Path, expected_lines: int) -> str | None:
 
 
 def _stream_to(api: anthropic.Anthropic, batch_id: str, path: Path) -> None:
-    with (
-        api.messages.batches.with_streaming_response.results(batch_id) as response,
-        path.open("wb") as out,
-    ):
-        for chunk in response.iter_bytes():
+    with _results_bytes(api, batch_id) as chunks, path.open("wb") as out:
+        for chunk in chunks:
             out.write(chunk)
             kill_point("mid_download")
         out.flush()
         os.fsync(out.fileno())
+
+
+@contextlib.contextmanager
+def _results_bytes(api: anthropic.Anthropic, batch_id: str) -> Iterator[Iterator[bytes]]:
+    """The batch's results file as it streams: from the results_url a poll saw, in one
+    call through the SDK's client (its retries, errors and retry-after gate), else by the
+    SDK's results(), which retrieves the batch first."""
+    url = _RESULTS_URLS.get(batch_id)
+    if url is None:
+        with api.messages.batches.with_streaming_response.results(batch_id) as response:
+            yield response.iter_bytes()
+        return
+    headers = {"Accept": "application/binary"}
+    response = api.get(url, cast_to=httpx2.Response, options={"headers": headers}, stream=True)
+    try:
+        yield response.iter_bytes()
+    finally:
+        response.close()
 
 
 def _now() -> dt.datetime:

@@ -49,11 +49,13 @@ def test_a_batch_not_found_right_after_its_create_is_waited_for_not_sent_again(
 
 
 def test_many_batches_are_polled_with_one_list_call_not_one_retrieve_each(
-    tmp_path: Path, private_emulator
+    tmp_path: Path, private_emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch endpoints share one requests-per-minute limit: a partition waiting on
     several batches reads them from one page of the list endpoint, and each comes back as
-    retrieve would show it."""
+    retrieve would show it; a polled batch's results are then downloaded in one call,
+    without the retrieve the SDK's results() makes first."""
+    monkeypatch.setenv("BATCHPIPE_STATE", str(tmp_path / "state"))
     url = private_emulator(latency=0.2)
     calls: list[str] = []
     api = anthropic.Anthropic(
@@ -82,6 +84,10 @@ def test_many_batches_are_polled_with_one_list_call_not_one_retrieve_each(
     assert [b.id for b in seen] == [b.id for b in created]
     for batch in seen:
         assert batch == api.messages.batches.retrieve(batch.id)
+    calls.clear()
+    path = batches.download_results(api, created[0].id, 1)
+    assert calls == [f"GET /v1/messages/batches/{created[0].id}/results"]
+    assert json.loads(path.read_text())["custom_id"] == "r0"
 
 
 def _fault(url: str, **settings: object) -> None:
