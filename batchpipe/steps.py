@@ -241,6 +241,9 @@ def load_results(
         with state.connect() as con:
             was_held = hold is not None
             again = _send_pending(con, pf, date, api, log, poll_seconds)
+            # Not only what `again` counts: a create whose outcome is unknown went out as
+            # a provisional batch, awaited like any other.
+            still_open = batches.open_submissions(con, name, date)
             open_ids = state.watched_batch_ids(con, name, date)
             hold = state.hold_of(con, name, date)
         if again and not was_held:
@@ -248,7 +251,7 @@ def load_results(
             log(f"sent {again} retryable request(s) again")
         elif again:
             log(f"sent {again} request(s) that were held")
-        if not again and hold is None:
+        if not still_open and hold is None:
             break
         if not wait:
             break
