@@ -236,9 +236,8 @@ def load_results(
             break
         with state.connect() as con:
             no_credit = unbilled(con, pf, date)
-        if no_credit:  # sending them again now would only meet the empty balance again
-            raise BatchApiError(no_credit)
-        with state.connect() as con:
+            if no_credit:  # sending them again now would only meet the empty balance again
+                raise BatchApiError(no_credit)
             was_held = hold is not None
             again = _send_pending(con, pf, date, api, log, poll_seconds)
             # Not only what `again` counts: a create whose outcome is unknown went out as
@@ -270,7 +269,8 @@ def unbilled(con: duckdb.DuckDBPyConnection, pf: PipelineFile, date: dt.date) ->
     return (
         f"{count} request(s) of {date} came back unrun and unbilled: {words} Add credit, "
         f"then `batchpipe retry {name} --date {date}` (or materialize {name}/batch_status) "
-        "sends only those again; their resends are counted apart from max_attempts' retries"
+        "sends what is pending again: those, and any retryable ones this stop kept back; "
+        "their resends are counted apart from max_attempts' retries"
     )
 
 

@@ -178,6 +178,15 @@ def advance_emulator_clock(url: str, seconds: float) -> None:
         pass
 
 
+def set_emulator_limits(url: str, **settings: object) -> None:
+    """Change the emulator's limits or faults at run time (`None` turns one off), as an
+    operator's account changes: a limit lifted, credit added."""
+    body = json.dumps(settings).encode()
+    post = urllib.request.Request(f"{url}/_emulator/faults", data=body, method="POST")
+    with urllib.request.urlopen(post, timeout=5):
+        pass
+
+
 BULK_PIPELINE = """\
 name: bulk
 source:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,14 @@ import anthropic
 import pytest
 
 from batchpipe import batches
-from tests.support import batchpipe, ledger, query, request_of, wait_ended
+from tests.support import (
+    batchpipe,
+    ledger,
+    query,
+    request_of,
+    set_emulator_limits,
+    wait_ended,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -90,14 +96,6 @@ def test_many_batches_are_polled_with_one_list_call_not_one_retrieve_each(
     assert json.loads(path.read_text())["custom_id"] == "r0"
 
 
-def _fault(url: str, **settings: object) -> None:
-    """Change the emulator's limits at run time, as an operator's account changes."""
-    body = json.dumps(settings).encode()
-    post = urllib.request.Request(f"{url}/_emulator/faults", data=body, method="POST")
-    with urllib.request.urlopen(post, timeout=5):
-        pass
-
-
 @pytest.mark.parametrize(
     ("flag", "key", "words"),
     [
@@ -132,7 +130,7 @@ def test_a_spend_limit_stops_the_run_at_once_and_the_held_rows_go_out_once_it_li
     assert ("1st of the next month" in stopped.stderr) == (key == "spend_limit_usd")
     assert len(list(upstream.messages.batches.list())) == 1
 
-    _fault(url, **{key: None})
+    set_emulator_limits(url, **{key: None})
     resumed = batchpipe("run", "product_descriptions", "--date", DAY)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len(list(upstream.messages.batches.list())) == 3

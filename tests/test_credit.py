@@ -11,8 +11,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.support import batchpipe, ledger, query, request_of
-from tests.test_api_limits import _fault
+from tests.support import batchpipe, ledger, query, request_of, set_emulator_limits
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +68,7 @@ def test_requests_left_unrun_for_credit_stop_the_run_and_retry_sends_only_them(
     written = "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'product_descriptions'"
     assert query(demo_db, written) == [(0,)]  # no partition written: it is not final
 
-    _fault(url, credit_usd=None)  # credit added
+    set_emulator_limits(url, credit_usd=None)  # credit added
     resumed = batchpipe(*RETRY)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{rows - 1} request(s) of product_descriptions {DAY} came back" in resumed.stdout

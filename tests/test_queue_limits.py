@@ -24,6 +24,7 @@ from tests.support import (
     query,
     request_of,
     sensor_follow_ups,
+    set_emulator_limits,
 )
 
 pytestmark = pytest.mark.slow
@@ -167,9 +168,7 @@ def test_a_queue_no_batch_of_ours_drains_fails_naming_the_limit_and_sends_once_l
     assert "request.max_batch_requests" in stuck.stderr
     assert _record(url)["refused"] >= 2 and not _billed(url)
 
-    body = json.dumps({"queue_limit": None}).encode()
-    lift = urllib.request.Request(f"{url}/_emulator/faults", data=body, method="POST")
-    urllib.request.urlopen(lift, timeout=5).close()
+    set_emulator_limits(url, queue_limit=None)
     resumed = batchpipe("run", NAME, "--date", DAY.isoformat())
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _statuses(project) == [("succeeded", 10)]
