@@ -208,11 +208,12 @@ def record_hold(con: duckdb.DuckDBPyConnection, send: Send, held: Held, log: Log
                 "not sent; run the same command again once there is room: each goes out once"
             )
     delay = max(held.retry_after or send.poll_seconds, 1.0)
-    with warehouse.transaction(con):
-        state.record_hold(
-            con, send.pipeline, send.date, reason=held.reason, message=held.message,
-            requests=requests, held_at=since, retry_at=_now() + dt.timedelta(seconds=delay),
-        )  # fmt: skip
+    for attempt in warehouse.transactions(con, "record the hold"):
+        with attempt:
+            state.record_hold(
+                con, send.pipeline, send.date, reason=held.reason, message=held.message,
+                requests=requests, held_at=since, retry_at=_now() + dt.timedelta(seconds=delay),
+            )  # fmt: skip
     log(
         f"held {requests} request(s) of {send.date}, recorded and not sent: {held.message}. "
         f"{upstream} batch(es) of this warehouse are processing ({queued} request(s)); "
@@ -316,7 +317,8 @@ def _send_chunks(
                     if isinstance(following, budget.Refusal):
                         refused = following
                     else:
-                        upcoming = (following, builder.submit(_body_on, con.cursor(), following))
+                        other = warehouse.cursor(con)
+                        upcoming = (following, builder.submit(_body_on, other, following))
             try:
                 sent += _finish_submission(
                     con, api, sub, log, interrupted=False, betas=send.betas, body=body
@@ -356,33 +358,38 @@ def _record_intent(
     the limit is checked against what is committed at that instant, by this run or any
     other."""
     submission_id, intent_at = uuid.uuid4().hex, _now()
-    with warehouse.transaction(con):
-        estimate = None
-        if send.spend is not None:
-            estimate = send.spend.price(*state.chunk_size(con, per_batch, chunk))
-            refusal = budget.check(
-                con, send.spend.limits, send.pipeline, send.date, estimate.high_usd,
-                intent_at.date(),
-            )  # fmt: skip
+    for attempt in warehouse.transactions(con, "record the intent"):
+        with attempt:
+            estimate = refusal = None
+            if send.spend is not None:
+                estimate = send.spend.price(*state.chunk_size(con, per_batch, chunk))
+                refusal = budget.check(
+                    con, send.spend.limits, send.pipeline, send.date, estimate.high_usd,
+                    intent_at.date(),
+                )  # fmt: skip
             if refusal is not None:
                 budget.record_skipped(con, send.pipeline, send.date, refusal, per_batch * chunk)
-                return refusal
-        count = state.record_intent(
-            con,
-            submission_id=submission_id,
-            token=token(submission_id),
-            wire_id_sql=WIRE_ID_SQL,
-            pipeline=send.pipeline,
-            date=send.date,
-            model=send.model,
-            intent_at=intent_at,
-            per_batch=per_batch,
-            chunk=chunk,
-            estimate=(
-                (estimate.low_usd, estimate.expected_usd, estimate.high_usd) if estimate else None
-            ),
-            request_version=send.request_version,
-        )
+                continue  # the attempt commits it (a `return` here would skip a retry)
+            count = state.record_intent(
+                con,
+                submission_id=submission_id,
+                token=token(submission_id),
+                wire_id_sql=WIRE_ID_SQL,
+                pipeline=send.pipeline,
+                date=send.date,
+                model=send.model,
+                intent_at=intent_at,
+                per_batch=per_batch,
+                chunk=chunk,
+                estimate=(
+                    (estimate.low_usd, estimate.expected_usd, estimate.high_usd)
+                    if estimate
+                    else None
+                ),
+                request_version=send.request_version,
+            )
+    if refusal is not None:
+        return refusal
     return Submission(submission_id, None, "intent", count, intent_at)
 
 
@@ -496,6 +503,8 @@ def _body_to_send(
     interrupted create whose batch may be upstream (now held for proof), or an intent
     whose requests were rebuilt since it was recorded (dropped; the caller sends what is
     pending now)."""
+    if not sub.request_count:  # another run's batch took every request first
+        return None
     if interrupted:
         found = _reconcile(con, api, sub)
         if found:
@@ -632,10 +641,11 @@ def _prove(
     path = download_results(api, batch.id, _size(batch), log)
     lines, ours = _count_matches(con, path, sub)
     if ours == lines == sub.request_count:
-        with warehouse.transaction(con):
-            state.prove_ours(con, sub.submission_id, batch.id)
-            _record_created(con, sub.submission_id, batch)
-            record_status(con, sub.submission_id, batch)
+        for attempt in warehouse.transactions(con, "prove the batch ours"):
+            with attempt:
+                state.prove_ours(con, sub.submission_id, batch.id)
+                _record_created(con, sub.submission_id, batch)
+                record_status(con, sub.submission_id, batch)
         log(f"batch {batch.id} is this pipeline's: its results answer the requests it was sent")
         return
     if ours:
@@ -656,11 +666,12 @@ def _release(
     verdict: Literal["foreign", "gone"],
     log: Log,
 ) -> None:
-    with warehouse.transaction(con):
-        state.set_verdict(con, sub.submission_id, batch_id, verdict)
-        left = state.unproven_candidates(con, sub.submission_id)
-        if not left:
-            state.set_state(con, sub.submission_id, "intent")
+    for attempt in warehouse.transactions(con, "release the candidate"):
+        with attempt:
+            state.set_verdict(con, sub.submission_id, batch_id, verdict)
+            left = state.unproven_candidates(con, sub.submission_id)
+            if not left:
+                state.set_state(con, sub.submission_id, "intent")
     why = "its results answer other requests" if verdict == "foreign" else "it is gone upstream"
     log(
         f"batch {batch_id} is not this pipeline's ({why}); left alone, not canceled"

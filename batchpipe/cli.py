@@ -363,7 +363,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     with state.connect() as con:
         con.execute(path.read_text(encoding="utf-8"))
         tables = warehouse.table_names(con)
-    print(f"demo tables ready in {warehouse.database()}: {', '.join(tables)}")
+    print(f"demo tables ready in {warehouse.label()}: {', '.join(tables)}")
     return 0
 
 

@@ -61,22 +61,23 @@ def _replace_partition(con: duckdb.DuckDBPyConnection, resolved: Resolved, date:
     select, params = pipeline_sql.enriched_select(resolved, date)
     pipeline_sql.bind_date(con, date, pipeline.partitions.timezone)
     pipeline_sql.register_templates(con, resolved)
-    with warehouse.transaction(con):
-        # Again here, in the writing transaction: resolve ran before the batches were sent.
-        hold = ownership.check_output_table(con, resolved.file)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
-        if hold in ("new", "adopting"):
-            ownership.record_owner(con, resolved.file, adopted=hold == "adopting")
-        _add_new_columns(con, out, select, params)
-        if pipeline.output.mode == "replace_partition":
-            con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
-        else:  # append: keep every other row; a row written again replaces itself by key
-            keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
-            con.execute(
-                f"DELETE FROM {out} WHERE ({keys}) IN (SELECT ({keys}) FROM ({select}))", params
-            )
-        kill_point("mid_enriched_write")
-        con.execute(f"INSERT INTO {out} BY NAME {select}", params)
+    for attempt in warehouse.transactions(con, "write the output partition"):
+        with attempt:
+            # Again here, in the writing transaction: resolve ran before the batches were sent.
+            hold = ownership.check_output_table(con, resolved.file)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {out} AS {select} LIMIT 0", params)
+            if hold in ("new", "adopting"):
+                ownership.record_owner(con, resolved.file, adopted=hold == "adopting")
+            _add_new_columns(con, out, select, params)
+            if pipeline.output.mode == "replace_partition":
+                con.execute(f"DELETE FROM {out} WHERE partition_date = ?", [date])
+            else:  # append: keep every other row; a row written again replaces itself by key
+                keys = ", ".join(quote_ident(k) for k in pipeline.source.key_columns)
+                con.execute(
+                    f"DELETE FROM {out} WHERE ({keys}) IN (SELECT ({keys}) FROM ({select}))", params
+                )
+            kill_point("mid_enriched_write")
+            con.execute(f"INSERT INTO {out} BY NAME {select}", params)
 
 
 def _table_sql(resolved: Resolved) -> str:

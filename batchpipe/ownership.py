@@ -60,7 +60,7 @@ def check_output_table(con: duckdb.DuckDBPyConnection, pf: PipelineFile) -> Outp
     if kind != "BASE TABLE":
         raise pf.error(
             ("output", "table"),
-            f"{table!r} is a view in {warehouse.database()}, not a table batchpipe can "
+            f"{table!r} is a view in {warehouse.label()}, not a table batchpipe can "
             "write: choose another output.table",
         )
     if _written_here(con, table, name):
@@ -70,7 +70,7 @@ def check_output_table(con: duckdb.DuckDBPyConnection, pf: PipelineFile) -> Outp
     if not output.adopt_existing:
         raise pf.error(
             ("output", "table"),
-            f"table {table!r} already exists in {warehouse.database()} and batchpipe did not "
+            f"table {table!r} already exists in {warehouse.label()} and batchpipe did not "
             "create it (no pipeline owns it in batchpipe_outputs); a run would add columns "
             "to it and delete and insert its rows. Choose another output.table, or, to write "
             "into this table deliberately, set output.adopt_existing: true",

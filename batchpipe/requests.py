@@ -49,11 +49,12 @@ def build_requests(
     register_templates(con, resolved)
     bind_date(con, date, resolved.file.pipeline.partitions.timezone)
     check_keys(con, resolved, date)
-    with warehouse.transaction(con):
-        with rendering(resolved):
-            state.replace_requests(con, name, date, rows_sql(resolved))
-        # Inside the transaction: a refused partition keeps the requests it had.
-        check_context(con, resolved, state.requests_of(name, RUN_DATE), date)
+    for attempt in warehouse.transactions(con, "rebuild the partition's requests"):
+        with attempt:
+            with rendering(resolved):
+                state.replace_requests(con, name, date, rows_sql(resolved))
+            # Inside the transaction: a refused partition keeps the requests it had.
+            check_context(con, resolved, state.requests_of(name, RUN_DATE), date)
     requests = state.request_count(con, name, date)
     return RequestsSummary(requests=requests, estimate=estimate_pending(con, resolved.file, date))
 

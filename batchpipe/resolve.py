@@ -89,7 +89,7 @@ def _describe_source(pf: PipelineFile, con: duckdb.DuckDBPyConnection, problem) 
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problem(
                 ("source", "table"),
-                f"table {source.table!r} does not exist in {warehouse.database()}{hint} "
+                f"table {source.table!r} does not exist in {warehouse.label()}{hint} "
                 f"(tables: {', '.join(known) or 'none'})",
             )
             return source_sql, {}

@@ -78,23 +78,29 @@ def load_results_files(
     """
     if not files:
         return 0
-    lines = sum(f.lines for f in files)
-    sources = [[str(f.path), f.submission_id, f.batch_id] for f in files]
-    with warehouse.transaction(con):
-        loaded = state.insert_results(
-            con,
-            pipeline,
-            f"""{_lines("$paths")}
-            JOIN (SELECT s[1] AS path, s[2] AS submission_id, s[3] AS batch_id
-                  FROM (SELECT unnest($sources::VARCHAR[][]) AS s)) AS f
-              ON f.path = j.filename""",
-            _result_columns(model),
-            {"sources": sources, "paths": [f[0] for f in sources]},
-        )
-        if loaded != lines:
-            raise _strangers(con, files)
-        kill_point("mid_results_load")
-        state.mark_loaded(con, [f.submission_id for f in files])
+    for attempt in warehouse.transactions(con, "load the results"):
+        with attempt:
+            # Read in the transaction: a retry after a lost race sees what another
+            # process loaded meanwhile, and leaves those batches alone.
+            done = state.loaded_among(con, [f.submission_id for f in files])
+            fresh = [f for f in files if f.submission_id not in done]
+            sources = [[str(f.path), f.submission_id, f.batch_id] for f in fresh]
+            loaded = 0
+            if sources:
+                loaded = state.insert_results(
+                    con,
+                    pipeline,
+                    f"""{_lines("$paths")}
+                    JOIN (SELECT s[1] AS path, s[2] AS submission_id, s[3] AS batch_id
+                          FROM (SELECT unnest($sources::VARCHAR[][]) AS s)) AS f
+                      ON f.path = j.filename""",
+                    _result_columns(model),
+                    {"sources": sources, "paths": [f[0] for f in sources]},
+                )
+                if loaded != sum(f.lines for f in fresh):
+                    raise _strangers(con, fresh)
+                kill_point("mid_results_load")
+                state.mark_loaded(con, [f.submission_id for f in fresh])
     return loaded
 
 

@@ -31,7 +31,7 @@ def write_starter(name: str, table: str, directory: Path) -> Path:
     with warehouse.connect(read_only=True) as con:
         if table not in warehouse.table_names(con):
             known = ", ".join(warehouse.table_names(con)) or "none"
-            raise BatchpipeError(f"no table {table!r} in {warehouse.database()} (tables: {known})")
+            raise BatchpipeError(f"no table {table!r} in {warehouse.label()} (tables: {known})")
         relation = quote_ident(table)  # a real table's name, but any name a table can have
         columns = warehouse.describe(con, relation)
         dated = next((c for c, t in columns.items() if t.upper() in DATE_TYPES), None)

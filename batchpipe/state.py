@@ -12,6 +12,7 @@ steps compose those names, and a change of schema is a change of this file.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,18 @@ TABLES: dict[str, str] = {
     held_at TIMESTAMP NOT NULL,      -- UTC
     retry_at TIMESTAMP NOT NULL      -- UTC: not sent again before (retry-after)
 """,
+    # One row that every intent's transaction updates first: on a DuckLake, two intents
+    # (and the budget checks in them) committed at once then conflict, and the later one
+    # runs again on a snapshot that holds the earlier one (take_turn).
+    "batchpipe_turns": """
+    name VARCHAR NOT NULL,
+    turn BIGINT NOT NULL
+""",
+    # The SCHEMA_VERSION the tables and views were last brought up to (state.create).
+    "batchpipe_schema": """
+    version VARCHAR NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL
+""",
 }
 # Columns added after a table's first release: a database an older batchpipe wrote gains
 # them (NULL in its old rows) the first time a newer one opens it for writing.
@@ -250,6 +263,11 @@ LEFT JOIN answered a USING (pipeline, partition_date)
 }
 
 
+# The schema's fingerprint: it changes with any table, added column or view, and a
+# database whose batchpipe_schema holds it needs nothing created.
+SCHEMA_VERSION = hashlib.md5(repr((TABLES, ADDED_COLUMNS, VIEWS)).encode()).hexdigest()[:16]
+
+
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> Any:
     """The one value a statement returns (a count, a sum, a flag)."""
     (value,) = con.execute(sql, params).fetchone()
@@ -264,14 +282,36 @@ def _create_view(name: str, *, temp: bool = False) -> str:
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW {name} AS {VIEWS[name]}"
 
 
-def create(con: duckdb.DuckDBPyConnection) -> None:
-    """The state tables and views, created or brought up to date."""
-    for name in TABLES:
-        con.execute(_create_table(name))
-    for table, column, kind in ADDED_COLUMNS:
-        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
-    for name in VIEWS:
-        con.execute(_create_view(name))
+def create(con: duckdb.DuckDBPyConnection) -> bool:
+    """The state tables and views, created or brought up to date, once: a database whose
+    batchpipe_schema holds this release's SCHEMA_VERSION is left alone (on a DuckLake,
+    every DDL is a commit that races other writers'). Whether anything was made."""
+    if schema_version(con) == SCHEMA_VERSION:
+        return False
+    for attempt in warehouse.transactions(con, "create batchpipe's state tables"):
+        with attempt:
+            for name in TABLES:
+                con.execute(_create_table(name))
+            for table, column, kind in ADDED_COLUMNS:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            for name in VIEWS:
+                con.execute(_create_view(name))
+            con.execute(
+                "INSERT INTO batchpipe_turns SELECT 'send', 0 "
+                "WHERE NOT EXISTS (SELECT 1 FROM batchpipe_turns)"
+            )
+            con.execute("DELETE FROM batchpipe_schema")
+            con.execute("INSERT INTO batchpipe_schema VALUES (?, now())", [SCHEMA_VERSION])
+    return True
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The SCHEMA_VERSION the database's state tables were last brought up to, or None."""
+    try:
+        row = con.execute("SELECT max(version) FROM batchpipe_schema").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return row[0]
 
 
 def connect(*, read_only: bool = False, lock_wait: float | None = None) -> warehouse.Connection:
@@ -288,7 +328,8 @@ def shadow_missing(con: duckdb.DuckDBPyConnection) -> None:
     existing = {
         r[0]
         for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "AND table_catalog = current_database()"
         ).fetchall()
     }
     for name in TABLES:
@@ -479,17 +520,41 @@ def stage_pending(
 ) -> int:
     """The pending requests, numbered in custom_id order, in the temp table `pending`
     that the intents of one send are cut from; returns how many."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
-        f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql()})",
-        pending_params(pipeline, date, max_attempts),
-    )
+    for attempt in warehouse.transactions(con, "stage the pending requests"):
+        with attempt:  # one snapshot: `staged_known` is what `pending` was computed from
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
+                f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql()})",
+                pending_params(pipeline, date, max_attempts),
+            )
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE staged_known AS SELECT submission_id "
+                "FROM batchpipe_batches WHERE pipeline = ?",
+                [pipeline],
+            )
     count = _scalar(con, "SELECT count(*) FROM pending")
     return int(count)
 
 
 def drop_pending(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE IF EXISTS pending")
+    con.execute("DROP TABLE IF EXISTS staged_known")
+
+
+def take_turn(con: duckdb.DuckDBPyConnection) -> None:
+    """First in an intent's transaction: see batchpipe_turns."""
+    con.execute("UPDATE batchpipe_turns SET turn = turn + 1 WHERE name = 'send'")
+
+
+def _sent_since_staged(pipeline: str) -> str:
+    """The request hashes that batches of the pipeline recorded since `pending` was staged
+    hold (another partition's run, committed in between): not to be sent again here."""
+    return (
+        "SELECT request_hash FROM batchpipe_batch_requests WHERE submission_id IN ("
+        "SELECT submission_id FROM batchpipe_batches WHERE pipeline = "
+        f"{sql_string(pipeline)} AND state <> 'failed' "
+        "AND submission_id NOT IN (SELECT submission_id FROM staged_known))"
+    )
 
 
 def largest_chunk_bytes(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
@@ -532,13 +597,24 @@ def record_intent(
     (`wire_id_sql`, a SQL expression of custom_id and the parameter `token`), and the
     submission as an 'intent' with its estimate (low, expected, high); returns its size.
     Call it inside the transaction that checked the budgets."""
+    take_turn(con)
+    raced = _scalar(
+        con,
+        "SELECT count(*) FROM batchpipe_batches WHERE pipeline = ? "
+        "AND submission_id NOT IN (SELECT submission_id FROM staged_known)",
+        [pipeline],
+    )
     count = _scalar(
         con,
         "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash, "
         f"wire_id) SELECT ?, custom_id, request_hash, {wire_id_sql} "
-        "FROM pending WHERE rn // ? = ?",
+        "FROM pending WHERE rn // ? = ?"
+        + (f" AND request_hash NOT IN ({_sent_since_staged(pipeline)})" if raced else ""),
         [submission_id, token, per_batch, chunk],
     )
+    con.execute("INSERT INTO staged_known VALUES (?)", [submission_id])
+    if not count:  # another run took every request of the chunk first: nothing to record
+        return 0
     low, expected, high = estimate if estimate else (None, None, None)
     con.execute(
         "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
@@ -577,8 +653,10 @@ def body_lines(con: duckdb.DuckDBPyConnection, submission_id: str) -> duckdb.Duc
 
 
 def set_state(con: duckdb.DuckDBPyConnection, submission_id: str, state: State) -> None:
-    con.execute(
-        "UPDATE batchpipe_batches SET state = ? WHERE submission_id = ?", [state, submission_id]
+    warehouse.write(
+        con,
+        "UPDATE batchpipe_batches SET state = ? WHERE submission_id = ?",
+        [state, submission_id],
     )
 
 
@@ -589,7 +667,8 @@ def record_created(
     created_at: dt.datetime,
     processing_status: str,
 ) -> None:
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_batches SET batch_id = ?, state = 'submitted', created_at = ?, "
         "processing_status = ? WHERE submission_id = ?",
         [batch_id, created_at, processing_status, submission_id],
@@ -598,7 +677,8 @@ def record_created(
 
 def record_failed(con: duckdb.DuckDBPyConnection, submission_id: str, error: str) -> None:
     """A submission that will never have a batch: refused, or dropped before sending."""
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_batches SET state = 'failed', error = ? WHERE submission_id = ?",
         [error, submission_id],
     )
@@ -614,7 +694,8 @@ def record_status(
 ) -> None:
     """A batch's counts (succeeded, errored, canceled, expired) as the API reports them;
     a submitted batch that has ended becomes 'ended'."""
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_batches SET processing_status = ?, succeeded = ?, errored = ?, "
         "canceled = ?, expired = ?, ended_at = ?, "
         "state = CASE WHEN ? AND state = 'submitted' THEN 'ended' ELSE state END "
@@ -670,12 +751,13 @@ def hold_for_candidates(
     con: duckdb.DuckDBPyConnection, submission_id: str, batch_ids: Sequence[str], at: dt.datetime
 ) -> None:
     """Record the candidates and make the submission 'provisional', in one transaction."""
-    with warehouse.transaction(con):
-        con.execute(
-            "INSERT INTO batchpipe_candidates SELECT ?, unnest(?::VARCHAR[]), ?, NULL",
-            [submission_id, list(batch_ids), at],
-        )
-        set_state(con, submission_id, "provisional")
+    for attempt in warehouse.transactions(con, "record the candidates"):
+        with attempt:
+            con.execute(
+                "INSERT INTO batchpipe_candidates SELECT ?, unnest(?::VARCHAR[]), ?, NULL",
+                [submission_id, list(batch_ids), at],
+            )
+            set_state(con, submission_id, "provisional")
 
 
 def unproven_candidates(con: duckdb.DuckDBPyConnection, submission_id: str) -> list[str]:
@@ -717,7 +799,8 @@ def wire_matches(
 
 def prove_ours(con: duckdb.DuckDBPyConnection, submission_id: str, batch_id: str) -> None:
     """The candidate is the submission's batch; the others are released."""
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_candidates SET verdict = CASE WHEN batch_id = ? THEN 'ours' "
         "ELSE 'released' END WHERE submission_id = ? AND verdict IS NULL",
         [batch_id, submission_id],
@@ -727,7 +810,8 @@ def prove_ours(con: duckdb.DuckDBPyConnection, submission_id: str, batch_id: str
 def set_verdict(
     con: duckdb.DuckDBPyConnection, submission_id: str, batch_id: str, verdict: Verdict
 ) -> None:
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_candidates SET verdict = ? WHERE submission_id = ? AND batch_id = ?",
         [verdict, submission_id, batch_id],
     )
@@ -765,10 +849,20 @@ def insert_results(
     return int(loaded)
 
 
+def loaded_among(con: duckdb.DuckDBPyConnection, submission_ids: Sequence[str]) -> set[str]:
+    """Which of the submissions have their results in already."""
+    rows = con.execute(
+        "SELECT submission_id FROM batchpipe_batches WHERE state = 'loaded' AND submission_id IN ?",
+        [list(submission_ids)],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def mark_loaded(con: duckdb.DuckDBPyConnection, submission_ids: Sequence[str]) -> None:
     """The submissions' results are in: each now counts against the budgets at what it
     cost, not its reservation."""
-    con.execute(
+    warehouse.write(
+        con,
         "UPDATE batchpipe_batches b SET state = 'loaded', loaded_at = timezone('UTC', now()), "
         "actual_usd = (SELECT coalesce(sum(r.cost_usd), 0) FROM batchpipe_results r "
         "WHERE r.batch_id = b.batch_id) WHERE submission_id IN ?",
@@ -889,7 +983,8 @@ def record_skipped(
 
 
 def clear_skipped(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> None:
-    con.execute(
+    warehouse.write(
+        con,
         "DELETE FROM batchpipe_skipped WHERE pipeline = ? AND partition_date = ?",
         [pipeline, date],
     )
@@ -918,8 +1013,10 @@ def record_hold(
 
 
 def clear_hold(con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date) -> None:
-    con.execute(
-        "DELETE FROM batchpipe_holds WHERE pipeline = ? AND partition_date = ?", [pipeline, date]
+    warehouse.write(
+        con,
+        "DELETE FROM batchpipe_holds WHERE pipeline = ? AND partition_date = ?",
+        [pipeline, date],
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from batchpipe import warehouse
+from batchpipe import lake, warehouse
 from batchpipe.defs.translator import STEPS, BatchpipeTranslator
 from batchpipe.loader import PipelineFile
 
@@ -44,6 +44,8 @@ class Placement:
         """database.schema.table, as DuckDB names the output table: the catalog of a
         database file is its file name without the extension."""
         database = self.database or warehouse.database()
+        if warehouse.is_lake(database):
+            return f"{lake.ALIAS}.main.{pf.pipeline.output.table}"
         catalog = "memory" if database in ("", ":memory:") else Path(database).stem
         return f"{catalog}.main.{pf.pipeline.output.table}"
 
