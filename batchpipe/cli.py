@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   batchpipe validate
   batchpipe show product_descriptions --date 2026-11-03
   batchpipe costs --since 2026-11-01 --by pipeline
+  batchpipe warehouse init      # once, for a DuckLake BATCHPIPE_DB
   batchpipe emulator --host 127.0.0.1 --port 8765 --state-dir .batchpipe/emulator
 """
 
@@ -127,6 +128,22 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="start `dagster dev` on loopback, from any folder")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=_dev)
+
+    house = sub.add_parser(
+        "warehouse", help="create a DuckLake catalog (init), or tidy its files (maintain)"
+    )
+    house_sub = house.add_subparsers(required=True, metavar="ACTION")
+    init = house_sub.add_parser(
+        "init", help="create BATCHPIPE_DB's catalog (a DuckLake) and batchpipe's tables"
+    )
+    init.set_defaults(handler=_warehouse_init)
+    maintain = house_sub.add_parser(
+        "maintain", help="expire old DuckLake snapshots, merge small files, delete unused ones"
+    )
+    maintain.add_argument(
+        "--keep-days", type=int, default=7, help="snapshots and unused files kept (default 7)"
+    )
+    maintain.set_defaults(handler=_warehouse_maintain)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a pipeline file")
     schema.set_defaults(handler=_schema)
@@ -364,6 +381,35 @@ def _demo_data(args: argparse.Namespace) -> int:
         con.execute(path.read_text(encoding="utf-8"))
         tables = warehouse.table_names(con)
     print(f"demo tables ready in {warehouse.label()}: {', '.join(tables)}")
+    return 0
+
+
+def _warehouse_init(args: argparse.Namespace) -> int:
+    from batchpipe import lake, state, warehouse
+
+    if warehouse.is_lake():
+        catalog = lake.init(warehouse.database(), warehouse.duckdb_settings())
+        made = "created" if catalog.created else "found"
+        print(f"DuckLake catalog {made} at {warehouse.label()}; data files in {catalog.data_path}")
+    with warehouse.connect() as con:
+        tables = "created or brought up to date" if state.create(con) else "already current"
+    print(f"batchpipe's state tables in {warehouse.label()}: {tables}")
+    return 0
+
+
+def _warehouse_maintain(args: argparse.Namespace) -> int:
+    from batchpipe import lake, state, warehouse
+
+    if not warehouse.is_lake():
+        print(f"{warehouse.label()} is a DuckDB file: it needs no upkeep (DuckDB's own CHECKPOINT)")
+        return 0
+    with state.connect() as con:
+        done = lake.maintain(con, args.keep_days)
+    print(
+        f"expired {done.snapshots_expired} snapshot(s) older than {args.keep_days} day(s) "
+        f"({done.snapshots_left} kept), merged {done.files_merged} small file(s), deleted "
+        f"{done.files_deleted} file(s) no snapshot needs"
+    )
     return 0
 
 

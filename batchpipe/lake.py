@@ -239,3 +239,36 @@ def partition_lock(db: str, key: str, wait_seconds: float) -> Iterator[bool]:
         yield True
     finally:
         pg.close()  # releases the lock
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What `maintain` did: snapshots expired, files merged, old files deleted."""
+
+    snapshots_expired: int
+    files_merged: int
+    files_deleted: int
+    snapshots_left: int
+
+
+def maintain(con: duckdb.DuckDBPyConnection, keep_days: int) -> Maintenance:
+    """DuckLake's own upkeep: every commit is a snapshot and many write small Parquet
+    files. Expire the snapshots older than `keep_days` (batchpipe reads none of the
+    past: time travel is all they are for), merge adjacent small files, and delete the
+    files no snapshot needs that were let go more than `keep_days` ago (a reader still
+    scanning one would lose it)."""
+    older = f"now() - INTERVAL {int(keep_days)} DAY"
+    expired = con.execute(
+        f"CALL ducklake_expire_snapshots({sql_string(ALIAS)}, older_than => {older})"
+    ).fetchall()
+    merged = con.execute(
+        "SELECT coalesce(sum(files_processed), 0) FROM "
+        f"ducklake_merge_adjacent_files({sql_string(ALIAS)})"
+    ).fetchone()[0]
+    deleted = con.execute(
+        f"CALL ducklake_cleanup_old_files({sql_string(ALIAS)}, older_than => {older})"
+    ).fetchall()
+    (left,) = con.execute(
+        f"SELECT count(*) FROM ducklake_snapshots({sql_string(ALIAS)})"
+    ).fetchone()
+    return Maintenance(len(expired), int(merged), len(deleted), int(left))

@@ -74,6 +74,16 @@ def state_dir() -> Path:
 Connection = contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]
 
 
+def duckdb_settings() -> dict[str, Any]:
+    """The DuckDB instance's settings, for a file and a DuckLake alike."""
+    # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
+    # memory should not grow with the partition, so it is capped and DuckDB spills instead.
+    memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "512MB")
+    # A query naming an https:// path or another format would make DuckDB download and
+    # install an extension into ~/.duckdb: a pipeline file must not change the machine.
+    return {"memory_limit": memory, "autoinstall_known_extensions": False}
+
+
 @contextlib.contextmanager
 def connect(
     *,
@@ -86,12 +96,8 @@ def connect(
     comes back anyway); `prepare` runs on it first (state.connect creates batchpipe's
     tables there)."""
     db = database()
-    # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's
-    # memory should not grow with the partition, so it is capped and DuckDB spills instead.
-    memory = os.environ.get("BATCHPIPE_MEMORY_LIMIT", "512MB")
-    # A query naming an https:// path or another format would make DuckDB download and
-    # install an extension into ~/.duckdb: a pipeline file must not change the machine.
-    settings = {"memory_limit": memory, "autoinstall_known_extensions": False}
+    settings = duckdb_settings()
+    memory = settings["memory_limit"]
     if lake.is_lake(db):
         with _lake_connection(db, settings, read_only) as con:
             set_timezone(con, "UTC")
