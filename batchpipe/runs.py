@@ -7,12 +7,15 @@ when DAGSTER_HOME is set, and it queues on the DuckDB writer pool like any other
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
 import dagster as dg
 
+from batchpipe import lake, warehouse
 from batchpipe.defs import metadata as md
 from batchpipe.defs.assets import pipeline_assets
 from batchpipe.defs.resources import BatchpipeResource
@@ -30,12 +33,55 @@ def instance() -> dg.DagsterInstance:
 
 
 def prepare_dagster_home(home: Path) -> None:
-    """Give a new DAGSTER_HOME batchpipe's instance settings (the DuckDB writer pool)."""
+    """Give a new DAGSTER_HOME batchpipe's instance settings (the DuckDB writer pool, and
+    on a DuckLake, Dagster's own storage in the catalog's PostgreSQL); one already there
+    is the deployment's own and is left alone."""
     home.mkdir(parents=True, exist_ok=True)
     settings = home / "dagster.yaml"
     if not settings.exists():
-        template = resources.files("batchpipe").joinpath("dagster.yaml")
-        settings.write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+        settings.write_text(dagster_settings(warehouse.database()), encoding="utf-8")
+
+
+def dagster_settings(database: str) -> str:
+    """The dagster.yaml for a warehouse. A file: its writer pool is limited to one run.
+    A DuckLake: BATCHPIPE_WRITERS runs at once (default 4), queued by the daemon's
+    QueuedRunCoordinator, and Dagster's runs, event log and schedules in the catalog's
+    PostgreSQL database (dagster-postgres keeps them in tables of its own), so every
+    machine running partitions shares one instance. A password is never written: it is
+    read from PGPASSWORD, as libpq does."""
+    template = resources.files("batchpipe").joinpath("dagster.yaml").read_text(encoding="utf-8")
+    dsn = lake.catalog_dsn(database) if lake.is_lake(database) else None
+    if dsn is None:
+        return template
+    writers = warehouse.writer_limit(database)
+    fields = {k: v.strip("'") for k, v in re.findall(r"(\w+)\s*=\s*('[^']*'|\S+)", dsn)}
+    db = {
+        "username": fields.get("user", "postgres"),
+        "hostname": fields.get("host", "localhost"),
+        "db_name": fields.get("dbname", fields.get("user", "postgres")),
+        "port": int(fields.get("port", 5432)),
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the lock holds psycopg2.
+        "scheme": "postgresql+psycopg2",
+    }
+    lines = [f"      {key}: {json.dumps(value)}" for key, value in db.items()]
+    if "password" in fields or os.environ.get("PGPASSWORD"):
+        lines.append("      password:\n        env: PGPASSWORD")
+    postgres = "\n".join(lines)
+    limited = template.replace(
+        "    default_limit: 1\n",
+        f"    default_limit: {writers}\n  runs:\n    max_concurrent_runs: {writers}\n",
+    )
+    return f"""{limited}
+# A DuckLake warehouse takes many writers: {writers} runs at once (BATCHPIPE_WRITERS),
+# queued by the daemon; Dagster's own records in the catalog's PostgreSQL.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+storage:
+  postgres:
+    postgres_db:
+{postgres}
+"""
 
 
 def run_partition(

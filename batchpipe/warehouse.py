@@ -74,6 +74,22 @@ def state_dir() -> Path:
 Connection = contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]
 
 
+def writer_limit(database: str) -> int:
+    """How many runs may write the warehouse at once: one for a DuckDB file (one writing
+    process), BATCHPIPE_WRITERS for a DuckLake (default 4; each commit that loses a race
+    runs again, so more writers than cores mostly wait on each other)."""
+    if not lake.is_lake(database):
+        return 1
+    text = os.environ.get("BATCHPIPE_WRITERS", "4")
+    try:
+        writers = int(text)
+    except ValueError:
+        writers = 0
+    if writers < 1:
+        raise WarehouseError(f"BATCHPIPE_WRITERS={text!r} is not a whole number of 1 or more")
+    return writers
+
+
 def duckdb_settings() -> dict[str, Any]:
     """The DuckDB instance's settings, for a file and a DuckLake alike."""
     # DuckDB's own default is 80% of RAM, and its buffer pool keeps what it read; a run's

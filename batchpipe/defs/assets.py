@@ -91,11 +91,16 @@ def warn_without_pool_limit(
             return
         if placement.pool in storage.get_concurrency_keys():
             return
+    limit = warehouse.writer_limit(placement.database or warehouse.database())
+    harm = (
+        "two runs can write the DuckDB file at once and one of them fails on its lock"
+        if limit == 1
+        else "any number of runs write the DuckLake at once and mostly wait on each other"
+    )
     context.log.warning(
-        f"the Dagster pool {placement.pool!r} has no limit on this instance, so two runs can "
-        "write the DuckDB file at once and one of them fails on its lock. Set it once: "
-        f"`dagster instance concurrency set {placement.pool} 1` (or `concurrency: pools: "
-        "default_limit: 1` in dagster.yaml)."
+        f"the Dagster pool {placement.pool!r} has no limit on this instance, so {harm}. "
+        f"Set it once: `dagster instance concurrency set {placement.pool} {limit}` (or "
+        f"`concurrency: pools: default_limit: {limit}` in dagster.yaml)."
     )
 
 
@@ -117,7 +122,7 @@ def _asset_args(pf: PipelineFile, placement: Placement, step: str) -> dict:
     translator = placement.translator
     description = translator.get_description(pf, step)
     if step == "requests":
-        description += "\n\n" + specs.pool_advice(placement.pool)
+        description += "\n\n" + specs.pool_advice(placement.pool, placement.database)
     return {
         "key": placement.key(pf, step),
         "description": description,

@@ -17,12 +17,17 @@ __all__ = ["POOL", "STEPS", "Placement"]
 POOL = "duckdb_writer"  # DuckDB allows one writing process per file: runs queue on this pool
 
 
-def pool_advice(pool: str) -> str:
+def pool_advice(pool: str, database: str | None = None) -> str:
     """What a host's instance needs once, said where a data engineer reads it."""
+    limit = warehouse.writer_limit(database or warehouse.database())
+    why = (
+        "DuckDB takes one writer per file"
+        if limit == 1
+        else "a DuckLake takes many writers; BATCHPIPE_WRITERS"
+    )
     return (
-        f"Its steps run in the Dagster pool `{pool}`, which must allow one run at a time "
-        f"(DuckDB takes one writer): `dagster instance concurrency set {pool} 1` once per "
-        "instance."
+        f"Its steps run in the Dagster pool `{pool}`, which must allow {limit} run(s) at a "
+        f"time ({why}): `dagster instance concurrency set {pool} {limit}` once per instance."
     )
 
 
