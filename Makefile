@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install browser demo test test-fast dev bench bench-emulator lint format lock clean
+.PHONY: install browser postgres demo test test-fast dev bench bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -42,8 +42,25 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends chromium
 
+# The DuckLake tests keep their catalog in a throwaway PostgreSQL server (scripts/localpg.py),
+# started from Debian's binaries, which live off PATH in /usr/lib/postgresql/N/bin.
+# Installed only when no initdb is found there or on PATH; through sudo only when not root.
+INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb 2>/dev/null))
+
+postgres:
+ifeq ($(INITDB),)
+	@command -v apt-get >/dev/null || { \
+		echo "error: PostgreSQL (initdb) is missing and there is no apt-get: install it there"; \
+		exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends postgresql
+else
+	@echo "PostgreSQL: $(INITDB)"
+endif
+
 # Two workers (pytest-xdist): most tests wait on an emulator, DuckDB or a Dagster process.
-test: install browser
+test: install browser postgres
 	$(BIN)/pytest -q -n 2
 
 test-fast: install
@@ -65,13 +82,13 @@ bench-emulator: install
 	$(BIN)/python bench/emulator.py --write bench/RESULTS.md
 
 lint: install
-	$(BIN)/ruff format --check batchpipe tests bench
-	$(BIN)/ruff check batchpipe tests bench
+	$(BIN)/ruff format --check batchpipe tests bench scripts
+	$(BIN)/ruff check batchpipe tests bench scripts
 	$(BIN)/lint-imports --no-cache --no-logo  # the contracts in pyproject.toml; 0.5 s uncached
 
 format: install
-	$(BIN)/ruff format batchpipe tests bench
-	$(BIN)/ruff check --fix batchpipe tests bench
+	$(BIN)/ruff format batchpipe tests bench scripts
+	$(BIN)/ruff check --fix batchpipe tests bench scripts
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real emulator process, and a fresh warehouse per test.
+"""Shared fixtures: a real emulator process, a fresh warehouse per test, and a real
+PostgreSQL server for DuckLake catalogs (a fresh database per test).
 
 Nothing here mocks batchpipe: the SDK talks HTTP to the emulator, DuckDB writes
 real files under tmp_path, and Dagster runs the real assets.
@@ -7,11 +8,14 @@ real files under tmp_path, and Dagster runs the real assets.
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
+from scripts import localpg
 from tests.support import dagster_dev, start_emulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,3 +81,52 @@ def webserver(demo_db: Path, emulator_url: str) -> Iterator[str]:
     Shared by the GraphQL tests and the browser test, which drive the same server."""
     with dagster_dev(demo_db, emulator_url) as url:
         yield url
+
+
+# One PostgreSQL server for the whole run, shared by the xdist workers: each worker's basetemp
+# is a directory of the controller's, so that directory is where they meet. The first worker
+# to need the server starts it under the lock and writes server.json; the others read it.
+#
+# The server is stopped in the controller's pytest_sessionfinish, not by the workers: it runs
+# after every worker is done, whether a worker finished, crashed or was interrupted, so the
+# server never outlives the run and is never stopped under a worker still using it. (A
+# count of workers, the last one out stopping it, would leak the server when a worker dies.)
+
+
+def _shared_dir(config: pytest.Config, basetemp: Path) -> Path:
+    """Where the workers' server lives: the controller's basetemp (a worker's parent)."""
+    return basetemp.parent if hasattr(config, "workerinput") else basetemp
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> localpg.Server:
+    """The run's PostgreSQL server (scripts/localpg.py); skipped where PostgreSQL is missing."""
+    reason = localpg.unavailable()
+    if reason:
+        pytest.skip(reason)
+    shared = _shared_dir(request.config, tmp_path_factory.getbasetemp())
+    root = shared / "localpg"
+    with FileLock(shared / "localpg.lock"):
+        if (root / localpg.SERVER_JSON).exists():
+            return localpg.load(root)
+        return localpg.start(root)
+
+
+@pytest.hookimpl(tryfirst=True)  # before any plugin's cleanup of the basetemp
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # a worker: the controller stops the server once every worker is done
+    # The same basetemp xdist hands each worker a directory of (xdist reads it the same way).
+    root = session.config._tmp_path_factory.getbasetemp() / "localpg"
+    if (root / localpg.SERVER_JSON).exists():
+        localpg.stop(root)
+
+
+@pytest.fixture
+def lake_dsn(postgres_server: localpg.Server) -> str:
+    """A fresh, empty database for this test: the libpq string a DuckLake catalog takes."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    localpg.create_database(postgres_server, name)
+    return postgres_server.dsn(name)
