@@ -18,6 +18,7 @@ POINTS = (
     "mid_download",  # part of a results file on disk
     "mid_results_load",  # results inserted, batch not yet marked loaded (uncommitted)
     "mid_enriched_write",  # output partition deleted, new rows not yet committed
+    "after_conflict",  # a DuckLake commit lost a race and rolled back, not yet run again
 )
 
 

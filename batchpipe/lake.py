@@ -173,6 +173,16 @@ def attached(db: str, settings: dict[str, Any], *, read_only: bool) -> duckdb.Du
     return root
 
 
+def close_all() -> None:
+    """Close every attached catalog of this process (its PostgreSQL connections too): a
+    test's catalog, or one a long-lived process no longer needs."""
+    with _lock:
+        for con in _attached.values():
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+        _attached.clear()
+
+
 def init(db: str, settings: dict[str, Any]) -> Catalog:
     """Create the catalog (ATTACH with creation allowed), or find it there already."""
     path = data_path()
@@ -187,8 +197,8 @@ def init(db: str, settings: dict[str, Any]) -> Catalog:
             existed = False
         if not existed and path is None:
             raise WarehouseError(
-                "BATCHPIPE_DATA_PATH is not set: a new DuckLake catalog needs a folder (or an "
-                "object-store URL) for its data files"
+                f"BATCHPIPE_DATA_PATH is not set: the new DuckLake catalog at {redact(db)} "
+                "needs a folder (or an object-store URL) for its data files; nothing was made"
             )
         try:
             con.execute(_attach_sql(db, "made", create=True, read_only=False))

@@ -25,6 +25,7 @@ import duckdb
 
 from batchpipe import lake
 from batchpipe.errors import WarehouseError, WarehouseLocked
+from batchpipe.failpoints import kill_point
 from batchpipe.sqlcheck import quote_ident, sql_string
 
 logger = logging.getLogger("batchpipe")
@@ -312,6 +313,7 @@ def transactions(con: duckdb.DuckDBPyConnection, what: str) -> Iterator[_Attempt
         yield attempt
         if attempt.committed:
             return
+        kill_point("after_conflict")
         pause = min(0.05 * 2**number, 2.0) * random.uniform(0.5, 1.5)
         logger.info(
             "batchpipe: %s lost a commit race on the DuckLake (%s); trying again in %.2f s "

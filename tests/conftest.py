@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from batchpipe import lake
 from scripts import localpg
 from tests.support import dagster_dev, start_emulator
 
@@ -50,18 +51,46 @@ def private_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the example pipelines and an empty warehouse, wired through the environment."""
+def warehouse_kind(request: pytest.FixtureRequest) -> str:
+    """Which warehouse `project` makes: "file" unless a module parametrizes it (indirect)
+    to run its tests against "ducklake" as well."""
+    return getattr(request, "param", "file")
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    warehouse_kind: str,
+) -> Iterator[Path]:
+    """A copy of the example pipelines and an empty warehouse, wired through the environment:
+    a DuckDB file, or (warehouse_kind "ducklake") a fresh DuckLake catalog in the run's
+    PostgreSQL, created as `batchpipe warehouse init` does."""
     pipelines = tmp_path / "pipelines"
     shutil.copytree(REPO / "pipelines", pipelines)
     monkeypatch.setenv("BATCHPIPE_DB", str(tmp_path / "warehouse.duckdb"))
     monkeypatch.setenv("BATCHPIPE_PIPELINES", str(pipelines))
     monkeypatch.setenv("BATCHPIPE_STATE", str(tmp_path / ".batchpipe"))
     monkeypatch.setenv("BATCHPIPE_LOCK_WAIT", "5")
+    monkeypatch.delenv("BATCHPIPE_DATA_PATH", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return tmp_path
+    if warehouse_kind == "ducklake":
+        _make_lake(tmp_path, monkeypatch, request.getfixturevalue("lake_dsn"))
+    yield tmp_path
+    lake.close_all()  # each test's catalog holds PostgreSQL connections until closed
+
+
+def _make_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+    from batchpipe import state, warehouse
+
+    monkeypatch.setenv("BATCHPIPE_DB", f"ducklake:postgres:{dsn}")
+    monkeypatch.setenv("BATCHPIPE_DATA_PATH", str(tmp_path / "lake"))
+    lake.init(warehouse.database(), warehouse.duckdb_settings())
+    with state.connect():
+        pass
 
 
 @pytest.fixture
@@ -69,10 +98,31 @@ def demo_db(project: Path) -> Path:
     """The project with the demo tables loaded."""
     import duckdb
 
+    from batchpipe import warehouse
+
+    sql = (project / "pipelines" / "demo_data.sql").read_text()
+    if warehouse.is_lake():
+        with warehouse.connect() as con:
+            con.execute(sql)
+        return project
     con = duckdb.connect(str(project / "warehouse.duckdb"))
-    con.execute((project / "pipelines" / "demo_data.sql").read_text())
+    con.execute(sql)
     con.close()
     return project
+
+
+@pytest.fixture
+def lake_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lake_dsn: str, demo_db: Path
+) -> Path:
+    """The demo project on a DuckLake (for tests only of DuckLake): its catalog made, its
+    state tables and demo tables in it."""
+    _make_lake(tmp_path, monkeypatch, lake_dsn)
+    from batchpipe import warehouse
+
+    with warehouse.connect() as con:
+        con.execute((demo_db / "pipelines" / "demo_data.sql").read_text())
+    return demo_db
 
 
 @pytest.fixture

@@ -75,11 +75,31 @@ def resolve_problem(project: Path, path: Path) -> str:
 
 
 def query(project: Path, sql: str, params: list | None = None) -> list[tuple]:
-    """Read the test project's warehouse, read-only, as an analyst would."""
+    """Read the test project's warehouse, read-only, as an analyst would: its DuckDB
+    file, or the DuckLake that BATCHPIPE_DB names (through batchpipe's own attachment)."""
     import duckdb
 
+    from batchpipe import warehouse
+
+    if warehouse.is_lake():
+        with warehouse.connect(read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
     with duckdb.connect(str(project / "warehouse.duckdb"), read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
+
+
+def execute(project: Path, sql: str, params: list | None = None) -> None:
+    """Change the test project's warehouse as another writer would (an analyst's edit)."""
+    import duckdb
+
+    from batchpipe import warehouse
+
+    if warehouse.is_lake():
+        with warehouse.connect() as con:
+            con.execute(sql, params or [])
+        return
+    with duckdb.connect(str(project / "warehouse.duckdb")) as con:
+        con.execute(sql, params or [])
 
 
 def wait_ended(client, batch_id: str, timeout: float = 15):
