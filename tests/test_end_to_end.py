@@ -8,15 +8,18 @@ import json
 from pathlib import Path
 
 import anthropic
-import duckdb
 import pytest
 
 from batchpipe import steps
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
-from tests.support import ledger, pipeline, query
+from tests.support import execute, ledger, pipeline, query
 
-pytestmark = pytest.mark.slow
+# The steps against both warehouses: a DuckDB file and a DuckLake catalog in PostgreSQL.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("warehouse_kind", ["file", "ducklake"], indirect=True),
+]
 
 DAY = dt.date(2026, 11, 3)
 FAST = BatchpipeResource(poll_seconds=0.1, wait=True)
@@ -79,8 +82,7 @@ def test_a_partition_run_replaces_only_its_own_rows(demo_db: Path, emulator: str
     other = DAY + dt.timedelta(days=1)
     run_partition(pipeline(), DAY, FAST)
     run_partition(pipeline(), other, FAST)
-    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-        con.execute("UPDATE products SET name = 'Renamed Lamp' WHERE product_id = 2")
+    execute(demo_db, "UPDATE products SET name = 'Renamed Lamp' WHERE product_id = 2")
 
     run_partition(pipeline(), DAY, FAST)  # the edited row's request is new: only it is sent
 
@@ -102,25 +104,24 @@ def test_an_interrupted_submission_is_adopted_not_sent_again(
     url = private_emulator()
     pf = pipeline()
     steps.build_requests(pf, DAY, print)
-    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-        # The state a run leaves when it dies right after the create call went out.
-        # Each request goes out under its custom_id and the submission's token.
-        con.execute(
-            "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash, "
-            "custom_id || '-crashed' FROM batchpipe_requests"
-        )
-        con.execute(
-            "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
-            "request_count, model, intent_at) VALUES ('crashed', ?, ?, 'submitting', 30, "
-            "'claude-haiku-4-5', now()::TIMESTAMP)",
-            [pf.pipeline.name, DAY],
-        )
-        requests = [
-            {"custom_id": f"{cid}-crashed", "params": json.loads(params)}
-            for cid, params in con.execute(
-                "SELECT custom_id, params FROM batchpipe_requests"
-            ).fetchall()
-        ]
+    # The state a run leaves when it dies right after the create call went out.
+    # Each request goes out under its custom_id and the submission's token.
+    execute(
+        demo_db,
+        "INSERT INTO batchpipe_batch_requests SELECT 'crashed', custom_id, request_hash, "
+        "custom_id || '-crashed' FROM batchpipe_requests",
+    )
+    execute(
+        demo_db,
+        "INSERT INTO batchpipe_batches (submission_id, pipeline, partition_date, state, "
+        "request_count, model, intent_at) VALUES ('crashed', ?, ?, 'submitting', 30, "
+        "'claude-haiku-4-5', now()::TIMESTAMP)",
+        [pf.pipeline.name, DAY],
+    )
+    requests = [
+        {"custom_id": f"{cid}-crashed", "params": json.loads(params)}
+        for cid, params in query(demo_db, "SELECT custom_id, params FROM batchpipe_requests")
+    ]
     api = anthropic.Anthropic(api_key="test", base_url=url)
     sent = api.messages.batches.create(requests=requests)
 
@@ -134,10 +135,10 @@ def test_an_interrupted_submission_is_adopted_not_sent_again(
 def test_identical_requests_are_sent_once_and_answer_every_row(
     demo_db: Path, emulator: str
 ) -> None:
-    with duckdb.connect(str(demo_db / "warehouse.duckdb")) as con:
-        con.execute(
-            "UPDATE products SET name = 'Twin Lamp', category = 'home' WHERE product_id IN (2, 12)"
-        )
+    execute(
+        demo_db,
+        "UPDATE products SET name = 'Twin Lamp', category = 'home' WHERE product_id IN (2, 12)",
+    )
     run_partition(pipeline(), DAY, FAST)
     texts = query(
         demo_db, "SELECT description FROM product_descriptions WHERE product_id IN (2, 12)"
