@@ -41,15 +41,20 @@ Log = Callable[[str], None]
 
 
 @contextlib.contextmanager
-def _writing(pf: PipelineFile, date: dt.date) -> Iterator[duckdb.DuckDBPyConnection]:
+def _writing(pf: PipelineFile, date: dt.date, log: Log) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse, to write the partition's run state: on a DuckLake, with the
-    partition's lock held, so two runs of one partition take turns (warehouse.partition)."""
-    with warehouse.partition(pf.pipeline.name, date), state.connect() as con:
+    partition's lock held, so two runs of one partition take turns (warehouse.partition),
+    and a commit run again after a lost race said in the step's log."""
+    with (
+        warehouse.reporting(log),
+        warehouse.partition(pf.pipeline.name, date),
+        state.connect() as con,
+    ):
         yield con
 
 
 def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> requests.RequestsSummary:
-    with _writing(pf, date) as con:
+    with _writing(pf, date, log) as con:
         summary = requests.build_requests(con, resolve(pf, con), date)
     if summary.requests == 0:
         where = pf.pipeline.source.partition_column or "the incremental source"
@@ -90,13 +95,13 @@ def submit(
 ) -> BatchesSummary:
     """Send what is pending; with `wait`, poll here until every batch has ended, sending
     what a queue or rate limit held back as it lets it."""
-    with _writing(pf, date) as con:
+    with _writing(pf, date, log) as con:
         if not state.request_count(con, pf.pipeline.name, date):
             requests.build_requests(con, resolve(pf, con), date)
         sent = _send_pending(con, pf, date, api, log, poll_seconds)
     while wait:  # without holding the warehouse: `batchpipe cancel` can get in
         batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log)
-        with _writing(pf, date) as con:
+        with _writing(pf, date, log) as con:
             if state.hold_of(con, pf.pipeline.name, date) is None:
                 break
             sent += _send_pending(con, pf, date, api, log, poll_seconds)
@@ -214,7 +219,7 @@ def load_results(
     name = pf.pipeline.name
     loaded_batches = lines = retried = 0
     while True:
-        with _writing(pf, date) as con:
+        with _writing(pf, date, log) as con:
             batches.poll(con, api, name, date, log, Outage(api, log))
             ended = [s for s in batches.open_submissions(con, name, date) if s.state == "ended"]
             if ended:
@@ -243,7 +248,7 @@ def load_results(
             continue
         if not retry:
             break
-        with _writing(pf, date) as con:
+        with _writing(pf, date, log) as con:
             no_credit = unbilled(con, pf, date)
             if no_credit:  # sending them again now would only meet the empty balance again
                 raise BatchApiError(no_credit)
@@ -303,7 +308,7 @@ def _load_ended(
 
 def cancel(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log) -> dict:
     """Cancel the partition's open batches and record what became of each request."""
-    with _writing(pf, date) as con:
+    with _writing(pf, date, log) as con:
         canceled = batches.cancel(con, api, pf.pipeline.name, date, log)
         for batch_id in canceled:
             log(f"asked the API to cancel {batch_id}")
@@ -337,7 +342,7 @@ def not_final(pf: PipelineFile, date: dt.date) -> str | None:
 
 
 def write_enriched(pf: PipelineFile, date: dt.date, log: Log) -> enriched.EnrichedSummary:
-    with _writing(pf, date) as con:
+    with _writing(pf, date, log) as con:
         resolved = resolve(pf, con)
         summary = enriched.write_enriched(con, resolved, date)
         columns = warehouse.describe(con, quote_ident(pf.pipeline.output.table))

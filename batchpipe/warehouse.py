@@ -298,6 +298,22 @@ class _Attempt:
         return True
 
 
+# Where a retried transaction is reported: the step's log (the run's output, Dagster's
+# event log) while `reporting` is in effect, else the `batchpipe` logger.
+_report: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "batchpipe_report", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting(log: Callable[[str], None]) -> Iterator[None]:
+    token = _report.set(log)
+    try:
+        yield
+    finally:
+        _report.reset(token)
+
+
 def transactions(con: duckdb.DuckDBPyConnection, what: str) -> Iterator[_Attempt]:
     """A transaction that runs again as a whole when its commit loses a DuckLake race:
 
@@ -313,14 +329,15 @@ def transactions(con: duckdb.DuckDBPyConnection, what: str) -> Iterator[_Attempt
         yield attempt
         if attempt.committed:
             return
-        kill_point("after_conflict")
         pause = min(0.05 * 2**number, 2.0) * random.uniform(0.5, 1.5)
-        logger.info(
-            "batchpipe: %s lost a commit race on the DuckLake (%s); trying again in %.2f s "
-            "(attempt %d of %d)",
-            what, str(attempt.conflict).splitlines()[0][:160], pause,
-            number + 1, CONFLICT_ATTEMPTS,
-        )  # fmt: skip
+        report = _report.get() or logger.warning
+        report(
+            f"{what}: the DuckLake commit lost a race to another writer "
+            f"({str(attempt.conflict).splitlines()[-1].strip()[:160]}); nothing of it was "
+            f"written, running it again in {pause:.2f} s (attempt {number + 1} of "
+            f"{CONFLICT_ATTEMPTS})"
+        )
+        kill_point("after_conflict")
         time.sleep(pause)
 
 

@@ -32,6 +32,18 @@ def batchpipe(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     )
 
 
+def dagster_log_lines(home: Path) -> list[str]:
+    """Every message of every run in the Dagster instance at `home`."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return [
+            entry.user_message
+            for run in instance.get_runs()
+            for entry in instance.all_logs(run.run_id)
+        ]
+
+
 def test_a_run_before_init_says_to_init_and_sends_nothing(
     project: Path, lake_dsn: str, private_emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +170,10 @@ def test_a_run_killed_after_losing_a_commit_race_recovers_without_paying_twice(
     the run is killed right after that rollback. Nothing of it was committed, so the rerun
     sends each request once and writes the whole partition."""
     url = private_emulator()
+    # A file-backed Dagster instance: the run's event log outlives the kill.
+    home = lake_project / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     stop = threading.Event()
 
     def rival() -> None:  # another machine's writer, as fast as it can commit
@@ -174,12 +190,17 @@ def test_a_run_killed_after_losing_a_commit_race_recovers_without_paying_twice(
             "product_descriptions",
             "--date",
             DAY,
-            env={"BATCHPIPE_KILL_AT": "after_conflict"},
+            env={"BATCHPIPE_KILL_AT": "after_conflict", "DAGSTER_HOME": str(home)},
         )
     finally:
         stop.set()
         thread.join(timeout=30)
     assert killed.returncode == -9, killed.stderr[-3000:]
+    said = dagster_log_lines(home)
+    assert any(
+        "record the intent: the DuckLake commit lost a race to another writer" in line
+        for line in said
+    ), said[-20:]  # the retry is in the run's event log, where the UI shows it
     assert ledger(url) == []  # the intent rolled back: nothing was sent
 
     again = batchpipe("run", "product_descriptions", "--date", DAY)

@@ -89,4 +89,7 @@ def test_stop_removes_the_data_and_frees_the_port(tmp_path: Path) -> None:
     assert not (tmp_path / localpg.SERVER_JSON).exists()
     assert not _port_open(server.port)
     with socket.socket() as rebind:  # free for anyone again, not just refusing connections
+        # As every server does (PostgreSQL too): the test's own closed connection may
+        # leave the port in TIME_WAIT, which only a plain bind refuses.
+        rebind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         rebind.bind(("127.0.0.1", server.port))
