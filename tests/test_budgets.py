@@ -147,11 +147,14 @@ def test_raising_the_budget_sends_only_what_was_refused(demo_db: Path, emulator:
     assert statuses == [("succeeded", 330)]
 
 
+@pytest.mark.parametrize("warehouse_kind", ["file", "ducklake"], indirect=True)
 def test_five_partitions_at_once_never_reserve_past_one_daily_budget(
     demo_db: Path, emulator: str
 ) -> None:
-    """Separate processes, one warehouse: they take turns on the DuckDB file, and each
-    batch's reservation is checked with its intent in one transaction."""
+    """Separate processes, one warehouse: they take turns on the DuckDB file, or write a
+    DuckLake at once, where two intents committed together conflict and the later one's
+    reservation is checked again; each batch's reservation is checked with its intent in
+    one transaction."""
     run_partition(pipeline(), dt.date(2026, 11, 2), FAST)  # history, so reservations are tight
     seed = billed(emulator)
     per_partition = seed  # every demo day has 30 products of the same shape
