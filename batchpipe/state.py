@@ -286,7 +286,7 @@ def create(con: duckdb.DuckDBPyConnection) -> bool:
     """The state tables and views, created or brought up to date, once: a database whose
     batchpipe_schema holds this release's SCHEMA_VERSION is left alone (on a DuckLake,
     every DDL is a commit that races other writers'). Whether anything was made."""
-    if schema_version(con) == SCHEMA_VERSION:
+    if schema_version(con) == SCHEMA_VERSION and not _missing_tables(con):
         return False
     for attempt in warehouse.transactions(con, "create batchpipe's state tables"):
         with attempt:
@@ -303,6 +303,16 @@ def create(con: duckdb.DuckDBPyConnection) -> bool:
             con.execute("DELETE FROM batchpipe_schema")
             con.execute("INSERT INTO batchpipe_schema VALUES (?, now())", [SCHEMA_VERSION])
     return True
+
+
+def _missing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """State tables the database lacks although its version is current (one dropped by
+    hand, or by an older batchpipe's restore): those are made again."""
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_catalog = current_database() AND table_name LIKE 'batchpipe%'"
+    ).fetchall()
+    return set(TABLES) - {r[0] for r in rows}
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from batchpipe.dagster import build_definitions
 from batchpipe.defs.resources import BatchpipeResource
-from tests.support import sensor_follow_ups, sensor_tick
+from tests.support import query, sensor_follow_ups, sensor_tick
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,9 @@ def _events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType
     ]
 
 
+@pytest.mark.parametrize("warehouse_kind", ["file", "ducklake"], indirect=True)
 def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensors_run(
-    demo_db: Path, private_emulator
+    demo_db: Path, private_emulator, warehouse_kind: str
 ) -> None:
     private_emulator(latency=3.0)  # batches end 3 s after they are created
     for other in demo_db.joinpath("pipelines").glob("*.yaml"):
@@ -124,7 +124,8 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
         assert meta["dagster/row_count"] == 30
         assert meta["batchpipe/without_result"] == 0
         assert meta["batchpipe/cost_usd"] > 0
-        assert meta["dagster/table_name"] == f"warehouse.main.{NAME}"
+        catalog = "warehouse" if warehouse_kind == "file" else "lake"
+        assert meta["dagster/table_name"] == f"{catalog}.main.{NAME}"
         columns = {c.name: c.type for c in meta["dagster/column_schema"].columns}
         assert columns["description"] == "VARCHAR" and columns["partition_date"] == "DATE"
         checks = {
@@ -140,11 +141,11 @@ def test_open_batches_leave_results_and_enriched_unmaterialized_until_the_sensor
         after = _tick(defs, instance, cursor)
         assert isinstance(after, dg.SkipReason)  # nothing left open: no second run
 
-    with duckdb.connect(str(demo_db / "warehouse.duckdb"), read_only=True) as con:
-        statuses = con.execute(
-            f"SELECT result_status, count(*) FROM {NAME} WHERE partition_date = ? GROUP BY 1",
-            [dt.date.fromisoformat(DAY)],
-        ).fetchall()
+    statuses = query(
+        demo_db,
+        f"SELECT result_status, count(*) FROM {NAME} WHERE partition_date = ? GROUP BY 1",
+        [dt.date.fromisoformat(DAY)],
+    )
     assert statuses == [("succeeded", 30)]
 
 
