@@ -1,7 +1,7 @@
 """Issue 7, "Faults": twenty partitions through an emulator that fails the way production
 does, against the same twenty through a healthy one.
 
-The faulty emulator answers 5% of calls 429, 529 or 500, cuts 2% of result streams,
+The faulty emulator answers 5% of calls 429, 529 or 500, cuts 5% of result streams,
 errors 3% of result lines and expires 1%. The run must still account for every source
 row, write the same enriched rows as the fault-free run, and never pay for a request twice.
 The emulator's replies depend only on its seed and the request, so with the same seed
@@ -41,7 +41,7 @@ DAYS = [FIRST + dt.timedelta(days=n) for n in range(20)]
 SEED = "11"
 # The issue's rates, exactly.
 FAULTS = (
-    "--http-error-rate", "0.05", "--stream-cut-rate", "0.02",
+    "--http-error-rate", "0.05", "--stream-cut-rate", "0.05",
     "--errored-rate", "0.03", "--expired-rate", "0.01",
 )  # fmt: skip
 # What a user reads in the output table: everything but the batch id, which differs
@@ -131,8 +131,8 @@ def test_twenty_partitions_through_faults_equal_a_fault_free_run(
     # The same seed on both: the healthy emulator gives the same answers, and no faults.
     clean_url = private_emulator("--seed", SEED, latency=0)
     faulty_url = private_emulator("--seed", SEED, *FAULTS, latency=0)
-    # The faulty run sends batches of five: six a partition, so 2% of result streams is a
-    # few cuts (one batch a partition would meet about one in all), and a partition's
+    # The faulty run sends batches of five: six a partition, so 5% of result streams is
+    # several cuts (one batch a partition would meet about one in all), and a partition's
     # requests span several batches. The reference keeps the demo's file: one batch.
     shutil.copytree(demo_db / "pipelines", demo_db / "clean-pipelines")
     path = demo_db / "pipelines" / "product_descriptions.yaml"
@@ -168,9 +168,10 @@ def test_twenty_partitions_through_faults_equal_a_fault_free_run(
         lines["errored"] += batch.request_counts.errored
         lines["expired"] += batch.request_counts.expired
     print(f"injected {injected}, lines {dict(lines)}, {len(upstream)} batches")
-    # The per-call faults follow the order of calls, so the same code meets the same
-    # faults; if a change to batchpipe's calls makes this seed miss one kind (cut streams
-    # are the rarest: about three expected), pick another SEED.
+    # The per-call faults follow the order of calls, which the twenty concurrent runs'
+    # timing shuffles: each kind must be common enough to be met whatever the order. Cut
+    # streams are the rarest: about seven expected in some 140 downloads at 5% (at 2%,
+    # about three, and a loaded machine met none one run in twenty).
     assert {"429", "500", "529", "stream_cut"} <= set(injected), injected
     assert lines["errored"] > 0 and lines["expired"] > 0, lines
 
