@@ -34,13 +34,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 browser: $(CHROMIUM)
 
-$(CHROMIUM):
+# $(call apt_install,PACKAGE,WHAT IS MISSING): Debian's package, for a test's real parts.
+define apt_install
 	@command -v apt-get >/dev/null || { \
-		echo "error: $(CHROMIUM) is missing and there is no apt-get: install Chromium there"; \
-		exit 1; }
+		echo "error: $(2) is missing and there is no apt-get: install $(1) there"; exit 1; }
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends chromium
+		apt-get install -y -qq --no-install-recommends $(1)
+endef
+
+$(CHROMIUM):
+	$(call apt_install,chromium,$(CHROMIUM))
 
 # The DuckLake tests keep their catalog in a throwaway PostgreSQL server (scripts/localpg.py),
 # started from Debian's binaries, which live off PATH in /usr/lib/postgresql/N/bin.
@@ -49,12 +53,7 @@ INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell comma
 
 postgres:
 ifeq ($(INITDB),)
-	@command -v apt-get >/dev/null || { \
-		echo "error: PostgreSQL (initdb) is missing and there is no apt-get: install it there"; \
-		exit 1; }
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends postgresql
+	$(call apt_install,postgresql,PostgreSQL (initdb))
 else
 	@echo "PostgreSQL: $(INITDB)"
 endif
