@@ -54,6 +54,9 @@ class ApiKeyError(BatchpipeError):
 
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
 KEY_PLACEHOLDER = f"[{KEY_VARIABLE}]"
+# Whose values `scrub` hides: the API key, and an object-store data path's secret key and
+# session token (lake.py), which DuckDB's or a store's error text may quote.
+SECRET_VARIABLES = (KEY_VARIABLE, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 SCRUB_MIN_LENGTH = 8  # shorter values (test keys like "x") are not worth hunting in text
 
 
@@ -77,14 +80,17 @@ def api_key() -> str | None:
 
 def scrub(text: str) -> str:
     """`text` with the value of ANTHROPIC_API_KEY (as set, stripped, or escaped as Python
-    and httpx print it) replaced by [ANTHROPIC_API_KEY]: for any error text before it is
-    printed, logged or stored. A no-op when the variable is unset or very short."""
-    raw = os.environ.get(KEY_VARIABLE, "")
-    secrets = {raw, raw.strip()}
-    secrets |= {repr(s)[1:-1] for s in secrets} | {repr(s.encode())[2:-1] for s in secrets}
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= SCRUB_MIN_LENGTH:
-            text = text.replace(secret, KEY_PLACEHOLDER)
+    and httpx print it) replaced by [ANTHROPIC_API_KEY], and so on for each of
+    SECRET_VARIABLES: for any error text before it is printed, logged or stored. A no-op
+    for a variable that is unset or very short."""
+    found: dict[str, str] = {}
+    for name in SECRET_VARIABLES:
+        raw = os.environ.get(name, "")
+        secrets = {raw, raw.strip()}
+        secrets |= {repr(s)[1:-1] for s in secrets} | {repr(s.encode())[2:-1] for s in secrets}
+        found.update((s, f"[{name}]") for s in secrets if len(s) >= SCRUB_MIN_LENGTH)
+    for secret in sorted(found, key=len, reverse=True):
+        text = text.replace(secret, found[secret])
     return text
 
 
