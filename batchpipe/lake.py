@@ -6,16 +6,23 @@ extensions it needs come from the locked wheels (duckdb-extension-ducklake, -pos
 -httpfs), laid out in batchpipe's own extension directory: nothing is downloaded and
 nothing is read from ~/.duckdb. Each process attaches a catalog once, to one in-memory
 DuckDB instance, and every connection is a cursor of it (warehouse.connect).
+
+A data path on an object store (s3://bucket/prefix/) is reached through httpfs with a
+TEMPORARY secret made from the standard AWS_* variables: it lives in that in-memory
+instance only, so it is never written to ~/.duckdb, the catalog or a file, and any DuckDB
+text that could quote it is scrubbed (errors.scrub) before it is shown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +30,7 @@ from typing import Any
 
 import duckdb
 
-from batchpipe.errors import WarehouseError
+from batchpipe.errors import WarehouseError, scrub
 from batchpipe.sqlcheck import sql_string
 
 PREFIX = "ducklake:"
@@ -36,6 +43,17 @@ EXTENSIONS = {
     "duckdb_extension_postgres": "postgres_scanner",
     "duckdb_extension_httpfs": "httpfs",
 }
+
+# The schemes a TYPE s3 secret covers (DuckDB's own scope for it): one secret, the AWS_*
+# variables. r2:// and gcs:// look up secrets of other types (R2's needs an ACCOUNT_ID, GCS
+# its own HMAC keys), so they are refused with the way to reach those stores as s3://.
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+OTHER_STORES = ("r2://", "gcs://", "gs://")
+SECRET_NAME = "batchpipe_data_path"
+KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+# AWS's SDKs read the service's own variable before the general one.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 _attached: dict[tuple[str, str | None], duckdb.DuckDBPyConnection] = {}
 _lock = threading.Lock()
@@ -110,6 +128,104 @@ def lay_out_extensions() -> Path:
 
 
 @dataclass(frozen=True)
+class ObjectStore:
+    """How DuckDB reaches an s3:// data path: the options of its S3 secret."""
+
+    scope: str  # s3://bucket/: the secret serves the data path's bucket, nothing else
+    key_id: str
+    secret: str = dataclasses.field(repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    region: str | None = None
+    endpoint: str | None = None  # host[:port] of an S3-compatible store
+    use_ssl: bool = True
+
+    def secret_sql(self) -> str:
+        """CREATE TEMPORARY SECRET, said outright: in-memory only, whatever DuckDB's default
+        for a plain CREATE SECRET is (today temporary too in an in-memory instance)."""
+        values = {
+            "SCOPE": self.scope,
+            "KEY_ID": self.key_id,
+            "SECRET": self.secret,
+            "SESSION_TOKEN": self.session_token,
+            "REGION": self.region,
+            "ENDPOINT": self.endpoint,
+            "URL_STYLE": "path" if self.endpoint else None,  # MinIO, R2: no bucket host names
+        }
+        options = ["TYPE s3", "PROVIDER config"]
+        options += [f"{key} {sql_string(value)}" for key, value in values.items() if value]
+        options.append(f"USE_SSL {'true' if self.use_ssl else 'false'}")
+        return f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} ({', '.join(options)})"
+
+
+def object_store(path: str | None) -> ObjectStore | None:
+    """The S3 secret an object-store data path needs, from the standard AWS variables
+    (None for a folder). Checked before anything opens: a missing key fails here, naming
+    the variables, instead of as an HTTP 403 from the store halfway through a run."""
+    if path is None or "://" not in path:
+        return None
+    lowered = path.lower()
+    if lowered.startswith(OTHER_STORES):
+        raise WarehouseError(
+            f"BATCHPIPE_DATA_PATH={path} is not supported: batchpipe reaches an object store "
+            "through its S3 API only. Write it as s3://bucket/prefix/ and set "
+            "AWS_ENDPOINT_URL to the store's S3 endpoint (R2: "
+            "https://ACCOUNT_ID.r2.cloudflarestorage.com, GCS: https://storage.googleapis.com "
+            "with HMAC keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    if not lowered.startswith(S3_SCHEMES):
+        return None  # another URL: DuckDB says what it makes of it
+    env = {name: os.environ.get(name, "").strip() for name in (*KEY_VARIABLES,
+           "AWS_SESSION_TOKEN", *REGION_VARIABLES, *ENDPOINT_VARIABLES)}  # fmt: skip
+    missing = [name for name in KEY_VARIABLES if not env[name]]
+    if missing:
+        raise WarehouseError(
+            f"BATCHPIPE_DATA_PATH={path} is on an object store, and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set. Its credentials come from the "
+            "standard AWS variables: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_SESSION_TOKEN for temporary credentials, AWS_REGION (or AWS_DEFAULT_REGION), "
+            "and AWS_ENDPOINT_URL for an S3-compatible store such as MinIO or R2; "
+            "nothing was opened"
+        )
+    endpoint, use_ssl = None, True
+    url = next((env[name] for name in ENDPOINT_VARIABLES if env[name]), None)
+    if url is not None:
+        endpoint, use_ssl = _endpoint(url)
+    scheme, rest = path.split("://", 1)
+    return ObjectStore(
+        scope=f"{scheme}://{rest.split('/', 1)[0]}/",
+        key_id=env["AWS_ACCESS_KEY_ID"],
+        secret=env["AWS_SECRET_ACCESS_KEY"],
+        session_token=env["AWS_SESSION_TOKEN"] or None,
+        region=next((env[name] for name in REGION_VARIABLES if env[name]), None),
+        endpoint=endpoint,
+        use_ssl=use_ssl,
+    )
+
+
+def _endpoint(url: str) -> tuple[str, bool]:
+    """AWS_ENDPOINT_URL (http://127.0.0.1:9000) as DuckDB's ENDPOINT takes it: host:port,
+    with USE_SSL from the scheme; DuckDB would read a scheme or a path as part of the host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise WarehouseError(
+            f"AWS_ENDPOINT_URL={url!r} is not an endpoint such as http://127.0.0.1:9000 or "
+            "https://s3.example.com (a scheme, a host, an optional port, no path)"
+        )
+    return parts.netloc.rsplit("@", 1)[-1], parts.scheme == "https"
+
+
+def _reach_object_store(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> None:
+    """Load httpfs (from the laid-out wheel, as the others) and make the store's secret."""
+    con.execute("LOAD httpfs")
+    try:
+        con.execute(store.secret_sql())
+    except duckdb.Error as err:
+        # DuckDB's parser quotes the statement, the secret inside it: only scrubbed text.
+        text = scrub(str(err).strip().splitlines()[0])
+        raise WarehouseError(f"cannot set up the credentials for {store.scope}: {text}") from None
+
+
+@dataclass(frozen=True)
 class Catalog:
     """What `attach` found or made."""
 
@@ -118,6 +234,9 @@ class Catalog:
 
 
 def _instance(settings: dict[str, Any]) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB with the catalog's extensions loaded, and the object store's
+    secret when the data path is on one (its credentials checked before anything else)."""
+    store = object_store(data_path())
     config = {
         **settings,
         "autoinstall_known_extensions": False,
@@ -130,6 +249,12 @@ def _instance(settings: dict[str, Any]) -> duckdb.DuckDBPyConnection:
         raise ValueError(str(err)) from None
     for name in ("ducklake", "postgres_scanner"):
         con.execute(f"LOAD {name}")
+    if store is not None:
+        try:
+            _reach_object_store(con, store)
+        except BaseException:
+            con.close()
+            raise
     return con
 
 
@@ -144,7 +269,7 @@ def _attach_sql(db: str, name: str, *, create: bool, read_only: bool) -> str:
 
 
 def _attach_error(db: str, err: duckdb.Error) -> WarehouseError:
-    text = redact(str(err).strip().splitlines()[0])
+    text = scrub(redact(str(err).strip().splitlines()[0]))
     if "creating a new DuckLake is explicitly disabled" in text:
         return WarehouseError(
             f"there is no DuckLake catalog at {redact(db)} yet: run `batchpipe warehouse "
@@ -223,7 +348,10 @@ def partition_lock(db: str, key: str, wait_seconds: float) -> Iterator[bool]:
     """Hold PostgreSQL's session advisory lock named `key` on the catalog's server: two
     processes writing one partition's run state take turns, as a file's one writer does.
     The server drops the lock when the holder's connection ends, a killed process's too,
-    so a crash never leaves a partition locked. Yields False when the wait ran out."""
+    so a crash never leaves a partition locked. Yields False when the wait ran out.
+    A run takes it before it opens the warehouse, so an object store's missing
+    credentials are said here first, before PostgreSQL is reached."""
+    object_store(data_path())
     dsn = catalog_dsn(db)
     if dsn is None:
         yield True
