@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install browser postgres demo test test-fast dev bench bench-emulator lint format lock clean
+.PHONY: install browser postgres demo scale-demo bench-scale test test-fast dev bench bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ ifeq ($(INITDB),)
 else
 	@echo "PostgreSQL: $(INITDB)"
 endif
+
+# Issue 19: a backfill of 8 demo partitions on a DuckLake in a throwaway PostgreSQL, four runs
+# at once through the Dagster daemon; prints the runs, rows, cost and the emulator's ledger.
+scale-demo: install postgres
+	$(BIN)/python scripts/scale_demo.py
 
 # Two workers (pytest-xdist): most tests wait on an emulator, DuckDB or a Dagster process.
 test: install browser postgres
