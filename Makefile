@@ -81,6 +81,11 @@ ROWS ?= 1000000
 bench: install
 	$(BIN)/python bench/pipeline.py --rows $(ROWS) --write bench/RESULTS.md
 
+# Issue 19's benchmark: 8 partitions of 50,000 rows, a DuckDB file's one writer against four
+# DuckLake runs at once (and one), at emulator latency 0 and 10 s, recorded in bench/RESULTS.md.
+bench-scale: install postgres
+	$(BIN)/python bench/scale.py --write bench/RESULTS.md
+
 # Emulator throughput (requests accepted/s, result lines served/s), recorded in bench/RESULTS.md.
 bench-emulator: install
 	$(BIN)/python bench/emulator.py --write bench/RESULTS.md
