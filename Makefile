@@ -68,9 +68,10 @@ postgres-debian:
 scale-demo: install postgres
 	$(BIN)/python scripts/scale_demo.py
 
-# Two workers (pytest-xdist): most tests wait on an emulator, DuckDB or a Dagster process.
+# Four workers (pytest-xdist) on two cores: a test waits on an emulator, DuckDB, PostgreSQL or
+# a Dagster process about half its time, so two workers left the cores idle (23 min, 18 on 4).
 test: install browser postgres
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 4
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
