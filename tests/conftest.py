@@ -164,6 +164,13 @@ def postgres_server(
         return localpg.start(root)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (real processes, some waiting minutes on limits) first: xdist hands
+    tests out in this order, so the last minutes of a run are the quick ones spread over
+    every worker, not one long test holding the run open while the others sit idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.hookimpl(tryfirst=True)  # before any plugin's cleanup of the basetemp
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
