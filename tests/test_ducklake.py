@@ -5,6 +5,7 @@ again as a whole, and a process killed after losing one recovered by running aga
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,35 @@ def test_four_partitions_at_once_and_two_runs_of_one(lake_project: Path, private
         "SELECT count(*), count(DISTINCT request_hash) FROM batchpipe_results",
     )[0]
     assert results == distinct == 4 * 30  # no result loaded twice
+
+
+@pytest.mark.slow
+def test_plan_show_status_and_costs_read_a_ducklake(lake_project: Path, private_emulator) -> None:
+    """The commands an analyst reads with work on a DuckLake as on a file, and agree with
+    the emulator's ledger; each is read-only, so none of them takes the writer's lock."""
+    url = private_emulator()
+    plan = batchpipe("plan", "product_descriptions", "--date", DAY)
+    assert plan.returncode == 0, plan.stderr
+    assert "30 requests" in plan.stdout, plan.stdout
+    assert ledger(url) == []  # a plan costs nothing
+
+    ran = batchpipe("run", "product_descriptions", "--date", DAY)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+
+    shown = batchpipe("show", "product_descriptions", "--date", DAY)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("│ succeeded ") == 5  # its first five rows
+    assert "for 30 batch request(s)" in shown.stdout, shown.stdout
+    (batch_id,) = [r[0] for r in query(lake_project, "SELECT batch_id FROM batchpipe_batches")]
+    status = batchpipe("status")
+    assert status.returncode == 0, status.stderr
+    assert batch_id in status.stdout and "loaded" in status.stdout
+    costs = batchpipe("costs", "--by", "pipeline", "--format", "json")
+    assert costs.returncode == 0, costs.stderr
+    (row,) = json.loads(costs.stdout)
+    billed = sum(line["usd"] for line in ledger(url))
+    assert row["pipeline"] == "product_descriptions" and row["partitions"] == 1
+    assert row["spent_usd"] == pytest.approx(billed, abs=1e-6)
 
 
 @pytest.mark.slow

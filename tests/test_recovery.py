@@ -71,7 +71,10 @@ def test_a_results_file_that_lost_bytes_is_fetched_again(
     assert len(billed) == len(set(billed)) == 30
 
 
-def test_cancel_gets_in_while_a_run_waits_on_its_batch(demo_db: Path, private_emulator) -> None:
+@pytest.mark.parametrize("warehouse_kind", ["file", "ducklake"], indirect=True)
+def test_cancel_gets_in_while_a_run_waits_on_its_batch(
+    demo_db: Path, private_emulator, warehouse_kind: str
+) -> None:
     """`batchpipe run` waits for its batch; meanwhile `batchpipe cancel` must be able to
     write (the waiting run holds no lock between polls: BATCHPIPE_LOCK_WAIT is 5 s here),
     the batch is canceled, and both commands end with the partition's rows canceled."""
