@@ -166,7 +166,9 @@ def test_status_watch_beside_a_waiting_run_never_blocks_its_writes(
     the watch opens it read-only, briefly, and never waits on the run's lock, so both
     finish; the watch's last figures are the run's."""
     _keep_rows(demo_db)
-    private_emulator("--requests-per-second", "5", latency=6)
+    # The batch stays open 15 s: the watch, a new process that imports the SDK, must start
+    # while it is open even on two loaded cores (6 s was sometimes too short).
+    private_emulator("--requests-per-second", "5", latency=15)
     run = subprocess.Popen(
         [sys.executable, "-m", "batchpipe", "run", "product_descriptions", "--date", DAY],
         stdout=subprocess.PIPE,
