@@ -57,7 +57,6 @@ SOURCE = SOURCE_SQL.replace(
 @dataclass(frozen=True)
 class Run:
     day: dt.date
-    started: float  # time.time() at the spawn
     wall_s: float
     peak_rss_mb: float
     steps: dict[str, float]  # Dagster's STEP_SUCCESS durations
@@ -141,8 +140,7 @@ def backfill(
     with environment(env):
         steps = step_times()
     runs = [
-        Run(day, f.started, f.wall_s, f.peak_rss_mb, *steps[day.isoformat()])
-        for day, f in finished.items()
+        Run(day, f.wall_s, f.peak_rss_mb, *steps[day.isoformat()]) for day, f in finished.items()
     ]
     return Backfill(name, lanes, latency, makespan, runs, rows * len(DAYS))
 
