@@ -17,20 +17,10 @@ import duckdb
 import pytest
 
 from batchpipe import lake, state, warehouse
-from tests.support import ledger, query, request_of
+from tests.support import batchpipe, ledger, query, request_of
 
 DAY = "2026-11-03"
 DAYS = ["2026-11-04", "2026-11-05", "2026-11-06", "2026-11-07"]
-
-
-def batchpipe(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "batchpipe", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
 
 
 def dagster_log_lines(home: Path) -> list[str]:

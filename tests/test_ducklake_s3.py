@@ -9,9 +9,7 @@ or the catalog; a missing credential is said before anything opens.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import pytest
 from batchpipe import lake, warehouse
 from batchpipe.errors import WarehouseError
 from scripts import localpg
-from tests.support import ledger, query
+from tests.support import batchpipe, ledger, query
 
 DAY = "2026-11-03"
 KEY_ID = "AKIABATCHPIPETEST01"
@@ -39,16 +37,6 @@ AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
 )
-
-
-def batchpipe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchpipe", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=timeout,
-    )
 
 
 @dataclass
