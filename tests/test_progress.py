@@ -26,7 +26,7 @@ import pytest
 from batchpipe import progress, state
 from batchpipe.defs.resources import BatchpipeResource
 from batchpipe.runs import run_partition
-from tests.support import batchpipe, pipeline, query
+from tests.support import advance_emulator_clock, batchpipe, pipeline, query
 
 DAY = "2026-11-03"
 ROWS = 10  # of the partition: at 2 requests a second, 5 s of rising counts
@@ -143,12 +143,24 @@ def test_status_watch_shows_an_open_partition_until_it_ends_and_writes_nothing(
     """A run that did not wait leaves its batch open (the sensor's case). The watch shows
     it live from the API until it ends upstream, then exits; the warehouse is only read."""
     _keep_rows(demo_db)
-    private_emulator("--requests-per-second", "5", latency=5)
+    # The batch stays open until the watch has shown it open (a fixed latency raced the
+    # watch's start on a loaded machine): then the clock moves past the latency.
+    url = private_emulator("--requests-per-second", "5", latency=3600)
     run_partition(pipeline(), dt.date.fromisoformat(DAY), BatchpipeResource(wait=False))
     before = query(demo_db, "SELECT state, succeeded FROM batchpipe_batches")
     assert before == [("submitted", 0)]
 
-    watched = batchpipe("status", "--watch", "--every", "1")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "batchpipe", "status", "--watch", "--every", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None
+    first = watch.stdout.readline()
+    advance_emulator_clock(url, 3600)
+    rest, errors = watch.communicate(timeout=120)
+    watched = subprocess.CompletedProcess(watch.args, watch.returncode, first + rest, errors)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     lines = _progress(watched.stdout)
     assert lines[0][4:] == (0, 1), watched.stdout  # open
