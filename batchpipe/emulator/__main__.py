@@ -85,6 +85,20 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         help="once X USD is billed, unprocessed batch lines end errored, unbilled",
     )
     limits.add_argument(
+        "--max-batch-bytes",
+        metavar="N",
+        type=_count,
+        default=None,
+        help="413 request_too_large for a batch create body over N bytes (default 256 MB)",
+    )
+    limits.add_argument(
+        "--max-messages-bytes",
+        metavar="N",
+        type=_count,
+        default=None,
+        help="413 for a /v1/messages or count_tokens body over N bytes (default 32 MB)",
+    )
+    limits.add_argument(
         "--not-found-after-create",
         type=_amount,
         default=None,

@@ -3,15 +3,23 @@
 Wire details (headers, status codes, error strings, JSONL framing) follow the research
 file, because the point of the emulator is that code passing against it also works
 against api.anthropic.com through the official SDK. The controls (health, clock, ledger,
-faults, reset) are never faulted and need no API key: they belong to the test harness.
+faults, limits, files, reset) are never faulted and need no API key: they belong to the
+test harness. The Files API's routes live in files_api.py.
+
+Body limits: a batch create over 256 MB and a Messages or count_tokens call over 32 MB
+are a 413 `request_too_large`, as Cloudflare answers them; `--max-batch-bytes` and
+`--max-messages-bytes` (or `max_batch_bytes` / `max_messages_bytes` through
+`POST /_emulator/faults`) lower them, so a test can make a partition need several
+batches by size.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchpipe.emulator import lifecycle
+from batchpipe.emulator import files_api, lifecycle
 from batchpipe.emulator.faults import Faults, FaultSettings
 from batchpipe.emulator.limits import KEYS as LIMIT_KEYS
 from batchpipe.emulator.limits import Limits, LimitSettings
@@ -39,13 +47,14 @@ from batchpipe.emulator.protocol import (
     validate_create,
     version_and_betas,
 )
-from batchpipe.emulator.responders import MODELS, check_model, count_input_tokens, respond
+from batchpipe.emulator.responders import MODELS, Sources, count_tokens_of, respond
 from batchpipe.emulator.state import BatchRecord, Store
-from batchpipe.emulator.wire import ApiError, invalid, not_found, rfc3339
+from batchpipe.emulator.wire import ApiError, Prepared, invalid, not_found, rfc3339
 
 MAX_BATCH_BODY = 256 * 1024 * 1024  # research §1.5: Cloudflare answers 413 above this
 MAX_MESSAGES_BODY = 32 * 1024 * 1024
 MAX_CONTROL_BODY = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,15 @@ class Emulator:
         self.limits.apply(settings)
         self.store.ledger.credit_usd = settings.credit_usd
 
+    def max_batch_body(self) -> int:
+        return self.limits.settings.max_batch_bytes or MAX_BATCH_BODY
+
+    def max_messages_body(self) -> int:
+        return self.limits.settings.max_messages_bytes or MAX_MESSAGES_BODY
+
+    def sources(self) -> Sources:
+        return Sources(self.store.files, self.store.urls)
+
 
 def emulator_of(request: Request) -> Emulator:
     return request.app.state.emulator
@@ -77,7 +95,7 @@ def base_url(request: Request) -> str:
 
 async def create_batch(request: Request) -> Response:
     emu = emulator_of(request)
-    raw = await read_body(request, MAX_BATCH_BODY)
+    raw = await read_body(request, emu.max_batch_body())
     requests = validate_create(parse_json(raw))
     version, betas = version_and_betas(request)
     line_faults = emu.injector.for_new_batch()
@@ -160,34 +178,55 @@ async def batch_results(request: Request) -> Response:
 # Messages
 
 
+def holds_blocks(params: Any) -> bool:
+    """Whether some message has a list of blocks (which may hold media to decode or
+    fetch): such a request is answered off the event loop."""
+    messages = params.get("messages") if isinstance(params, dict) else None
+    return isinstance(messages, list) and any(
+        isinstance(message, dict) and isinstance(message.get("content"), list)
+        for message in messages
+    )
+
+
+async def off_loop_if_blocks(params: Any, work: Callable[[], T]) -> T:
+    return await run_in_threadpool(work) if holds_blocks(params) else work()
+
+
 async def create_message(request: Request) -> Response:
     emu = emulator_of(request)
-    params = await read_json(request, MAX_MESSAGES_BODY)
+    params = await read_json(request, emu.max_messages_body())
     if isinstance(params, dict) and params.get("stream") is True:
         raise invalid("stream: streaming responses are not supported by the emulator")
     version, betas = version_and_betas(request)
-    answer = respond(
-        params,
-        api_version=version,
-        betas=betas,
-        batch=False,
-        seed=emu.injector.seed,
-        cache=emu.store.prompt_cache,
-        now=emu.store.clock.now(),
-    )
-    if isinstance(answer, ApiError):
-        raise answer
-    return JSONResponse(answer)
+
+    def answer() -> Prepared | ApiError:
+        return respond(
+            params,
+            api_version=version,
+            betas=betas,
+            batch=False,
+            seed=emu.injector.seed,
+            cache=emu.store.prompt_cache,
+            now=emu.store.clock.now(),
+            sources=emu.sources(),
+        )
+
+    message = await off_loop_if_blocks(params, answer)
+    if isinstance(message, ApiError):
+        raise message
+    return JSONResponse(message)
 
 
 async def count_tokens(request: Request) -> Response:
-    params = await read_json(request, MAX_MESSAGES_BODY)
-    if not isinstance(params, dict):
-        raise invalid("Input should be a valid dictionary")
-    check_model(params)
-    if "messages" not in params:
-        raise invalid("messages: Field required")
-    return JSONResponse({"input_tokens": count_input_tokens(params)})
+    emu = emulator_of(request)
+    params = await read_json(request, emu.max_messages_body())
+    _, betas = version_and_betas(request)
+
+    def count() -> int:
+        now = emu.store.clock.now()
+        return count_tokens_of(params, betas=betas, sources=emu.sources(), now=now)
+
+    return JSONResponse({"input_tokens": await off_loop_if_blocks(params, count)})
 
 
 # Models
@@ -284,6 +323,11 @@ ROUTES = [
     Route(f"{BATCH}/results", batch_results, methods=["GET"]),
     Route("/v1/messages", create_message, methods=["POST"]),
     Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    Route("/v1/files", files_api.upload_file, methods=["POST"]),
+    Route("/v1/files", files_api.list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", files_api.get_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", files_api.delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", files_api.download_file, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id}", get_model, methods=["GET"]),
     Route("/_emulator/health", health, methods=["GET"]),
@@ -291,6 +335,7 @@ ROUTES = [
     Route("/_emulator/ledger", ledger, methods=["GET"]),
     Route("/_emulator/faults", get_faults, methods=["GET"]),
     Route("/_emulator/limits", get_limits, methods=["GET"]),
+    Route("/_emulator/files", files_api.files_report, methods=["GET"]),
     Route("/_emulator/faults", set_faults, methods=["POST"]),
     Route("/_emulator/reset", reset, methods=["POST"]),
 ]

@@ -50,6 +50,8 @@ class Entry:
     always_thinks: bool = False  # thinking blocks on every reply; forced tools rejected
     adaptive_only: bool = False  # thinking {type: enabled, budget_tokens} rejected
     aliases: tuple[str, ...] = ()  # dated snapshot ids that bill as this model
+    # tokens in + out; a 1M window also takes 600 images or PDF pages a request, not 100
+    context_window: int = 1_000_000
 
 
 def _p(input: float, write_5m: float, write_1h: float, read: float, output: float) -> Price:
@@ -94,11 +96,19 @@ MODELS: dict[str, Entry] = {
     "claude-opus-4-6": Entry(_OPUS, output_300k=True),
     "claude-sonnet-4-6": Entry(_SONNET_4, output_300k=True),
     "claude-haiku-4-5": Entry(
-        _p(1.00, 1.25, 2.00, 0.10, 5.00), max_output=64_000, aliases=("claude-haiku-4-5-20251001",)
+        _p(1.00, 1.25, 2.00, 0.10, 5.00),
+        max_output=64_000,
+        aliases=("claude-haiku-4-5-20251001",),
+        context_window=200_000,
     ),
-    "claude-opus-4-5": Entry(_OPUS, max_output=64_000, aliases=("claude-opus-4-5-20251101",)),
+    "claude-opus-4-5": Entry(
+        _OPUS, max_output=64_000, aliases=("claude-opus-4-5-20251101",), context_window=200_000
+    ),
     "claude-sonnet-4-5": Entry(
-        _SONNET_4, max_output=64_000, aliases=("claude-sonnet-4-5-20250929",)
+        _SONNET_4,
+        max_output=64_000,
+        aliases=("claude-sonnet-4-5-20250929",),
+        context_window=200_000,
     ),
 }
 

@@ -46,7 +46,7 @@ from batchpipe.emulator.faults import (
     worker_request_id,
 )
 from batchpipe.emulator.limits import no_credit_result
-from batchpipe.emulator.responders import respond
+from batchpipe.emulator.responders import Sources, respond
 from batchpipe.emulator.state import BatchRecord, ResultLine, Store, paused_gc, tally
 from batchpipe.emulator.wire import (
     ApiError,
@@ -135,11 +135,16 @@ def _schedule(store: Store, record: BatchRecord, latency: float) -> Schedule:
 
 
 def _answer(
-    store: Store, record: BatchRecord, request: dict[str, Any], moment: dt.datetime
+    store: Store,
+    record: BatchRecord,
+    request: dict[str, Any],
+    moment: dt.datetime,
+    sources: Sources | None = None,
 ) -> dict[str, Any]:
     """One request's result: an injected failure, the responder's error, or its Message.
     `moment` is when the request completes on the emulated clock (what a prompt cache's
-    TTLs should be judged against), and `record.faults.seed` the batch's seed."""
+    TTLs and a file's expiry should be judged against), `record.faults.seed` the batch's
+    seed, `sources` the store's files and URL cache."""
     custom_id = request["custom_id"]
     error = line_error(record.faults, record.seq, custom_id)
     request_id = None  # the real API gives null for validation errors...
@@ -152,6 +157,7 @@ def _answer(
             seed=record.faults.seed,
             cache=store.prompt_cache,
             now=moment,
+            sources=sources,
         )
         if not isinstance(answer, ApiError):
             return {"type": "succeeded", "message": answer}
@@ -215,13 +221,14 @@ def _answer_range(
     requests = _requests(store, record)
     answers, stamp = _Answers(), _Stamps(schedule)
     credit = store.ledger.credit_left()  # None: no credit limit; lines spend it in order
+    sources = Sources(store.files, store.urls)
     for position in positions:
         request = requests[schedule.order[position]]
         custom_id = request["custom_id"]
         if credit is not None and credit <= 0:
             result = no_credit_result()
         else:
-            result = _answer(store, record, request, schedule.finished_at(position))
+            result = _answer(store, record, request, schedule.finished_at(position), sources)
         answers.custom_ids.append(custom_id)
         answers.kinds.append(result["type"])
         answers.texts.append(dumps_line({"custom_id": custom_id, "result": result}))
@@ -244,9 +251,11 @@ def _answer_all(
     """`keep(_answer_range(...))` for `positions`, in order, on both cores when that is
     safe and worth a fork: the prompt cache makes answers depend on the order lines are
     processed in, so a batch that has `cache_control` anywhere is answered in order, in
-    this process. Forked, this process answers the first part and keeps it while the
-    child answers the (bigger) rest, since ending the batch is left to this process.
-    A credit limit, too, is spent in order, so with one set nothing is forked."""
+    this process; so is one naming files or URLs, whose lookups a child must not make
+    (the file store counts them, the URL cache keeps them). Forked, this process
+    answers the first part and keeps it while the child answers the (bigger) rest,
+    since ending the batch is left to this process. A credit limit, too, is spent in
+    order, so with one set nothing is forked."""
     if (
         len(positions) < FORK_AT_LEAST
         or not forked.AVAILABLE
@@ -265,12 +274,19 @@ def _answer_all(
     keep(rest)
 
 
+SHARED_STATE_KEYS = (b'"cache_control"', b'"file_id"', b'"url"')
+
+
 def _cache_free(store: Store, record: BatchRecord) -> bool:
-    """Whether no request of the batch can touch the prompt cache: no `cache_control`
-    key anywhere (a string value equal to it only costs the speed-up)."""
-    return store.memo(
-        record.id, "cache_free", lambda: b'"cache_control"' not in store.requests_bytes(record.id)
-    )
+    """Whether no request of the batch can touch the prompt cache, the file store or the
+    URL cache: none of their keys anywhere (a string value equal to one only costs the
+    speed-up)."""
+
+    def free() -> bool:
+        body = store.requests_bytes(record.id)
+        return not any(key in body for key in SHARED_STATE_KEYS)
+
+    return store.memo(record.id, "cache_free", free)
 
 
 def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from batchpipe.emulator.wire import ApiError, invalid
 
-INT_KEYS = ("queue_limit", "batch_rpm")
+INT_KEYS = ("queue_limit", "batch_rpm", "max_batch_bytes", "max_messages_bytes")
 NUMBER_KEYS = ("spend_limit_usd", "workspace_limit_usd", "credit_usd", "not_found_after_create")
 KEYS = (*INT_KEYS, *NUMBER_KEYS)
 BATCHES_PATH = "/v1/messages/batches"
@@ -38,8 +38,10 @@ WORKSPACE_LIMIT = "You have reached your specified workspace API usage limits."
 
 @dataclass(frozen=True)
 class LimitSettings:
-    """What `--queue-limit`, `--batch-rpm`, `--*-usd` and `--not-found-after-create`
-    (and the same keys of `POST /_emulator/faults`) set; None is off."""
+    """What `--queue-limit`, `--batch-rpm`, `--*-usd`, `--not-found-after-create` and
+    `--max-*-bytes` (and the same keys of `POST /_emulator/faults`) set; None is off,
+    or for the body sizes the real limits (256 MB a batch create, 32 MB a Messages or
+    count_tokens call): a small one lets a test make a partition need several batches."""
 
     queue_limit: int | None = None
     batch_rpm: int | None = None
@@ -47,6 +49,8 @@ class LimitSettings:
     workspace_limit_usd: float | None = None
     credit_usd: float | None = None
     not_found_after_create: float | None = None
+    max_batch_bytes: int | None = None
+    max_messages_bytes: int | None = None
 
     def updated(self, changes: dict[str, Any]) -> LimitSettings:
         """A copy with those of `changes` that are limits applied; a bad value is a 400."""

@@ -2,7 +2,8 @@
 
 Flags carry the per-model behaviours that change replies or errors, so the responder
 never tests model ids by name: output caps (research §5), always-on thinking (research
-§7.2: thinking blocks first, forced tools rejected) and adaptive-only thinking config.
+§7.2: thinking blocks first, forced tools rejected), adaptive-only thinking config and
+the context window (which sets how many images and PDF pages a request may carry).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ModelSpec:
     output_300k: bool = False  # 300k max_tokens in batches with the beta (research §5)
     always_thinks: bool = False  # thinking blocks on every reply; forced tools rejected
     adaptive_only: bool = False  # thinking.type enabled/disabled rejected (research §3)
+    context_window: int = 200_000  # >= 1M also allows 600 images / PDF pages, not 100
 
 
 def _spec(model_id: str, created: str = EPOCH, **kwargs: Any) -> ModelSpec:
@@ -47,6 +49,7 @@ def _limits(model_id: str) -> dict[str, Any]:
         "output_300k": entry.output_300k,
         "always_thinks": entry.always_thinks,
         "adaptive_only": entry.adaptive_only,
+        "context_window": entry.context_window,
     }
 
 

@@ -2,7 +2,8 @@
 
 Everything here is a pure function of (seed, params) so a test can predict a reply and
 a pipeline run can be repeated bit for bit. Plain replies keep the `Emulated reply to:
-<last user text>` form pipeline tests match on; structured replies are a JSON value that
+<last user text>` form pipeline tests match on, plus a line per image or document of
+the last user message (mediainfo.MediaInfo.line); structured replies are a JSON value that
 validates against the requested schema; `max_tokens` and `stop_sequences` cut the text
 the way the API does, so truncated JSON is invalid JSON, exactly as in production.
 """
@@ -147,10 +148,15 @@ def _schema_value(
 
 
 def compose(
-    params: dict[str, Any], spec: ModelSpec, seed: int, schema_key: str | None = None
+    params: dict[str, Any],
+    spec: ModelSpec,
+    seed: int,
+    schema_key: str | None = None,
+    media_lines: Sequence[str] = (),
 ) -> Reply:
     """The reply to validated `params`: content blocks, stop reason and output tokens.
-    `schema_key` is the output schema's schema_values.schema_key, if the caller made it."""
+    `schema_key` is the output schema's schema_values.schema_key, if the caller made it;
+    `media_lines` describe the last user message's images and documents (media.Media)."""
     prompt = last_user_text(params["messages"])
     budget = params["max_tokens"]
     content: list[dict[str, Any]] = []
@@ -174,7 +180,7 @@ def compose(
             return Reply(content, "max_tokens", None, budget, thinking_tokens)
         content.append({**call, "input": value})
         return Reply(content, "tool_use", None, used + cost, thinking_tokens)
-    text, tokens = _text_reply(params, prompt, seed, schema_key)
+    text, tokens = _text_reply(params, prompt, seed, schema_key, media_lines)
     stop_reason, stop_sequence = "end_turn", None
     hit = _first_stop(text, params.get("stop_sequences"))
     if hit is not None:
@@ -188,9 +194,15 @@ def compose(
 
 
 def _text_reply(
-    params: dict[str, Any], prompt: str, seed: int, schema_key: str | None
+    params: dict[str, Any],
+    prompt: str,
+    seed: int,
+    schema_key: str | None,
+    media_lines: Sequence[str] = (),
 ) -> tuple[str, int]:
-    """The whole text reply (JSON for structured output) and its token count."""
+    """The whole text reply (JSON for structured output) and its token count. A plain
+    reply names each media block of the last user message on a line of its own, so a
+    test can tell which answer belongs to which image; a structured one does not."""
     schema = output_format_schema(params)
     if schema is not None:
         where = "output_config.format.schema"
@@ -199,4 +211,9 @@ def _text_reply(
         return text, count_tokens(text)
     # The prefix ends in a space, so no run spans the join: the prompt's count (already
     # made for the input blocks, and cached) adds to the prefix's.
-    return REPLY_PREFIX + prompt, count_tokens(REPLY_PREFIX) + count_tokens(prompt)
+    text = REPLY_PREFIX + prompt
+    tokens = count_tokens(REPLY_PREFIX) + count_tokens(prompt)
+    for line in media_lines:  # after a newline, so again no run spans the join
+        text += "\n" + line
+        tokens += count_tokens(line)
+    return text, tokens

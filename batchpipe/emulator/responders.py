@@ -8,8 +8,9 @@ API's deferred checks and error strings (research §3, §5, §7), because the pi
 handle those errored lines the way it would in production.
 
 The pieces live in focused modules: `models` (what each model allows), `tokens` (the
-tokenizer approximation), `caching` (prompt caching), `schema_values` and `replies`
-(the content). This module validates and assembles the Message.
+tokenizer approximation), `media` (images and documents: checks and token counts),
+`caching` (prompt caching), `schema_values` and `replies` (the content). This module
+validates and assembles the Message.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from batchpipe.emulator.caching import InputUsage, PromptCache, find_breakpoints, input_usage
+from batchpipe.emulator.media import Sources
+from batchpipe.emulator.media import inspect as inspect_media
 from batchpipe.emulator.models import EPOCH, MODELS, ModelSpec
 from batchpipe.emulator.replies import Reply, compose, forced_tool, thinks
 from batchpipe.emulator.schema_values import schema_key
@@ -45,8 +48,10 @@ __all__ = [
     "MODELS",
     "ModelSpec",
     "PromptCache",
+    "Sources",
     "check_model",
     "count_input_tokens",
+    "count_tokens_of",
     "respond",
     "validate",
 ]
@@ -185,6 +190,25 @@ def validate(
     return spec
 
 
+def count_tokens_of(
+    params: Any,
+    *,
+    betas: Sequence[str] = (),
+    sources: Sources | None = None,
+    now: dt.datetime | None = None,
+) -> int:
+    """`POST /v1/messages/count_tokens`: the input tokens of `params`, or its ApiError
+    raised (the model, the messages and their media are checked; max_tokens is not)."""
+    if not isinstance(params, dict):
+        raise invalid("Input should be a valid dictionary")
+    spec = check_model(params)
+    if "messages" not in params:
+        raise invalid("messages: Field required")
+    moment = now or dt.datetime.now(dt.UTC)
+    media = inspect_media(params, spec, sources=sources, batch=False, betas=betas, now=moment)
+    return count_input_tokens(params, media)
+
+
 def respond(
     params: dict[str, Any],
     *,
@@ -194,22 +218,28 @@ def respond(
     seed: int = 0,
     cache: PromptCache | None = None,
     now: dt.datetime | None = None,
+    sources: Sources | None = None,
 ) -> Prepared | ApiError:
     """The Message for `params`, or the ApiError the real API would give for them.
 
     `cache` None means no prompt caching (all input is `input_tokens`); with a cache,
     calls in order see each other's writes, which is how lines of one batch share a
-    prefix. `now` is the emulator's clock, for cache TTLs.
+    prefix. `now` is the emulator's clock, for cache TTLs and file expiry. `sources`
+    is where file and URL media are found (media.Sources).
     """
     try:
         spec = validate(params, api_version=api_version, betas=betas, batch=batch)
         plain = plain_prompt_tokens(params) if params.get("cache_control") is None else None
-        if plain is None:
-            blocks = prompt_blocks(params)
+        lines: list[str] = []
+        if plain is None:  # only string contents have a plain count, and hold no media
+            now = now or dt.datetime.now(dt.UTC)
+            media = inspect_media(params, spec, sources=sources, batch=batch, betas=betas, now=now)
+            blocks = prompt_blocks(params, media)
             breakpoints = find_breakpoints(params, blocks)
+            lines = media.lines(params["messages"]) if media is not None else []
         schema = output_format_schema(params)
         key = None if schema is None else schema_key(schema)  # made once, used twice
-        reply = compose(params, spec, seed, key)
+        reply = compose(params, spec, seed, key, lines)
     except ApiError as error:
         return error
     if plain is not None:  # no breakpoint: all input is fresh, as input_usage would find

@@ -1,5 +1,5 @@
 """Durable emulator state: batches, their request, progress and result files, the clock,
-the ledger.
+the ledger, the Files API's files.
 
 Everything lives under one `state_dir` so the emulator can be stopped (or killed) and
 started again without losing batches or billing twice. Whole files are replaced
@@ -16,6 +16,9 @@ fsynced per append and a torn last line is cut off on load. Layout:
     state_dir/batches/<id>.progress.jsonl   result lines of the requests processed so far,
                                             in processing order (deleted once ended)
     state_dir/batches/<id>.results.jsonl    the results body, exactly as served
+    state_dir/files/                        uploaded files (see files.py)
+
+The URL media cache (fetch.py) is kept in memory only: a restart downloads again.
 """
 
 from __future__ import annotations
@@ -24,19 +27,26 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, Field
 
 from batchpipe.emulator.caching import PromptCache
 from batchpipe.emulator.faults import LineFaults
+from batchpipe.emulator.fetch import UrlFetcher
+from batchpipe.emulator.files import FileStore
 from batchpipe.emulator.ledger import Ledger
-from batchpipe.emulator.wire import append_lines, dumps_line, load_lines, write_lines
+from batchpipe.emulator.wire import (
+    append_lines,
+    atomic_write,
+    atomic_write_with,
+    dumps_line,
+    load_lines,
+    write_lines,
+)
 
 T = TypeVar("T")
 
@@ -54,26 +64,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see either the old or the new file, never half."""
-    atomic_write_with(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def atomic_write_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """`atomic_write`, the content written by `write(handle)`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; state files are meant to be inspected
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Clock:
@@ -169,6 +159,8 @@ class Store:
         self.ledger = Ledger(state_dir / "ledger.jsonl")
         self.cache_path = state_dir / "prompt_cache.json"
         self.prompt_cache = PromptCache(self.cache_path)
+        self.files = FileStore(state_dir / "files")
+        self.urls = UrlFetcher()
         self._batches: dict[str, BatchRecord] = {}
         self._memo: dict[tuple[str, str], Any] = {}
         for path in self.batch_dir.glob("*.json"):
@@ -280,7 +272,7 @@ class Store:
         self.forget(batch_id)
 
     def reset(self) -> None:
-        """Forget everything: batches, ledger, clock offset, prompt cache file."""
+        """Forget everything: batches, ledger, clock offset, prompt cache file, files."""
         with self.lock:
             for batch_id in list(self._batches):
                 self.delete(batch_id)
@@ -290,3 +282,5 @@ class Store:
             self.ledger.reset()
             self.clock.reset()
             self.prompt_cache.clear()
+            self.files.reset()
+            self.urls.reset()

@@ -14,7 +14,7 @@ import functools
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from batchpipe.emulator.wire import json_encoder
 
@@ -23,7 +23,13 @@ _PIECE = re.compile(r"\w+|[^\w\s]+")
 # leaves out the separators \x1c-\x1f, so they are left out of punctuation by hand.
 _ASCII_PIECE = re.compile(r"\w+|[^\w\s\x1c-\x1f]+", re.ASCII)
 MESSAGE_OVERHEAD = 3  # role markers around every message
-MEDIA_TOKENS = 1500  # an image or binary document, whatever its size: good enough for costs
+MEDIA_TOKENS = 1500  # an unchecked media block (no media_type: see media.py), whatever its size
+
+
+class MediaTokens(Protocol):
+    """A request's checked media blocks (media.Media): what each costs, by the block."""
+
+    def tokens_of(self, block: Any) -> int | None: ...
 
 
 @functools.lru_cache(maxsize=4096)
@@ -137,7 +143,15 @@ def block_text(block: Any) -> str:
     return _canonical(_without_cache_control(block))
 
 
-def _block_tokens(block: Any) -> int:
+def _block_tokens(block: Any, media: MediaTokens | None = None) -> int:
+    if media is not None and isinstance(block, dict):
+        own = media.tokens_of(block)
+        if own is not None:
+            return own
+        parts = block.get("content") if block.get("type") == "tool_result" else None
+        if isinstance(parts, list) and any(media.tokens_of(part) is not None for part in parts):
+            # as count_tokens(block_text(block)): its parts are joined by spaces
+            return sum(_block_tokens(part, media) for part in parts)
     if isinstance(block, dict) and block.get("type") in ("image", "document"):
         source = block.get("source")
         if not (isinstance(source, dict) and source.get("type") == "text"):
@@ -145,8 +159,10 @@ def _block_tokens(block: Any) -> int:
     return count_tokens(block_text(block))
 
 
-def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
-    """The request's blocks in cache order; each message's overhead rides on its first."""
+def prompt_blocks(params: dict[str, Any], media: MediaTokens | None = None) -> list[PromptBlock]:
+    """The request's blocks in cache order; each message's overhead rides on its first.
+    `media`: the request's checked images and documents (media.inspect), priced by
+    their content; without it every media block costs MEDIA_TOKENS."""
     blocks: list[PromptBlock] = []
     for index, tool in enumerate(params.get("tools") or []):
         body = _without_cache_control(tool)
@@ -190,7 +206,7 @@ def prompt_blocks(params: dict[str, Any]) -> list[PromptBlock]:
             blocks.append(
                 PromptBlock(
                     where,
-                    _block_tokens(block) + overhead,
+                    _block_tokens(block, media) + overhead,
                     contributes,
                     control,
                     kind not in ("thinking", "redacted_thinking"),
@@ -252,6 +268,7 @@ def extra_input_tokens(params: dict[str, Any], schema_key: str | None = None) ->
     return tokens
 
 
-def count_input_tokens(params: dict[str, Any]) -> int:
+def count_input_tokens(params: dict[str, Any], media: MediaTokens | None = None) -> int:
     """All input tokens of a request: tools, system, messages and the output schema."""
-    return sum(block.tokens for block in prompt_blocks(params)) + extra_input_tokens(params)
+    blocks = prompt_blocks(params, media)
+    return sum(block.tokens for block in blocks) + extra_input_tokens(params)

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import string
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring
@@ -97,6 +98,11 @@ def new_message_id() -> str:
 def new_request_id() -> str:
     """`req_011C` + 20 base62 characters, the shape of real `request-id` headers."""
     return "req_011C" + _base62(20)
+
+
+def new_file_id() -> str:
+    """`file_011C` + 20 base62 characters, the shape of real Files API ids."""
+    return "file_011C" + _base62(20)
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -244,6 +250,26 @@ def write_lines(handle: IO[bytes], lines: Sequence[str]) -> None:
     for start in range(0, len(lines), CHUNK_LINES):
         chunk = lines[start : start + CHUNK_LINES]
         handle.write(("\n".join(chunk) + "\n").encode("utf-8"))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see either the old or the new file, never half."""
+    atomic_write_with(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`atomic_write`, the content written by `write(handle)`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; state files are meant to be inspected
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:
