@@ -26,14 +26,17 @@ import anthropic
 import duckdb
 import httpx2  # the SDK's HTTP library: a cut stream raises its errors, not the SDK's
 
-from batchpipe import budget, estimates, progress, state, warehouse
+from batchpipe import budget, estimates, media_send, progress, state, warehouse
 from batchpipe.api import API_PATIENCE_SECONDS, Outage, api_message, retry_after
 from batchpipe.errors import BatchApiError
 from batchpipe.failpoints import kill_point
 from batchpipe.state import State
 
 MAX_REQUESTS_PER_BATCH = 100_000
-MAX_BATCH_BYTES = 200 * 1024 * 1024  # the API allows 256 MB; keep room for the envelope
+# The API takes 256 MB a batch; bodies are cut at 200 MiB of characters (media's base64
+# included), room for multi-byte characters and the envelope. BATCHPIPE_MAX_BATCH_BYTES
+# lowers it (a test's emulator enforcing a small limit, or a proxy with its own).
+MAX_BATCH_BYTES = 200 * 1024 * 1024
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
@@ -151,10 +154,9 @@ def submit_partition(
         budget.clear_skipped(con, send.pipeline, send.date)
         now = total if send.limit is None else min(total, send.limit)
         if now:
-            per_batch = _batch_size(con, min(send.max_requests, MAX_REQUESTS_PER_BATCH, cap or now))
-            more, refused, held = _send_chunks(
-                con, api, send, per_batch, -(-now // per_batch), cap, log
-            )
+            per_batch = min(send.max_requests, MAX_REQUESTS_PER_BATCH, cap or now)
+            chunks = state.cut_chunks(con, per_batch, max_batch_bytes(), now)
+            more, refused, held = _send_chunks(con, api, send, chunks, cap, log)
             sent += more
         if held is None and refused is None and now < total:
             held = Held("canary", send.held_why, retry_after=0.0)
@@ -274,16 +276,28 @@ def _check_room(con: duckdb.DuckDBPyConnection, cap: int | None, adding: int) ->
         )
 
 
+def max_batch_bytes() -> int:
+    """The most characters one batch's body holds: MAX_BATCH_BYTES, or the smaller
+    BATCHPIPE_MAX_BATCH_BYTES."""
+    raw = os.environ.get("BATCHPIPE_MAX_BATCH_BYTES", "").strip()
+    if not raw:
+        return MAX_BATCH_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise BatchApiError(
+            f"BATCHPIPE_MAX_BATCH_BYTES={raw!r}: expected a whole number of bytes; nothing was sent"
+        )
+    return min(int(raw), MAX_BATCH_BYTES)
+
+
 def _send_chunks(
     con: duckdb.DuckDBPyConnection,
     api: anthropic.Anthropic,
     send: Send,
-    per_batch: int,
     chunks: int,
     cap: int | None,
     log: Log,
 ) -> tuple[int, budget.Refusal | None, Held | None]:
-    """Send the staged requests `per_batch` at a time, each chunk's intent recorded
+    """Send the staged requests chunk by chunk (`state.cut_chunks`), each chunk's intent recorded
     first; returns the requests sent, the budget refusal that stopped the rest, if any,
     and the hold that stopped them, if any.
 
@@ -292,8 +306,8 @@ def _send_chunks(
     crash leaves at most two intents to finish, in the order they were recorded."""
 
     def intent(chunk: int, in_flight: int) -> Submission | budget.Refusal:
-        _check_room(con, cap, in_flight + state.chunk_size(con, per_batch, chunk)[0])
-        return _record_intent(con, send, per_batch, chunk)
+        _check_room(con, cap, in_flight + state.chunk_size(con, chunk)[0])
+        return _record_intent(con, send, chunk)
 
     sent = 0
     try:
@@ -350,7 +364,7 @@ def check_state_writable() -> None:
 
 
 def _record_intent(
-    con: duckdb.DuckDBPyConnection, send: Send, per_batch: int, chunk: int
+    con: duckdb.DuckDBPyConnection, send: Send, chunk: int
 ) -> Submission | budget.Refusal:
     """Commit which pending requests the chunk's batch will hold, before it is sent, with
     its estimate and each request's wire id; or, when its reservation would pass a limit,
@@ -362,13 +376,15 @@ def _record_intent(
         with attempt:
             estimate = refusal = None
             if send.spend is not None:
-                estimate = send.spend.price(*state.chunk_size(con, per_batch, chunk))
+                estimate = send.spend.price(*state.chunk_size(con, chunk))
                 refusal = budget.check(
                     con, send.spend.limits, send.pipeline, send.date, estimate.high_usd,
                     intent_at.date(),
                 )  # fmt: skip
             if refusal is not None:
-                budget.record_skipped(con, send.pipeline, send.date, refusal, per_batch * chunk)
+                budget.record_skipped(
+                    con, send.pipeline, send.date, refusal, state.chunk_start(con, chunk)
+                )
                 continue  # the attempt commits it (a `return` here would skip a retry)
             count = state.record_intent(
                 con,
@@ -379,7 +395,6 @@ def _record_intent(
                 date=send.date,
                 model=send.model,
                 intent_at=intent_at,
-                per_batch=per_batch,
                 chunk=chunk,
                 estimate=(
                     (estimate.low_usd, estimate.expected_usd, estimate.high_usd)
@@ -398,13 +413,6 @@ def token(submission_id: str) -> str:
     return submission_id[:TOKEN_LENGTH]
 
 
-def _batch_size(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
-    """Halve the batch size until no batch's body exceeds the byte limit."""
-    while per_batch > 1 and state.largest_chunk_bytes(con, per_batch) > MAX_BATCH_BYTES:
-        per_batch //= 2
-    return per_batch
-
-
 def _body_on(cursor: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     """`_body` on a cursor made for a worker thread, closed when done."""
     with cursor:
@@ -417,10 +425,11 @@ def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     request's line; they are fetched in slices and joined.
     (One string_agg of the whole body needed about five times its size at once.)"""
     cursor = state.body_lines(con, sub.submission_id)
+    fill = media_send.filler(lambda: warehouse.cursor(con))  # media's bytes and file ids
     count, parts = 0, []
     while rows := cursor.fetchmany(BODY_SLICE):
         count += len(rows)
-        parts.append(",".join(row[0] for row in rows).encode())
+        parts.append(fill(",".join(row[0] for row in rows)).encode())
     return count, b'{"requests":[' + b",".join(parts) + b"]}"
 
 

@@ -108,9 +108,80 @@ class SystemBlock(_Strict):
         return self
 
 
+class ContentBlock(_Strict):
+    """One block of a message: text, or an image or document read from a row's column.
+
+    A media block's template gives a local path (relative to media.root), an http(s)
+    URL, or, as a bare `{{ column }}` of a BLOB column, the bytes themselves. The media
+    type comes from the bytes, never from the name.
+    """
+
+    text: str | None = Field(None, description="Text; {{ column }} inserts a source column.")
+    image: str | None = Field(
+        None,
+        description="An image: JPEG, PNG, GIF or WebP, from a path, an http(s) URL or a BLOB "
+        "column, e.g. '{{ photo_path }}'.",
+    )
+    document: str | None = Field(
+        None,
+        description="A PDF or plain text document, from a path, an http(s) URL or a BLOB "
+        "column, e.g. '{{ invoice_pdf }}'.",
+    )
+    title: str | None = Field(None, description="A document's title; {{ column }} works.")
+    context: str | None = Field(
+        None, description="Text about a document that is not part of it; {{ column }} works."
+    )
+    cache: bool | Literal["5m", "1h"] = Field(
+        False, description="true (5 minutes) or 1h: cache the prompt up to this block."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ContentBlock:
+        kinds = [k for k in ("text", "image", "document") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give a block exactly one of text, image or document")
+        if (self.title is not None or self.context is not None) and kinds != ["document"]:
+            raise ValueError("title and context belong to a document block")
+        return self
+
+    @property
+    def kind(self) -> Literal["text", "image", "document"]:
+        return (
+            "text" if self.text is not None else "image" if self.image is not None else "document"
+        )
+
+    @property
+    def source(self) -> str:
+        """The block's template: its text, or what names its media."""
+        return self.text or self.image or self.document or ""
+
+
 class Message(_Strict):
     role: Literal["user", "assistant"]
-    content: str = Field(description="{{ column }} inserts a source column.")
+    content: str | list[ContentBlock] = Field(
+        description="Text ({{ column }} inserts a source column), or a list of blocks: "
+        "{text: ...}, {image: ...}, {document: ..., title: ...}."
+    )
+
+
+class Media(_Strict):
+    """How the media blocks' files are found and sent."""
+
+    root: str | None = Field(
+        None,
+        description="Folder that relative paths are read from (default: the pipeline file's "
+        "folder; a relative root is relative to it too).",
+    )
+    upload: Literal["inline", "files_api"] = Field(
+        "inline",
+        description="inline: the bytes go base64 in each request; files_api: each distinct "
+        "file is uploaded once through the Files API and requests name its file_id.",
+    )
+    fetch_urls: bool = Field(
+        False,
+        description="true: batchpipe downloads http(s) URLs and sends their bytes; false: "
+        "the URL goes in the request and the API fetches it.",
+    )
 
 
 class Request(_Strict):
@@ -358,6 +429,7 @@ class Pipeline(_Strict):
     output: Output
     partitions: Partitions
     budget: Budget | None = None
+    media: Media = Field(default_factory=Media)
     owners: list[str] = Field(
         default_factory=list,
         description="Dagster asset owners: emails or team:NAME, e.g. team:data-eng.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -53,13 +53,32 @@ DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "
 
 
 @dataclass(frozen=True)
+class Block:
+    """One block of a message given as a list: text, or an image or document whose
+    template names the row's media (media_build.py stages what each row's is)."""
+
+    kind: Literal["text", "image", "document"]
+    template: templates.Template  # the text, or what names the media
+    key: tuple[str | int, ...]  # where the block is in the file, for messages
+    cache: bool | str = False
+    title: templates.Template | None = None
+    context: templates.Template | None = None
+    slot: int = -1  # a media block's number: its source is column s<slot> of the staging
+    blob_column: str | None = None  # the template is this BLOB column alone: the bytes
+
+
+Content = templates.Template | tuple[Block, ...]
+MEDIA_ROWS = "bp_media_rows"  # media_build.py's staging: one row a request
+
+
+@dataclass(frozen=True)
 class Resolved:
     """SQL fragments for one pipeline, checked against the warehouse's real columns."""
 
     file: PipelineFile
     source_sql: str  # a relation: a table name or a parenthesized query
     columns: dict[str, str]
-    messages: list[tuple[str, templates.Template]]  # (role, content)
+    messages: list[tuple[str, Content]]  # (role, content)
     system: list[tuple[templates.Template, bool | str]] | None  # (text, cache)
 
     @property
@@ -135,7 +154,7 @@ class Resolved:
             parts += ["',\"system\":'", _json_value(self.system_sql(relation))]
         messages = " || ',' || ".join(
             f"'{{\"role\":' || {_json_value(sql_string(role))} || ',\"content\":' || "
-            f"{_json_value(templates.to_sql(content, relation))} || '}}'"
+            f"{self._content_sql(content, relation)} || '}}'"
             for role, content in self.messages
         )
         parts += ["',\"messages\":['", messages, "']'"]
@@ -149,6 +168,52 @@ class Resolved:
         else:
             parts.append("'}'")
         return "(" + " || ".join(parts) + ")"
+
+    def _content_sql(self, content: Content, relation: str) -> str:
+        """A message's content as JSON text: a string, or its blocks' array."""
+        if isinstance(content, templates.Template):
+            return _json_value(templates.to_sql(content, relation))
+        blocks = []
+        for block in content:
+            if block.kind == "text":
+                text = _json_value(templates.to_sql(block.template, relation))
+                parts = [f'\'{{"type":"text","text":\' || {text}']
+            else:
+                parts = [f'\'{{"type":"{block.kind}","source":\' || mb.s{block.slot}']
+            for name, template in (("title", block.title), ("context", block.context)):
+                if template is not None:
+                    value = templates.to_sql(template, relation)
+                    parts.append(
+                        f"CASE WHEN {value} = '' THEN '' "
+                        f"ELSE ',\"{name}\":' || {_json_value(value)} END"
+                    )
+            if block.cache:
+                control = {
+                    "type": "ephemeral",
+                    **({"ttl": block.cache} if block.cache == "1h" else {}),
+                }
+                parts.append(
+                    sql_string(',"cache_control":' + json.dumps(control, separators=(",", ":")))
+                )
+            parts.append("'}'")
+            blocks.append(" || ".join(parts))
+        return "'[' || " + " || ',' || ".join(blocks) + " || ']'"
+
+    @property
+    def media_blocks(self) -> list[Block]:
+        return [
+            b
+            for _, content in self.messages
+            if not isinstance(content, templates.Template)
+            for b in content
+            if b.kind != "text"
+        ]
+
+    def media_join_sql(self, relation: str = "s") -> str:
+        """The join that gives each row its staged media (`mb`), or '' without media."""
+        if not self.media_blocks:
+            return ""
+        return f" JOIN {MEDIA_ROWS} AS mb ON mb.custom_id = {self.custom_id_sql(relation)}"
 
     def system_sql(self, relation: str = "s") -> str:
         """A plain string when the file gave text, else text blocks with cache_control."""
@@ -167,7 +232,14 @@ class Resolved:
 
     @property
     def templates(self) -> list[templates.Template]:
-        return [t for _, t in self.messages] + [t for t, _ in self.system or []]
+        found: list[templates.Template] = []
+        for _, content in self.messages:
+            if isinstance(content, templates.Template):
+                found.append(content)
+                continue
+            for block in content:
+                found += [t for t in (block.template, block.title, block.context) if t]
+        return found + [t for t, _ in self.system or []]
 
 
 def json_text(fields: str) -> str:

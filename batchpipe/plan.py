@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from batchpipe import budget, canary, estimates, requests, state
+from batchpipe import budget, canary, estimates, media_build, media_send, pricing, requests, state
 from batchpipe.loader import PipelineFile
 from batchpipe.pipeline_sql import bind_date, register_templates
 from batchpipe.resolve import resolve, undated_rows_note
@@ -31,6 +31,7 @@ class Forecast:
     budget: list[str]  # one line per limit that applies
     notes: tuple[str, ...] = ()  # file:line:col notes that are no error (NULL dates)
     canary: str = ""  # whether a canary batch goes first, and why
+    media: str = ""  # the media's share of the input, when the pipeline has media blocks
 
     @property
     def to_send(self) -> int:
@@ -48,6 +49,7 @@ class Forecast:
             f"requests:      {self.requests}, of which {self.to_send} to send "
             f"({self.requests - self.to_send} reused) in {estimate.batches} batch(es)",
             f"input tokens:  {cost.input_tokens:,} ({estimate.input.basis})",
+            *([f"media:         {self.media}"] if self.media else []),
             f"output tokens: {cost.output_tokens:,} expected ({estimate.output.basis})",
             f"cost:          ${cost.expected_usd:.4f} expected at batch prices, "
             f"${cost.low_usd:.4f} to ${cost.high_usd:.4f}{caching}; "
@@ -67,6 +69,7 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         # What a run would refuse, the plan refuses too, with the same message.
         requests.check_keys(con, resolved, date)
         with requests.rendering(resolved):
+            staged = media_build.stage(con, resolved, date, requests.fetcher(resolved))
             con.execute(
                 "CREATE TEMP TABLE plan_requests AS "
                 + state.request_rows_sql(requests.rows_sql(resolved)),
@@ -81,8 +84,12 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         to_send, chars = con.execute(
             "SELECT count(*), coalesce(sum(input_chars), 0) FROM plan_pending"
         ).fetchone()
+        media_chars, media_tokens = con.execute(
+            "SELECT coalesce(sum(r.input_chars), 0), coalesce(sum(r.media_tokens), 0) "
+            "FROM plan_pending AS p JOIN plan_requests AS r USING (custom_id, request_hash)"
+        ).fetchone()
         sample = [
-            (json.loads(p), c)
+            (json.loads(media_send.count_params(con, p, media_build.BYTES)), c)
             for p, c in con.execute(
                 estimates.sample_sql(
                     "SELECT r.params, r.input_chars FROM plan_pending AS p "
@@ -93,6 +100,14 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         estimate = estimates.for_pending(
             con, pf.pipeline.name, pf.pipeline.request, api, sample, to_send, chars
         )
+        media_note = ""
+        if staged is not None:
+            share = media_tokens * pricing.CHARS_PER_TOKEN / media_chars if media_chars else 0.0
+            media_note = (
+                f"{share:.0%} of the input tokens are media ({media_tokens:,} estimated "
+                f"tokens to send, from {staged.describe()})"
+            )
+        media_build.drop(con)
         first = canary.describe(canary.decide(con, pf, date, to_send), pf)
         today = dt.datetime.now(dt.UTC).date()
         budget_lines = [
@@ -106,4 +121,5 @@ def forecast(pf: PipelineFile, date: dt.date, api: anthropic.Anthropic | None) -
         budget=budget_lines,
         notes=(undated,) if undated else (),
         canary=first,
+        media=media_note,
     )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import duckdb
 
-from batchpipe import estimates, models, pricing, state, warehouse
+from batchpipe import estimates, media_build, models, pricing, state, warehouse
 from batchpipe.loader import PipelineFile
 from batchpipe.pipeline_sql import (
     CUSTOM_ID_PATTERN,
@@ -49,24 +49,51 @@ def build_requests(
     register_templates(con, resolved)
     bind_date(con, date, resolved.file.pipeline.partitions.timezone)
     check_keys(con, resolved, date)
-    for attempt in warehouse.transactions(con, "rebuild the partition's requests"):
-        with attempt:
-            with rendering(resolved):
-                state.replace_requests(con, name, date, rows_sql(resolved))
-            # Inside the transaction: a refused partition keeps the requests it had.
-            check_context(con, resolved, state.requests_of(name, RUN_DATE), date)
+    try:
+        with rendering(resolved):
+            staged = media_build.stage(con, resolved, date, fetcher(resolved))
+        for attempt in warehouse.transactions(con, "rebuild the partition's requests"):
+            with attempt:
+                if staged is not None:
+                    media_build.store(con)
+                with rendering(resolved):
+                    state.replace_requests(con, name, date, rows_sql(resolved))
+                # Inside the transaction: a refused partition keeps the requests it had.
+                check_context(con, resolved, state.requests_of(name, RUN_DATE), date)
+    finally:
+        media_build.drop(con)
     requests = state.request_count(con, name, date)
     return RequestsSummary(requests=requests, estimate=estimate_pending(con, resolved.file, date))
 
 
 def rows_sql(resolved: Resolved) -> str:
-    """custom_id, params and key_values of each of the partition's rows."""
+    """custom_id, params, key_values, and what media adds, of each of the partition's
+    rows (a pipeline with media blocks reads media_build's staging)."""
+    tokens, grows = (
+        ("mb.media_tokens", "mb.media_bytes") if resolved.media_blocks else ("NULL", "NULL")
+    )
     return f"""
         SELECT {resolved.custom_id_sql()} AS custom_id,
                {resolved.params_sql()} AS params,
-               {resolved.key_values_sql()} AS key_values
-        FROM ({resolved.partition_rows_sql()}) AS s
+               {resolved.key_values_sql()} AS key_values,
+               CAST({tokens} AS BIGINT) AS media_tokens, CAST({grows} AS BIGINT) AS media_bytes
+        FROM ({resolved.partition_rows_sql()}) AS s{resolved.media_join_sql()}
     """
+
+
+def fetcher(resolved: Resolved) -> Callable[[str], bytes] | None:
+    """How media.fetch_urls downloads a URL's bytes; None when URLs go as URLs."""
+    if not resolved.file.pipeline.media.fetch_urls:
+        return None
+
+    def fetch(url: str) -> bytes:
+        import httpx2
+
+        response = httpx2.get(url, timeout=60, follow_redirects=True)
+        response.raise_for_status()
+        return response.content
+
+    return fetch
 
 
 def _prompt_key(resolved: Resolved) -> tuple[str, ...]:

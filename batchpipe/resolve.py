@@ -17,7 +17,15 @@ import duckdb
 from batchpipe import models, ownership, sqlcheck, templates, warehouse
 from batchpipe.errors import ConfigError
 from batchpipe.loader import PipelineFile
-from batchpipe.pipeline_sql import DATE_TYPES, RESULT_COLUMNS, RUN_DATE, Resolved, bind_date
+from batchpipe.pipeline_sql import (
+    DATE_TYPES,
+    RESULT_COLUMNS,
+    RUN_DATE,
+    Block,
+    Content,
+    Resolved,
+    bind_date,
+)
 from batchpipe.sqlcheck import quote_ident
 
 
@@ -60,10 +68,10 @@ def resolve(pf: PipelineFile, con: duckdb.DuckDBPyConnection) -> Resolved:
         except ConfigError as err:
             problems.extend(err.problems)
 
-    messages: list[tuple[str, templates.Template]] = []
+    messages: list[tuple[str, Content]] = []
     system: list[tuple[templates.Template, bool | str]] | None = None
     try:
-        messages, system = _templates(pf, available if columns else None)
+        messages, system = _templates(pf, available if columns else None, columns)
     except ConfigError as err:
         problems.extend(err.problems)
     if problems:
@@ -176,7 +184,9 @@ def _hint(name: str, available: list[str]) -> str:
     return f"{guess} (columns: {', '.join(available)})"
 
 
-def _templates(pf: PipelineFile, available: list[str] | None) -> tuple[list, list | None]:
+def _templates(
+    pf: PipelineFile, available: list[str] | None, columns: dict[str, str]
+) -> tuple[list, list | None]:
     """Parse every template; with `available` None (no readable source), syntax only."""
     request = pf.pipeline.request
     problems: list[str] = []
@@ -194,10 +204,36 @@ def _templates(pf: PipelineFile, available: list[str] | None) -> tuple[list, lis
     elif isinstance(request.prompt, str):
         messages = [("user", template(("request", "prompt"), request.prompt))]
     else:
-        messages = [
-            (m.role, template(("request", "prompt", i, "content"), m.content))
-            for i, m in enumerate(request.prompt or [])
-        ]
+        messages = []
+        slots = iter(range(1_000_000))
+        for i, m in enumerate(request.prompt or []):
+            key = ("request", "prompt", i, "content")
+            if isinstance(m.content, str):
+                messages.append((m.role, template(key, m.content)))
+                continue
+            blocks = []
+            for j, b in enumerate(m.content):
+                where = (*key, j, b.kind)
+                parsed = template(where, b.source)
+                title = template((*key, j, "title"), b.title) if b.title is not None else None
+                context = (
+                    template((*key, j, "context"), b.context) if b.context is not None else None
+                )
+                if parsed is None:
+                    continue
+                blocks.append(
+                    Block(
+                        b.kind,
+                        parsed,
+                        where,
+                        b.cache,
+                        title,
+                        context,
+                        slot=-1 if b.kind == "text" else next(slots),
+                        blob_column=_blob_column(parsed, columns) if b.kind != "text" else None,
+                    )
+                )
+            messages.append((m.role, tuple(blocks)))
     system = None
     if request.system_file is not None:
         text = _read(pf, ("request", "system_file"), request.system_file)
@@ -217,6 +253,17 @@ def _templates(pf: PipelineFile, available: list[str] | None) -> tuple[list, lis
     if problems:
         raise ConfigError(problems)
     return messages, system
+
+
+def _blob_column(template: templates.Template, columns: dict[str, str]) -> str | None:
+    """The column a media template is, alone, when it holds bytes (BLOB): then the bytes
+    are the media, not text naming it."""
+    parts = template.parts
+    if parts and len(parts) == 1 and parts[0][0] == "expr" and parts[0][1][0] == "column":
+        name = parts[0][1][1]
+        if columns.get(name, "").upper() == "BLOB":
+            return name
+    return None
 
 
 def _read(pf: PipelineFile, key: tuple, name: str) -> str:

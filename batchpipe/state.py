@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import duckdb
 
 from batchpipe import warehouse
+from batchpipe.pricing import CHARS_PER_TOKEN
 from batchpipe.sqlcheck import sql_string
 
 # A submission's states while its requests are in flight, in order: recorded (`intent`),
@@ -51,8 +52,11 @@ TABLES: dict[str, str] = {
     custom_id VARCHAR NOT NULL,
     request_hash VARCHAR NOT NULL,   -- md5 of params: identical requests are sent once
     params JSON NOT NULL,
-    input_chars BIGINT NOT NULL,
-    key_values JSON                  -- the row's key, whatever its custom_id looks like
+    input_chars BIGINT NOT NULL,     -- what tokens are estimated from: the params' characters,
+                                     -- each media token counted as CHARS_PER_TOKEN of them
+    key_values JSON,                 -- the row's key, whatever its custom_id looks like
+    media_tokens BIGINT,             -- estimated tokens of its images and documents
+    media_bytes BIGINT               -- what its body gains when the media's base64 is put in
 """,
     # One row per batch create call, written BEFORE the call (state 'intent'), marked
     # 'submitting' right before the call goes out and updated with the batch id right after
@@ -126,6 +130,30 @@ TABLES: dict[str, str] = {
     loaded_at TIMESTAMP NOT NULL,
     uncached_cost_usd DOUBLE
 """,
+    # The bytes of each distinct image or document a request names (media_build.py): a
+    # request holds `bp-media:<sha256>` in their place, filled in when its batch's body is
+    # written, so what is sent is what was hashed, whatever happened to the file since.
+    "batchpipe_media": """
+    sha256 VARCHAR NOT NULL,
+    media_type VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    pages INTEGER,
+    tokens BIGINT,
+    data BLOB NOT NULL,
+    stored_at TIMESTAMP NOT NULL     -- UTC
+""",
+    # Files uploaded through the Files API (media.upload: files_api), one live upload a
+    # content: reused by every request naming the content (`bp-file:<sha256>`) until it
+    # expires or is found deleted upstream.
+    "batchpipe_uploads": """
+    sha256 VARCHAR NOT NULL,
+    file_id VARCHAR NOT NULL,
+    uploaded_at TIMESTAMP NOT NULL,  -- UTC
+    expires_at TIMESTAMP,            -- UTC; NULL: never
+    gone_at TIMESTAMP                -- UTC: found expired or deleted, not to be named again
+""",
     # Requests a budget stopped from being sent at the partition's latest attempt.
     "batchpipe_skipped": """
     pipeline VARCHAR NOT NULL,
@@ -183,6 +211,8 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("batchpipe_batches", "reserved_usd", "DOUBLE"),
     ("batchpipe_batches", "actual_usd", "DOUBLE"),
     ("batchpipe_batches", "request_version", "VARCHAR"),
+    ("batchpipe_requests", "media_tokens", "BIGINT"),
+    ("batchpipe_requests", "media_bytes", "BIGINT"),
 )
 
 # Views over the state tables, for people: what each request cost, and each partition.
@@ -360,7 +390,9 @@ def request_rows_sql(rows_sql: str) -> str:
     return (
         "SELECT ?::VARCHAR AS pipeline, ?::DATE AS partition_date, custom_id, "
         "md5(CAST(params AS VARCHAR)) AS request_hash, params, "
-        f"length(CAST(params AS VARCHAR)) AS input_chars, key_values FROM ({rows_sql})"
+        "length(CAST(params AS VARCHAR)) + "
+        f"coalesce(media_tokens, 0) * {CHARS_PER_TOKEN} AS input_chars, key_values, "
+        f"media_tokens, media_bytes FROM ({rows_sql})"
     )
 
 
@@ -374,7 +406,8 @@ def replace_requests(
     )
     con.execute(
         "INSERT INTO batchpipe_requests (pipeline, partition_date, custom_id, request_hash, "
-        f"params, input_chars, key_values) {request_rows_sql(rows_sql)}",
+        f"params, input_chars, key_values, media_tokens, media_bytes) "
+        f"{request_rows_sql(rows_sql)}",
         [pipeline, date],
     )
 
@@ -438,7 +471,9 @@ attempts AS (
     GROUP BY r.request_hash
 )
 SELECT min(r.custom_id) AS custom_id, r.request_hash,
-       any_value(r.input_chars) AS input_chars, any_value(l.result_type) AS last_result,
+       any_value(r.input_chars) AS input_chars,
+       any_value(strlen(CAST(r.params AS VARCHAR)) + coalesce(r.media_bytes, 0)) AS body_chars,
+       any_value(l.result_type) AS last_result,
        any_value(l.error_message) AS last_error
 FROM {requests} AS r
 LEFT JOIN latest AS l USING (request_hash)
@@ -534,7 +569,8 @@ def stage_pending(
         with attempt:  # one snapshot: `staged_known` is what `pending` was computed from
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE pending AS SELECT *, "
-                f"row_number() OVER (ORDER BY custom_id) - 1 AS rn FROM ({pending_sql()})",
+                f"row_number() OVER (ORDER BY custom_id) - 1 AS rn, NULL::BIGINT AS chunk "
+                f"FROM ({pending_sql()})",
                 pending_params(pipeline, date, max_attempts),
             )
             con.execute(
@@ -567,23 +603,38 @@ def _sent_since_staged(pipeline: str) -> str:
     )
 
 
-def largest_chunk_bytes(con: duckdb.DuckDBPyConnection, per_batch: int) -> int:
-    """The largest body (about) of the staged requests cut `per_batch` at a time."""
-    return int(
-        _scalar(
-            con,
-            "SELECT coalesce(max(b), 0) FROM (SELECT sum(input_chars + 64) AS b FROM pending "
-            "GROUP BY rn // ?)",
-            [per_batch],
-        )
+LINE_OVERHEAD = 128  # a line's bytes beside its params: {"custom_id":"<64 at most>","params":},
+
+
+def cut_chunks(con: duckdb.DuckDBPyConnection, per_batch: int, max_bytes: int, now: int) -> int:
+    """Number the first `now` staged requests into batches (`pending.chunk`) of at most
+    `per_batch` requests and `max_bytes` of body, media's base64 included; returns how
+    many batches. A batch is cut where either limit falls: a request starting past a
+    multiple of `max_bytes` less the largest request begins the next one, so none passes
+    `max_bytes` (the count's cut and the bytes' cut both only grow with rn)."""
+    largest = _scalar(con, "SELECT coalesce(max(body_chars), 0) FROM pending WHERE rn < ?", [now])
+    room = max(max_bytes - int(largest) - LINE_OVERHEAD, 1)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE pending AS SELECT * EXCLUDE (start, by_count), "
+        "CASE WHEN rn < $now THEN dense_rank() OVER (ORDER BY rn < $now DESC, by_count, "
+        "start // $room) - 1 END AS chunk FROM (SELECT * EXCLUDE (chunk), "
+        f"sum(body_chars + {LINE_OVERHEAD}) OVER (ORDER BY rn) - body_chars - {LINE_OVERHEAD} "
+        "AS start, rn // $per_batch AS by_count FROM pending)",
+        {"now": now, "room": room, "per_batch": per_batch},
     )
+    return int(_scalar(con, "SELECT coalesce(max(chunk) + 1, 0) FROM pending"))
 
 
-def chunk_size(con: duckdb.DuckDBPyConnection, per_batch: int, chunk: int) -> tuple[int, int]:
+def chunk_start(con: duckdb.DuckDBPyConnection, chunk: int) -> int:
+    """The number (rn) of a chunk's first request."""
+    return int(_scalar(con, "SELECT min(rn) FROM pending WHERE chunk = ?", [chunk]))
+
+
+def chunk_size(con: duckdb.DuckDBPyConnection, chunk: int) -> tuple[int, int]:
     """Requests and characters of params of one chunk of the staged requests."""
     count, chars = con.execute(
-        "SELECT count(*), coalesce(sum(input_chars), 0) FROM pending WHERE rn // ? = ?",
-        [per_batch, chunk],
+        "SELECT count(*), coalesce(sum(input_chars), 0) FROM pending WHERE chunk = ?",
+        [chunk],
     ).fetchone()
     return int(count), int(chars)
 
@@ -598,7 +649,6 @@ def record_intent(
     date: dt.date,
     model: str,
     intent_at: dt.datetime,
-    per_batch: int,
     chunk: int,
     estimate: tuple[float, float, float] | None,
     request_version: str | None = None,
@@ -618,9 +668,9 @@ def record_intent(
         con,
         "INSERT INTO batchpipe_batch_requests (submission_id, custom_id, request_hash, "
         f"wire_id) SELECT ?, custom_id, request_hash, {wire_id_sql} "
-        "FROM pending WHERE rn // ? = ?"
+        "FROM pending WHERE chunk = ?"
         + (f" AND request_hash NOT IN ({_sent_since_staged(pipeline)})" if raced else ""),
-        [submission_id, token, per_batch, chunk],
+        [submission_id, token, chunk],
     )
     con.execute("INSERT INTO staged_known VALUES (?)", [submission_id])
     if not count:  # another run took every request of the chunk first: nothing to record
@@ -1296,3 +1346,88 @@ def open_partitions(
         {"names": names or None},
     ).fetchall()
     return [(pipeline, day) for pipeline, day in rows]
+
+
+# --- media ----------------------------------------------------------------------------
+
+
+def media_bytes(con: duckdb.DuckDBPyConnection, sha256: str) -> tuple[str, bytes]:
+    """(media_type, bytes) of a content batchpipe_media keeps."""
+    row = con.execute(
+        "SELECT media_type, data FROM batchpipe_media WHERE sha256 = ?", [sha256]
+    ).fetchone()
+    if row is None:
+        raise KeyError(sha256)
+    return row[0], bytes(row[1])
+
+
+def files_needed(
+    con: duckdb.DuckDBPyConnection, pipeline: str, date: dt.date, max_attempts: int
+) -> list[str]:
+    """The contents (sha256) that the partition's requests still to be sent name by file
+    (`bp-file:<sha256>`): pending ones, and those of intents not yet sent."""
+    rows = con.execute(
+        f"""
+        WITH unsent AS (
+            SELECT request_hash FROM ({pending_sql()})
+            UNION ALL
+            SELECT r.request_hash FROM batchpipe_batch_requests r
+            JOIN batchpipe_batches b USING (submission_id)
+            WHERE b.pipeline = $pipeline AND b.partition_date = $date
+              AND b.state IN {UNSENT_STATES}
+        )
+        SELECT DISTINCT unnest(regexp_extract_all(CAST(params AS VARCHAR),
+                                                  'bp-file:([0-9a-f]{{64}})', 1)) AS sha256
+        FROM batchpipe_requests
+        WHERE pipeline = $pipeline AND partition_date = $date
+          AND request_hash IN (SELECT request_hash FROM unsent)
+        ORDER BY sha256
+        """,
+        pending_params(pipeline, date, max_attempts),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def live_uploads(
+    con: duckdb.DuckDBPyConnection, sha256s: Sequence[str], until: dt.datetime
+) -> dict[str, str]:
+    """sha256 -> file_id of each content's latest upload not known gone that lives
+    past `until` (UTC)."""
+    rows = con.execute(
+        "SELECT sha256, arg_max(file_id, uploaded_at) FROM batchpipe_uploads "
+        "WHERE sha256 IN (SELECT unnest(?)) AND gone_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > ?) GROUP BY sha256",
+        [list(sha256s), until],
+    ).fetchall()
+    return dict(rows)
+
+
+def live_upload(con: duckdb.DuckDBPyConnection, sha256: str) -> str | None:
+    """The file_id a body names for a content now, or None."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    return live_uploads(con, [sha256], now).get(sha256)
+
+
+def record_upload(
+    con: duckdb.DuckDBPyConnection,
+    sha256: str,
+    file_id: str,
+    uploaded_at: dt.datetime,
+    expires_at: dt.datetime | None,
+) -> None:
+    con.execute(
+        "INSERT INTO batchpipe_uploads VALUES (?, ?, ?, ?, NULL)",
+        [sha256, file_id, uploaded_at, expires_at],
+    )
+
+
+def mark_uploads_gone(con: duckdb.DuckDBPyConnection, file_ids: set[str], now: dt.datetime) -> None:
+    con.execute(
+        "UPDATE batchpipe_uploads SET gone_at = ? WHERE file_id IN (SELECT unnest(?))",
+        [now, sorted(file_ids)],
+    )
+
+
+def uploads_of(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """(sha256, file_id, uploaded_at, expires_at, gone_at) of every upload, oldest first."""
+    return con.execute("SELECT * FROM batchpipe_uploads ORDER BY uploaded_at").fetchall()

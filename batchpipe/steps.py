@@ -24,6 +24,7 @@ from batchpipe import (
     canary,
     enriched,
     estimates,
+    media_send,
     ownership,
     requests,
     results,
@@ -150,9 +151,8 @@ def _send_pending(
             estimates.sample_sql(state.pending_params_sample_sql()),
             requests.pending_params(pf, date),
         ).fetchall()
-        estimate = estimates.for_pending(
-            con, name, request, api, [(json.loads(p), c) for p, c in sample], pending, chars
-        )
+        counted = [(json.loads(media_send.count_params(con, p)), c) for p, c in sample]
+        estimate = estimates.for_pending(con, name, request, api, counted, pending, chars)
         spend = batches.Spend(estimate.per_batch, budget.limits(pf))
         if pending:
             whole = estimate.whole
@@ -163,13 +163,17 @@ def _send_pending(
             )
     if first.action == "send":
         log(first.why)
+    betas = list(request.betas or ())
+    if pf.pipeline.media.upload == "files_api":
+        media_send.upload_pending(con, api, name, date, request.max_attempts, log)
+        betas.append(media_send.FILES_BETA)
     send = batches.Send(
         pipeline=name,
         date=date,
         model=request.model,
         max_attempts=request.max_attempts,
         max_requests=request.max_batch_requests,
-        betas=request.betas or (),
+        betas=tuple(dict.fromkeys(betas)),
         spend=spend,
         poll_seconds=request.poll_interval if poll_seconds is None else poll_seconds,
         limit={"send": first.size, "wait": 0}.get(first.action),

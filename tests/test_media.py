@@ -1,0 +1,226 @@
+"""Images and PDFs from table columns, end to end against the emulator: each answer is about
+its own row's file (the emulator's reply names the bytes it was sent by their SHA-256),
+identical content is sent once, Files API uploads are made once and replaced when gone, and
+a partition of large files goes out in as many batches as its bytes need."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import urllib.request
+from pathlib import Path
+
+import anthropic
+import duckdb
+import pytest
+from PIL import Image
+
+from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.runs import run_partition
+from tests.support import advance_emulator_clock, ledger, pipeline, query, request_of
+
+pytestmark = pytest.mark.slow
+
+DAY = dt.date(2026, 11, 3)
+FAST = BatchpipeResource(poll_seconds=0.1, wait=True)
+FILES = "files-api-2025-04-14"
+MEDIA = Path(__file__).resolve().parent.parent / "pipelines" / "media"
+
+
+def sha12(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
+
+
+def emulator_files(url: str) -> dict:
+    """The emulator's own count of uploads and deletes (the referee's, not batchpipe's)."""
+    with urllib.request.urlopen(f"{url}/_emulator/files", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def files_upstream(url: str) -> list:
+    api = anthropic.Anthropic(api_key="test", base_url=url)
+    return list(api.beta.files.list(betas=[FILES]))
+
+
+def scans_pipeline(project: Path, document: str, upload: str = "files_api") -> None:
+    """A text-output pipeline over the demo invoices, so each reply names the document it
+    was sent (a structured reply carries no such line)."""
+    (project / "pipelines" / "scans.yaml").write_text(
+        "name: scans\n"
+        "source: {table: invoices, key: invoice_no, partition_column: received_on}\n"
+        f"media: {{upload: {upload}}}\n"
+        "request:\n"
+        "  model: claude-haiku-4-5\n"
+        "  max_tokens: 100\n"
+        "  prompt:\n"
+        "    - role: user\n"
+        "      content:\n"
+        f'        - {{document: "{document}", title: "{{{{ invoice_no }}}}"}}\n'
+        '        - {text: "Read invoice {{ invoice_no }}."}\n'
+        "output: {table: scans_out, column: answer}\n"
+        "partitions: {start: 2026-11-01}\n"
+    )
+
+
+def test_each_photo_s_answer_is_about_its_own_photo_and_a_rerun_costs_nothing(
+    demo_db: Path, private_emulator
+) -> None:
+    url = private_emulator()
+    lines = run_partition(pipeline("photo_alt_text"), DAY, FAST)
+
+    rows = query(
+        demo_db,
+        "SELECT photo, alt_text, input_tokens, result_status FROM photo_alt_text ORDER BY 1",
+    )
+    assert len(rows) == 3
+    for photo, alt_text, input_tokens, status in rows:
+        data = (demo_db / "pipelines" / photo).read_bytes()
+        kind = "image/jpeg" if photo.endswith(".jpg") else "image/png"
+        assert status == "succeeded"
+        assert f"[image {kind} 160x120 {len(data)} bytes {sha12(data)}]" in alt_text, alt_text
+        assert input_tokens >= -(-160 * 120 // 750)  # the image was counted and billed
+    billed = ledger(url)
+    assert len(billed) == 3 and len({request_of(e["custom_id"]) for e in billed}) == 3
+    assert any(line.startswith("cost:") for line in lines)
+
+    again = run_partition(pipeline("photo_alt_text"), DAY, FAST)
+    assert "3 built, 0 to send, 3 reused" in again[0], again
+    assert len(ledger(url)) == 3
+    assert query(demo_db, "SELECT count(*) FROM batchpipe_media") == [(3,)]
+
+
+def test_a_moved_photo_with_the_same_bytes_is_the_same_request(
+    demo_db: Path, private_emulator
+) -> None:
+    """The request names the bytes' hash, not the path: a copy elsewhere reuses the answer."""
+    private_emulator()
+    run_partition(pipeline("photo_alt_text"), DAY, FAST)
+    moved = demo_db / "pipelines" / "moved"
+    moved.mkdir()
+    for (photo,) in query(demo_db, "SELECT DISTINCT photo FROM product_photos"):
+        (moved / Path(photo).name).write_bytes((demo_db / "pipelines" / photo).read_bytes())
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute("UPDATE product_photos SET photo = replace(photo, 'media/', 'moved/')")
+    con.close()
+    again = run_partition(pipeline("photo_alt_text"), DAY, FAST)
+    assert "3 built, 0 to send, 3 reused" in again[0], again
+
+
+def test_files_api_uploads_each_distinct_file_once_and_reuses_it_on_later_runs(
+    demo_db: Path, private_emulator
+) -> None:
+    url = private_emulator()
+    scans_pipeline(demo_db, "{{ scan }}")
+    run_partition(pipeline("scans"), DAY, FAST)
+    uploaded = files_upstream(url)
+    assert len(uploaded) == 3 and {f.mime_type for f in uploaded} == {"application/pdf"}
+    for scan, answer in query(
+        demo_db, "SELECT i.scan, s.answer FROM scans_out s JOIN invoices i USING (invoice_no)"
+    ):
+        data = (demo_db / "pipelines" / scan).read_bytes()
+        assert f"{len(data)} bytes {sha12(data)}]" in answer, answer
+        assert answer.count("[document application/pdf") == 1
+    recorded = query(demo_db, "SELECT file_id FROM batchpipe_uploads WHERE gone_at IS NULL")
+    assert {r[0] for r in recorded} == {f.id for f in uploaded}
+
+    # The same files named by another day's rows: no upload again, only new requests.
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute("UPDATE invoices SET scan = 'media/INV-2605.pdf' WHERE received_on = '2026-11-01'")
+    con.close()
+    run_partition(pipeline("scans"), dt.date(2026, 11, 1), FAST)
+    assert len(files_upstream(url)) == 3
+    assert query(demo_db, "SELECT count(*) FROM scans_out") == [(6,)]
+
+
+def test_a_document_every_row_shares_is_uploaded_once_and_again_when_gone(
+    demo_db: Path, private_emulator
+) -> None:
+    """One catalogue for every row: one upload. Deleted upstream, it is found gone before
+    the next send and uploaded again; expired (the emulator's clock 31 days on), again."""
+    url = private_emulator()
+    scans_pipeline(demo_db, "media/INV-2601.pdf")
+    shared = (MEDIA / "INV-2601.pdf").read_bytes()
+    run_partition(pipeline("scans"), DAY, FAST)
+    (first,) = files_upstream(url)
+    answers = [a for (a,) in query(demo_db, "SELECT answer FROM scans_out")]
+    assert len(answers) == 3 and all(sha12(shared) in a for a in answers)
+
+    api = anthropic.Anthropic(api_key="test", base_url=url)
+    api.beta.files.delete(first.id, betas=[FILES])
+    run_partition(pipeline("scans"), dt.date(2026, 11, 2), FAST)
+    (second,) = files_upstream(url)
+    assert second.id != first.id
+    assert query(demo_db, "SELECT count(*) FROM scans_out WHERE result_status = 'succeeded'") == [
+        (6,)
+    ]
+
+    advance_emulator_clock(url, 31 * 86400)
+    run_partition(pipeline("scans"), dt.date(2026, 11, 1), FAST)
+    live = files_upstream(url)
+    assert len(live) == 1 and live[0].id not in (first.id, second.id)
+    counts = emulator_files(url)
+    assert (counts["uploads"], counts["deletes"]) == (3, 1), counts
+    assert query(demo_db, "SELECT count(*) FROM scans_out WHERE result_status = 'succeeded'") == [
+        (9,)
+    ]
+
+
+def test_large_pdfs_go_out_in_as_many_batches_as_their_bytes_need(
+    demo_db: Path, private_emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven inline PDFs, over 100 KB of base64 in all, under a 50 KB batch limit that the
+    emulator enforces too (413 past it): at least three batches, each request paid once."""
+    limit = 50_000
+    url = private_emulator("--max-batch-bytes", str(limit))
+    monkeypatch.setenv("BATCHPIPE_MAX_BATCH_BYTES", str(limit))
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute(
+        "UPDATE invoices SET received_on = DATE '2026-11-03' WHERE invoice_no IN "
+        "(SELECT invoice_no FROM invoices ORDER BY invoice_no LIMIT 6 OFFSET 3)"
+    )
+    rows = con.execute("SELECT scan FROM invoices WHERE received_on = '2026-11-03'").fetchall()
+    con.close()
+    sizes = [len((demo_db / "pipelines" / scan).read_bytes()) for (scan,) in rows]
+    assert len(rows) == 7 and sum(sizes) * 4 / 3 > 2 * limit, sizes
+    scans_pipeline(demo_db, "{{ scan }}", upload="inline")
+
+    run_partition(pipeline("scans"), DAY, FAST)
+
+    batches = query(demo_db, "SELECT batch_id, succeeded FROM batchpipe_batches ORDER BY 1")
+    assert len(batches) >= 3 and sum(s for _, s in batches) == 7, batches
+    billed = [request_of(e["custom_id"]) for e in ledger(url)]
+    assert len(billed) == len(set(billed)) == 7
+    assert query(demo_db, "SELECT count(*) FROM scans_out WHERE answer LIKE '%sha256:%'") == [(7,)]
+
+
+def test_a_blob_column_is_sent_as_the_image_it_holds(demo_db: Path, private_emulator) -> None:
+    private_emulator()
+    images = {}
+    for i, colour in enumerate(["red", "green", "blue"], 1):
+        out = io.BytesIO()
+        Image.new("RGB", (40 * i, 30), colour).save(out, "GIF")
+        images[i] = out.getvalue()
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute("CREATE TABLE swatches (id INTEGER, picture BLOB, day DATE)")
+    con.executemany(
+        "INSERT INTO swatches VALUES (?, ?, ?)", [(i, d, DAY) for i, d in images.items()]
+    )
+    con.close()
+    (demo_db / "pipelines" / "swatches.yaml").write_text(
+        "name: swatches\n"
+        "source: {table: swatches, key: id, partition_column: day, columns: [id]}\n"
+        "request:\n"
+        "  model: claude-haiku-4-5\n"
+        "  max_tokens: 50\n"
+        "  prompt:\n"
+        "    - role: user\n"
+        "      content: [{image: '{{ picture }}'}, {text: 'Name this colour.'}]\n"
+        "output: {table: swatch_names, column: name}\n"
+        "partitions: {start: 2026-11-01}\n"
+    )
+    run_partition(pipeline("swatches"), DAY, FAST)
+    for i, name in query(demo_db, "SELECT id, name FROM swatch_names ORDER BY id"):
+        data = images[i]
+        assert f"[image image/gif {40 * i}x30 {len(data)} bytes {sha12(data)}]" in name, name
