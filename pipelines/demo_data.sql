@@ -44,3 +44,22 @@ SELECT
     ['web', 'email', 'phone'][1 + i % 3] AS channel,
     DATE '2026-11-01' + (i % 10)::INTEGER AS opened_on
 FROM range(1, 91) AS t(i);
+
+-- Issue 20's media: a photo for each of 30 products, three a day from 2026-11-01 (12
+-- drawings in pipelines/media/, so several products share one file), and 9 scanned invoices,
+-- three a day. Paths are relative to the pipeline files' folder (their media.root).
+CREATE OR REPLACE TABLE product_photos AS
+SELECT
+    i AS product_id,
+    'media/photo_' || lpad((1 + i % 12)::VARCHAR, 2, '0')
+        || CASE WHEN (1 + i % 12) % 4 = 0 THEN '.jpg' ELSE '.png' END AS photo,
+    DATE '2026-11-01' + (i % 10)::INTEGER AS taken_on
+FROM range(1, 31) AS t(i);
+
+CREATE OR REPLACE TABLE invoices AS
+SELECT
+    'INV-' || (2600 + i) AS invoice_no,
+    'media/INV-' || (2600 + i) || '.pdf' AS scan,
+    ['Northwind Supplies', 'Contoso Freight', 'Fabrikam Paper'][1 + i % 3] AS vendor,
+    DATE '2026-11-01' + (i % 3)::INTEGER AS received_on
+FROM range(1, 10) AS t(i);

@@ -48,6 +48,8 @@ def problems_of(path: Path) -> list[str]:
 def test_the_example_pipelines_load() -> None:
     files = load_pipelines(Path(__file__).parent.parent / "pipelines")
     assert {pf.pipeline.name for pf in files} == {
+        "invoice_fields",
+        "photo_alt_text",
         "product_descriptions",
         "review_replies",
         "review_sentiment",
