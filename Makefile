@@ -71,7 +71,7 @@ scale-demo: install postgres
 # Four workers (pytest-xdist) on two cores: a test waits on an emulator, DuckDB, PostgreSQL or
 # a Dagster process about half its time, so two workers left the cores idle (23 min, 18 on 4).
 test: install browser postgres
-	$(BIN)/pytest -q -n 4 --dist worksteal
+	$(BIN)/pytest -q -n 4 --dist worksteal --durations=30
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
