@@ -19,6 +19,7 @@ POINTS = (
     "mid_results_load",  # results inserted, batch not yet marked loaded (uncommitted)
     "mid_enriched_write",  # output partition deleted, new rows not yet committed
     "after_conflict",  # a DuckLake commit lost a race and rolled back, not yet run again
+    "after_upload",  # a file is in the Files API, its file id not yet recorded
 )
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from batchpipe import state, warehouse
+from batchpipe import failpoints, state, warehouse
 from batchpipe.errors import BatchApiError
 from batchpipe.media_build import FILE_PLACEHOLDER, MEDIA_PLACEHOLDER
 
@@ -154,6 +154,9 @@ def upload_pending(
                 f"uploading {name} ({media_type}, {len(data):,} bytes) to the Files API "
                 f"failed: {words}; nothing was sent, run again to retry"
             ) from None
+        # Killed here, the upload is an orphan nobody names: the next run uploads the file
+        # again (an upload costs nothing) and the orphan expires with its TTL.
+        failpoints.kill_point("after_upload")
         expires = (
             uploaded.expires_at.astimezone(dt.UTC).replace(tzinfo=None)
             if uploaded.expires_at

@@ -95,7 +95,7 @@ def test_a_misspelt_kill_point_fails_the_run_before_it_sends_anything(
     assert misspelt.stderr == (
         "error: BATCHPIPE_KILL_AT='after_craete' is not a kill point; known points: "
         "before_create, after_create, mid_download, mid_results_load, mid_enriched_write, "
-        "after_conflict\n"
+        "after_conflict, after_upload\n"
     )
     assert ledger(url) == []
     assert anthropic.Anthropic(api_key="t", base_url=url).messages.batches.list().data == []

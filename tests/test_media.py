@@ -6,9 +6,13 @@ a partition of large files goes out in as many batches as its bytes need."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import http.server
 import io
 import json
+import signal
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -18,8 +22,9 @@ import pytest
 from PIL import Image
 
 from batchpipe.defs.resources import BatchpipeResource
+from batchpipe.plan import forecast
 from batchpipe.runs import run_partition
-from tests.support import advance_emulator_clock, ledger, pipeline, query, request_of
+from tests.support import advance_emulator_clock, batchpipe, ledger, pipeline, query, request_of
 
 pytestmark = pytest.mark.slow
 
@@ -224,3 +229,112 @@ def test_a_blob_column_is_sent_as_the_image_it_holds(demo_db: Path, private_emul
     for i, name in query(demo_db, "SELECT id, name FROM swatch_names ORDER BY id"):
         data = images[i]
         assert f"[image image/gif {40 * i}x30 {len(data)} bytes {sha12(data)}]" in name, name
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """An http server on 127.0.0.1 serving a folder, as a bucket or CDN would."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def url_pipeline(project: Path, base: str, fetch_urls: bool) -> dict[int, bytes]:
+    """A `shots` pipeline over three image URLs; returns each row's bytes."""
+    images = {}
+    for i in (1, 2, 3):
+        out = io.BytesIO()
+        Image.new("RGB", (100 * i, 50), "#55aa00").save(out, "WEBP")
+        images[i] = out.getvalue()
+    con = duckdb.connect(str(project / "warehouse.duckdb"))
+    con.execute("CREATE TABLE shots (id INTEGER, url VARCHAR, day DATE)")
+    con.executemany(
+        "INSERT INTO shots VALUES (?, ?, ?)", [(i, f"{base}/shot{i}.webp", DAY) for i in images]
+    )
+    con.close()
+    (project / "pipelines" / "shots.yaml").write_text(
+        "name: shots\n"
+        "source: {table: shots, key: id, partition_column: day}\n"
+        f"media: {{fetch_urls: {str(fetch_urls).lower()}}}\n"
+        "request:\n"
+        "  model: claude-haiku-4-5\n"
+        "  max_tokens: 50\n"
+        "  prompt:\n"
+        "    - role: user\n"
+        "      content: [{image: '{{ url }}'}, {text: 'What is on this screenshot?'}]\n"
+        "output: {table: shot_notes, column: note}\n"
+        "partitions: {start: 2026-11-01}\n"
+    )
+    return images
+
+
+@pytest.mark.parametrize("fetch_urls", [False, True])
+def test_an_image_url_is_sent_as_a_url_unless_batchpipe_is_told_to_fetch_it(
+    demo_db: Path, private_emulator, served, fetch_urls: bool
+) -> None:
+    """By default the API fetches the URL (the emulator, from loopback only) and batchpipe
+    never reads it; with fetch_urls batchpipe downloads it and sends the bytes."""
+    url = private_emulator()
+    folder, base = served
+    images = url_pipeline(demo_db, base, fetch_urls)
+    for i, data in images.items():
+        (folder / f"shot{i}.webp").write_bytes(data)
+
+    run_partition(pipeline("shots"), DAY, FAST)
+
+    for i, note in query(demo_db, "SELECT id, note FROM shot_notes ORDER BY id"):
+        data = images[i]
+        assert f"[image image/webp {100 * i}x50 {len(data)} bytes {sha12(data)}]" in note, note
+    fetched_by_the_api = emulator_files(url)["url_fetches"]
+    assert fetched_by_the_api == (0 if fetch_urls else 3)
+    kept = query(demo_db, "SELECT count(*) FROM batchpipe_media")
+    assert kept == [(3 if fetch_urls else 0,)]
+
+
+def test_plan_counts_the_media_with_count_tokens_when_an_api_is_reachable(
+    demo_db: Path, private_emulator
+) -> None:
+    """With an API reachable, count_tokens counts a sample with the bytes inline: the three
+    160x120 photos add 3 x ceil(160 x 120 / 750) tokens to the count of the same prompts
+    without them, the estimate offline says so too, and counting sends nothing."""
+    url = private_emulator()
+    api = anthropic.Anthropic(api_key="test", base_url=url)
+    offline = forecast(pipeline("photo_alt_text"), DAY, None)
+    counted = forecast(pipeline("photo_alt_text"), DAY, api)
+    assert "no API to count with" in offline.estimate.input.basis
+    assert "count_tokens" in counted.estimate.input.basis, counted.estimate.input.basis
+    assert "(78 estimated tokens to send, from 3 distinct file(s)" in offline.media, offline.media
+
+    photos = demo_db / "pipelines" / "photo_alt_text.yaml"
+    photos.write_text(photos.read_text().replace('        - image: "{{ photo }}"\n', ""))
+    text_only = forecast(pipeline("photo_alt_text"), DAY, api)
+    media_tokens = counted.estimate.whole.input_tokens - text_only.estimate.whole.input_tokens
+    assert media_tokens == 3 * -(-160 * 120 // 750), (counted.lines(), text_only.lines())
+    assert ledger(url) == []
+
+
+def test_a_run_killed_after_an_upload_is_recovered_by_running_again(
+    demo_db: Path, private_emulator
+) -> None:
+    """Killed between the upload and its record: nothing was sent, so the next run uploads
+    the file again (free; the orphan expires) and every row is answered once."""
+    url = private_emulator()
+    scans_pipeline(demo_db, "media/INV-2601.pdf")
+    killed = batchpipe(
+        "run", "scans", "--date", str(DAY), env={"BATCHPIPE_KILL_AT": "after_upload"}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert query(demo_db, "SELECT count(*) FROM batchpipe_uploads") == [(0,)]
+
+    again = batchpipe("run", "scans", "--date", str(DAY))
+    assert again.returncode == 0, again.stderr
+    assert emulator_files(url)["uploads"] == 2
+    billed = [request_of(e["custom_id"]) for e in ledger(url)]
+    assert len(billed) == len(set(billed)) == 3
+    assert query(demo_db, "SELECT count(*) FROM scans_out WHERE result_status = 'succeeded'") == [
+        (3,)
+    ]
