@@ -31,6 +31,8 @@ from batchpipe.sqlcheck import quote_ident
 class RequestsSummary:
     requests: int
     estimate: estimates.Estimate  # of the requests to send: characters only, no API yet
+    media_files: int = 0  # distinct images and documents the rows name (files, BLOBs, URLs)
+    media_tokens: int = 0  # their estimated input tokens over every request
 
     @property
     def to_send(self) -> int:
@@ -63,7 +65,12 @@ def build_requests(
     finally:
         media_build.drop(con)
     requests = state.request_count(con, name, date)
-    return RequestsSummary(requests=requests, estimate=estimate_pending(con, resolved.file, date))
+    return RequestsSummary(
+        requests=requests,
+        estimate=estimate_pending(con, resolved.file, date),
+        media_files=staged.files + staged.urls if staged else 0,
+        media_tokens=staged.tokens if staged else 0,
+    )
 
 
 def rows_sql(resolved: Resolved) -> str:

@@ -171,6 +171,12 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
                 f"requests:     {meta[md.REQUESTS]} built, "
                 f"{meta[md.TO_SEND]} to send, {meta[md.REUSED]} reused; "
                 f"estimated ${meta[md.ESTIMATED_USD]:.4f}"
+                + (
+                    f"; {meta[md.MEDIA_FILES]} distinct media file(s), "
+                    f"~{meta[md.MEDIA_TOKENS]:,} tokens"
+                    if md.MEDIA_FILES in meta
+                    else ""
+                )
             )
         elif step == "batch_status":
             ids = ", ".join(meta[md.BATCH_IDS]) or "none needed"

@@ -66,6 +66,11 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> requests.Reques
         f"estimated ${summary.estimate.whole.expected_usd:.4f} "
         f"(at most ${summary.estimate.whole.high_usd:.4f})"
     )
+    if summary.media_files:
+        log(
+            f"media: {summary.media_files} distinct file(s), about "
+            f"{summary.media_tokens:,} input tokens over the rows"
+        )
     return summary
 
 

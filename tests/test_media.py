@@ -89,6 +89,7 @@ def test_each_photo_s_answer_is_about_its_own_photo_and_a_rerun_costs_nothing(
     billed = ledger(url)
     assert len(billed) == 3 and len({request_of(e["custom_id"]) for e in billed}) == 3
     assert any(line.startswith("cost:") for line in lines)
+    assert "; 3 distinct media file(s), ~78 tokens" in lines[0], lines  # 3 x ceil(160x120/750)
 
     again = run_partition(pipeline("photo_alt_text"), DAY, FAST)
     assert "3 built, 0 to send, 3 reused" in again[0], again

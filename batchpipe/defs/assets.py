@@ -160,6 +160,11 @@ def _requests_metadata(summary: RequestsSummary) -> dict:
         md.REUSED: summary.reused,
         md.ESTIMATED_USD: _usd(summary.estimate.whole.expected_usd),
         md.ESTIMATED_HIGH_USD: _usd(summary.estimate.whole.high_usd),
+        **(
+            {md.MEDIA_FILES: summary.media_files, md.MEDIA_TOKENS: summary.media_tokens}
+            if summary.media_files
+            else {}
+        ),
     }
 
 

@@ -44,6 +44,8 @@ ESTIMATED_USD = "batchpipe/estimated_usd"
 ESTIMATED_LOW_USD = "batchpipe/estimated_low_usd"
 ESTIMATED_HIGH_USD = "batchpipe/estimated_high_usd"
 PREVIEW = "batchpipe/preview"
+MEDIA_FILES = "batchpipe/media_files"  # distinct images and documents the requests name
+MEDIA_TOKENS = "batchpipe/media_tokens"  # their estimated input tokens
 # Requests held back by a queue or rate limit, the cap, or a canary (batch_status, and the
 # results step's observation): how many, why, and from when the sensor's run sends them.
 HELD = "batchpipe/held_requests"
