@@ -274,7 +274,10 @@ RUNTIME = [
         "unknown_pipeline",
         env(ANTHROPIC_API_KEY="", ANTHROPIC_BASE_URL=""),
         ("run", "nope", "--date", DAY),
-        ("no pipeline named nope (pipelines: product_descriptions, review_replies, ",),
+        (
+            "no pipeline named nope (pipelines: invoice_fields, photo_alt_text, "
+            "product_descriptions, ",
+        ),
     ),
     Case(
         "database_locked_by_another_process",

@@ -30,7 +30,13 @@ from starlette.responses import JSONResponse, Response
 from batchpipe.emulator.files import FileRecord
 from batchpipe.emulator.imagesize import GIF, JPEG, PDF, PNG, TEXT, WEBP, sniff_mime
 from batchpipe.emulator.media import FILES_BETA
-from batchpipe.emulator.protocol import int_param, page, read_body, version_and_betas
+from batchpipe.emulator.protocol import (
+    bounded_int,
+    int_param,
+    page,
+    read_body,
+    version_and_betas,
+)
 from batchpipe.emulator.state import Store
 from batchpipe.emulator.wire import ApiError, invalid, new_file_id, not_found
 
@@ -110,18 +116,7 @@ def _expiry(value: Part | None) -> int | None:
     if value is None:
         return None
     text = value.data.decode("utf-8", "replace").strip()
-    try:
-        seconds = int(text)
-    except ValueError:
-        raise invalid(
-            "expires_in_seconds: Input should be a valid integer, unable to parse string as "
-            "an integer"
-        ) from None
-    if seconds < MIN_EXPIRY:
-        raise invalid(f"expires_in_seconds: Input should be greater than or equal to {MIN_EXPIRY}")
-    if seconds > MAX_EXPIRY:
-        raise invalid(f"expires_in_seconds: Input should be less than or equal to {MAX_EXPIRY}")
-    return seconds
+    return bounded_int("expires_in_seconds", text, MIN_EXPIRY, MAX_EXPIRY)
 
 
 async def upload_file(request: Request) -> Response:

@@ -169,8 +169,11 @@ def version_and_betas(request: Request) -> tuple[str, list[str]]:
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None:
-        return default
+    return default if raw is None else bounded_int(name, raw, low, high)
+
+
+def bounded_int(name: str, raw: str, low: int, high: int) -> int:
+    """A query or form field as the API checks an integer: its words when it is not one."""
     try:
         value = int(raw)
     except ValueError:
