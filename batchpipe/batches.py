@@ -33,10 +33,10 @@ from batchpipe.failpoints import kill_point
 from batchpipe.state import State
 
 MAX_REQUESTS_PER_BATCH = 100_000
-# The API takes 256 MB a batch; bodies are cut at 200 MiB of characters (media's base64
-# included), room for multi-byte characters and the envelope. BATCHPIPE_MAX_BATCH_BYTES
-# lowers it (a test's emulator enforcing a small limit, or a proxy with its own).
-MAX_BATCH_BYTES = 200 * 1024 * 1024
+# The API takes 256 MB a batch; bodies are cut at 250 MB of UTF-8 (media's base64 included,
+# each line's envelope counted), the rest a margin. BATCHPIPE_MAX_BATCH_BYTES lowers it (a
+# test's emulator enforcing a small limit, or a proxy with its own).
+MAX_BATCH_BYTES = 250_000_000
 CREATE_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 6
 RECONCILE_SKEW = dt.timedelta(minutes=2)  # tolerated clock skew when matching batches
@@ -277,7 +277,7 @@ def _check_room(con: duckdb.DuckDBPyConnection, cap: int | None, adding: int) ->
 
 
 def max_batch_bytes() -> int:
-    """The most characters one batch's body holds: MAX_BATCH_BYTES, or the smaller
+    """The most bytes one batch's body holds: MAX_BATCH_BYTES, or the smaller
     BATCHPIPE_MAX_BATCH_BYTES."""
     raw = os.environ.get("BATCHPIPE_MAX_BATCH_BYTES", "").strip()
     if not raw:
