@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from batchpipe import failpoints, state, warehouse
+from batchpipe import media as media_module
 from batchpipe.errors import BatchApiError
 from batchpipe.media_build import FILE_PLACEHOLDER, MEDIA_PLACEHOLDER
 
@@ -33,8 +34,11 @@ FILES_BETA = "files-api-2025-04-14"
 UPLOAD_TTL_SECONDS = 30 * 24 * 3600  # an upload nothing names any more goes by itself
 REUSE_MARGIN = dt.timedelta(hours=25)  # a batch ends within 24 hours of its create
 CHECKS_AT_ONCE = 8
+# A base64 source's data, or a whole file source (which count_tokens, taking no file ids
+# without the beta, gets as a base64 source instead): the compact JSON media_build writes.
 PLACEHOLDERS = re.compile(
-    f'"({re.escape(MEDIA_PLACEHOLDER)}|{re.escape(FILE_PLACEHOLDER)})([0-9a-f]{{64}})"'
+    f'"{re.escape(MEDIA_PLACEHOLDER)}(?P<media>[0-9a-f]{{64}})"'
+    f'|\\{{"type":"file","file_id":"{re.escape(FILE_PLACEHOLDER)}(?P<file>[0-9a-f]{{64}})"\\}}'
 )
 EXTENSIONS = {
     "image/jpeg": "jpg",
@@ -63,6 +67,7 @@ def filler(
     relation holding (sha256, data); `inline` sends bytes for file placeholders too
     (count_tokens, which takes them without an upload)."""
     encoded: dict[str, str] = {}
+    types: dict[str, str] = {}  # each file's media type, from its bytes
     file_ids: dict[str, str] = {}
     opened: list[duckdb.DuckDBPyConnection] = []
 
@@ -79,7 +84,9 @@ def filler(
                     f"the bytes of media sha256:{sha256[:12]} are not in the warehouse; run "
                     "the partition again: its requests are rebuilt from the files"
                 )
-            encoded[sha256] = base64.b64encode(bytes(row[0])).decode("ascii")
+            data = bytes(row[0])
+            encoded[sha256] = base64.b64encode(data).decode("ascii")
+            types[sha256] = media_module.sniff(data) or "application/octet-stream"
         return encoded[sha256]
 
     def file_id_of(sha256: str) -> str:
@@ -94,10 +101,13 @@ def filler(
         return file_ids[sha256]
 
     def replace(match: re.Match[str]) -> str:
-        kind, sha256 = match.group(1), match.group(2)
-        if kind == MEDIA_PLACEHOLDER or inline:
-            return f'"{base64_of(sha256)}"'
-        return f'"{file_id_of(sha256)}"'
+        if match["media"]:
+            return f'"{base64_of(match["media"])}"'
+        sha256 = match["file"]
+        if inline:
+            data = base64_of(sha256)
+            return f'{{"type":"base64","media_type":"{types[sha256]}","data":"{data}"}}'
+        return f'{{"type":"file","file_id":"{file_id_of(sha256)}"}}'
 
     def fill(text: str) -> str:
         return PLACEHOLDERS.sub(replace, text) if has_placeholders(text) else text

@@ -339,3 +339,16 @@ def test_a_run_killed_after_an_upload_is_recovered_by_running_again(
     assert query(demo_db, "SELECT count(*) FROM scans_out WHERE result_status = 'succeeded'") == [
         (3,)
     ]
+
+
+def test_files_api_requests_are_counted_with_their_bytes_inline(
+    demo_db: Path, private_emulator
+) -> None:
+    """count_tokens takes no file ids without the beta: the sample goes with each file's
+    bytes as a base64 source instead, so a files_api pipeline is counted, not guessed."""
+    url = private_emulator()
+    scans_pipeline(demo_db, "{{ scan }}")
+    counted = forecast(pipeline("scans"), DAY, anthropic.Anthropic(api_key="t", base_url=url))
+    basis = counted.estimate.input.basis
+    assert basis.startswith("count_tokens on") and "failed" not in basis, basis
+    assert files_upstream(url) == []  # a plan uploads nothing
