@@ -424,12 +424,15 @@ def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     recorded if the partition's requests were rebuilt since). DuckDB writes each
     request's line; they are fetched in slices and joined.
     (One string_agg of the whole body needed about five times its size at once.)"""
-    cursor = state.body_lines(con, sub.submission_id)
-    fill = media_send.filler(lambda: warehouse.cursor(con))  # media's bytes and file ids
-    count, parts = 0, []
-    while rows := cursor.fetchmany(BODY_SLICE):
-        count += len(rows)
-        parts.append(fill(",".join(row[0] for row in rows)).encode())
+    # Media's bytes and file ids are read on a connection of their own, opened before the
+    # lines stream: opening one runs a query on `con`, which would end the stream early.
+    with warehouse.cursor(con) as reader:
+        cursor = state.body_lines(con, sub.submission_id)
+        fill = media_send.filler(lambda: reader)
+        count, parts = 0, []
+        while rows := cursor.fetchmany(BODY_SLICE):
+            count += len(rows)
+            parts.append(fill(",".join(row[0] for row in rows)).encode())
     return count, b'{"requests":[' + b",".join(parts) + b"]}"
 
 

@@ -352,3 +352,38 @@ def test_files_api_requests_are_counted_with_their_bytes_inline(
     basis = counted.estimate.input.basis
     assert basis.startswith("count_tokens on") and "failed" not in basis, basis
     assert files_upstream(url) == []  # a plan uploads nothing
+
+
+def test_a_batch_of_more_lines_than_one_slice_of_its_body_is_sent_whole(
+    demo_db: Path, private_emulator
+) -> None:
+    """A body is read from DuckDB 10,000 lines at a time while the media's bytes are read
+    beside it: 10,050 requests naming one photo go out as one batch, every line of it."""
+    url = private_emulator()
+    rows = 10_050
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute(
+        "CREATE TABLE many AS SELECT i AS id, 'media/photo_01.png' AS photo, "
+        f"DATE '2026-11-03' AS day FROM range({rows}) t(i)"
+    )
+    con.close()
+    (demo_db / "pipelines" / "many.yaml").write_text(
+        "name: many\n"
+        "source: {table: many, key: id, partition_column: day}\n"
+        "request:\n"
+        "  model: claude-haiku-4-5\n"
+        "  max_tokens: 100\n"
+        "  canary: 0\n"
+        "  prompt:\n"
+        "    - role: user\n"
+        "      content: [{image: '{{ photo }}'}, {text: 'Alt text for product {{ id }}.'}]\n"
+        "output: {table: many_out, column: alt_text}\n"
+        "partitions: {start: 2026-11-01}\n"
+    )
+    run_partition(pipeline("many"), DAY, FAST)
+    photo = (MEDIA / "photo_01.png").read_bytes()
+    assert query(
+        demo_db, f"SELECT count(*) FROM many_out WHERE alt_text LIKE '%{sha12(photo)}]%'"
+    ) == [(rows,)]
+    assert query(demo_db, "SELECT count(*) FROM batchpipe_batches") == [(1,)]
+    assert len(ledger(url)) == rows
