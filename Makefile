@@ -9,7 +9,7 @@ export BATCHPIPE_PIPELINES ?= $(CURDIR)/pipelines
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 DEMO_DATE ?= 2026-11-03
 
-.PHONY: install browser postgres postgres-debian demo scale-demo bench-scale test test-fast dev bench bench-emulator lint format lock clean
+.PHONY: install browser postgres postgres-debian demo scale-demo bench-scale test test-fast dev bench bench-emulator bench-media lint format lock clean
 
 install: $(STAMP)
 
@@ -91,6 +91,11 @@ bench: install
 # DuckLake runs at once (and one), at emulator latency 0 and 10 s, recorded in bench/RESULTS.md.
 bench-scale: install postgres
 	$(BIN)/python bench/scale.py --write bench/RESULTS.md
+
+# Issue 20's benchmark: 20,000 rows naming 1,000 distinct PNGs, plan and run, inline and
+# through the Files API, with each process's wall, CPU and peak memory, in bench/RESULTS.md.
+bench-media: install
+	$(BIN)/python bench/media.py --write bench/RESULTS.md
 
 # Emulator throughput (requests accepted/s, result lines served/s), recorded in bench/RESULTS.md.
 bench-emulator: install
