@@ -387,3 +387,19 @@ def test_a_batch_of_more_lines_than_one_slice_of_its_body_is_sent_whole(
     ) == [(rows,)]
     assert query(demo_db, "SELECT count(*) FROM batchpipe_batches") == [(1,)]
     assert len(ledger(url)) == rows
+
+
+def test_the_kept_bytes_may_be_deleted_the_next_run_reads_the_files_again(
+    demo_db: Path, private_emulator
+) -> None:
+    """batchpipe_media is a copy: emptied, the next run stores what it sends again."""
+    private_emulator()
+    run_partition(pipeline("photo_alt_text"), DAY, FAST)
+    con = duckdb.connect(str(demo_db / "warehouse.duckdb"))
+    con.execute("DELETE FROM batchpipe_media")
+    con.close()
+    run_partition(pipeline("photo_alt_text"), dt.date(2026, 11, 4), FAST)
+    assert query(
+        demo_db, "SELECT count(*) FROM photo_alt_text WHERE alt_text LIKE '%[image image/%'"
+    ) == [(6,)]
+    assert query(demo_db, "SELECT count(*) FROM batchpipe_media") == [(3,)]
