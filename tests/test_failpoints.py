@@ -8,7 +8,8 @@ from batchpipe.failpoints import POINTS, UnknownKillPoint, check_kill_at, kill_p
 
 MESSAGE = (
     "BATCHPIPE_KILL_AT='after_craete' is not a kill point; known points: before_create, "
-    "after_create, mid_download, mid_results_load, mid_enriched_write, after_conflict"
+    "after_create, mid_download, mid_results_load, mid_enriched_write, after_conflict, "
+    "after_upload"
 )
 
 
