@@ -97,6 +97,7 @@ def _inspect(con: duckdb.DuckDBPyConnection, resolved: Resolved, fetch: Callable
     settings = resolved.file.pipeline.media
     base = resolved.file.path.parent
     root = base / settings.root if settings.root else base
+    root_inside = root.resolve()
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {VALUES} (value VARCHAR, blob_md5 VARCHAR, "
         "sha256 VARCHAR, media_type VARCHAR, size BIGINT, width INTEGER, height INTEGER, "
@@ -138,6 +139,13 @@ def _inspect(con: duckdb.DuckDBPyConnection, resolved: Resolved, fetch: Callable
             continue
         path = Path(value)
         path = path if path.is_absolute() else root / path
+        # A row's value is data: it may name a file only inside media.root, so a table's
+        # contents can never send the machine's other files (keys, configs) to the API.
+        if not path.resolve().is_relative_to(root_inside):
+            rows.append((value, None, None, None, None, None, None, None, 0, None, None,
+                         f"is outside media.root ({root_inside}): only files inside it are "
+                         "sent; set media.root to a folder that holds them"))  # fmt: skip
+            continue
         try:
             data = path.read_bytes()
         except OSError as err:

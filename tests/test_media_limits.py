@@ -105,6 +105,33 @@ def test_a_file_the_api_would_refuse_stops_the_plan_with_its_key_and_why(
     assert "nothing was sent" in message
 
 
+def test_a_row_may_name_files_only_inside_media_root(project: Path) -> None:
+    """Row values are data: one naming a file outside media.root (by `..`, an absolute
+    path or a link) is refused, however readable, so a table cannot send the machine's
+    other files; with media.root set to their folder the same files go."""
+    outside = project / "elsewhere"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("private notes\n")
+    (project / "pipelines" / "link.txt").symlink_to(outside / "notes.txt")
+    path = pics_project(
+        project,
+        {"../elsewhere/notes.txt": None, str(outside / "notes.txt"): None, "link.txt": None},
+        '        - document: "{{ path }}"\n',
+    )
+    message = refusal(project)
+    assert "3 row(s) of 2026-11-03 cannot be sent" in message, message
+    assert f"is outside media.root ({project / 'pipelines'})" in message
+    assert "set media.root to a folder that holds them" in message
+
+    root = f"media: {{root: {project}}}\npartitions:"
+    path.write_text(path.read_text().replace("partitions:", root))
+    con = duckdb.connect(str(project / "warehouse.duckdb"))
+    con.execute("UPDATE pics SET path = 'elsewhere/notes.txt' WHERE id = 1")
+    con.execute("UPDATE pics SET path = 'pipelines/link.txt' WHERE id = 3")
+    con.close()
+    assert "3 distinct file(s)" in forecast(pipeline("pics"), DAY, None).media
+
+
 def test_the_type_comes_from_the_bytes_not_the_name(project: Path) -> None:
     """A PNG named .jpg is sent as the PNG it is; text named .pdf is a text document."""
     pics_project(project, {"really_png.jpg": png(300, 200)}, ONE_IMAGE)
