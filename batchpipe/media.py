@@ -21,7 +21,6 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from batchpipe.pricing import CHARS_PER_TOKEN
 
@@ -65,22 +64,6 @@ class Info:
     pages: int | None = None  # PDFs
     tokens: int = 0  # estimated input tokens (a plain text document: 0, its text is sent)
     text: str | None = None  # a plain text document's text, which is sent as text
-
-    @property
-    def kind(self) -> Literal["image", "document"]:
-        return "image" if self.media_type in IMAGE_TYPES else "document"
-
-    @property
-    def base64_size(self) -> int:
-        return 4 * math.ceil(self.size / 3)
-
-    def describe(self) -> str:
-        """For messages: `image/png 640x480, 1.2 MB` or `application/pdf 12 pages`."""
-        if self.width is not None:
-            return f"{self.media_type} {self.width}x{self.height} px, {_size(self.size)}"
-        if self.pages is not None:
-            return f"{self.media_type} {self.pages} page(s), {_size(self.size)}"
-        return f"{self.media_type} {_size(self.size)}"
 
 
 def sniff(data: bytes) -> str | None:

@@ -188,13 +188,7 @@ class Resolved:
                         f"ELSE ',\"{name}\":' || {_json_value(value)} END"
                     )
             if block.cache:
-                control = {
-                    "type": "ephemeral",
-                    **({"ttl": block.cache} if block.cache == "1h" else {}),
-                }
-                parts.append(
-                    sql_string(',"cache_control":' + json.dumps(control, separators=(",", ":")))
-                )
+                parts.append(sql_string(',"cache_control":' + _cache_control(block.cache)))
             parts.append("'}'")
             blocks.append(" || ".join(parts))
         return "'[' || " + " || ',' || ".join(blocks) + " || ']'"
@@ -225,8 +219,7 @@ class Resolved:
         for template, cache in self.system:
             parts = f"'type', 'text', 'text', {templates.to_sql(template, relation)}"
             if cache:
-                control = {"type": "ephemeral", **({"ttl": cache} if cache == "1h" else {})}
-                parts += f", 'cache_control', {sql_string(json.dumps(control))}::JSON"
+                parts += f", 'cache_control', {sql_string(_cache_control(cache))}::JSON"
             blocks.append(f"json_object({parts})")
         return f"json_array({', '.join(blocks)})"
 
@@ -240,6 +233,12 @@ class Resolved:
             for block in content:
                 found += [t for t in (block.template, block.title, block.context) if t]
         return found + [t for t, _ in self.system or []]
+
+
+def _cache_control(cache: bool | str) -> str:
+    """A block's cache_control JSON: 5 minutes (the API's default) or `ttl: 1h`."""
+    control = {"type": "ephemeral", **({"ttl": cache} if cache == "1h" else {})}
+    return json.dumps(control, separators=(",", ":"))
 
 
 def json_text(fields: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import itertools
 import re
 
 import duckdb
@@ -205,7 +206,7 @@ def _templates(
         messages = [("user", template(("request", "prompt"), request.prompt))]
     else:
         messages = []
-        slots = iter(range(1_000_000))
+        slots = itertools.count()  # each media block's column in the staging
         for i, m in enumerate(request.prompt or []):
             key = ("request", "prompt", i, "content")
             if isinstance(m.content, str):

@@ -1426,8 +1426,3 @@ def mark_uploads_gone(con: duckdb.DuckDBPyConnection, file_ids: set[str], now: d
         "UPDATE batchpipe_uploads SET gone_at = ? WHERE file_id IN (SELECT unnest(?))",
         [now, sorted(file_ids)],
     )
-
-
-def uploads_of(con: duckdb.DuckDBPyConnection) -> list[tuple]:
-    """(sha256, file_id, uploaded_at, expires_at, gone_at) of every upload, oldest first."""
-    return con.execute("SELECT * FROM batchpipe_uploads ORDER BY uploaded_at").fetchall()

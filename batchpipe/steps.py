@@ -170,7 +170,10 @@ def _send_pending(
         log(first.why)
     betas = list(request.betas or ())
     if pf.pipeline.media.upload == "files_api":
-        media_send.upload_pending(con, api, name, date, request.max_attempts, log)
+        # Uploaded only when something goes out now: a canary's wait sends nothing, and
+        # every upload is checked upstream before it is named.
+        if first.action != "wait":
+            media_send.upload_pending(con, api, name, date, request.max_attempts, log)
         betas.append(media_send.FILES_BETA)
     send = batches.Send(
         pipeline=name,

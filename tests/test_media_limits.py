@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from batchpipe import media
+from batchpipe import media, steps
 from batchpipe.errors import ConfigError
 from batchpipe.plan import forecast
 from tests.support import batchpipe, ledger, pipeline, query
@@ -133,13 +133,18 @@ def test_a_row_may_name_files_only_inside_media_root(project: Path) -> None:
 
 
 def test_the_type_comes_from_the_bytes_not_the_name(project: Path) -> None:
-    """A PNG named .jpg is sent as the PNG it is; text named .pdf is a text document."""
-    pics_project(project, {"really_png.jpg": png(300, 200)}, ONE_IMAGE)
-    shown = forecast(pipeline("pics"), DAY, None)
-    assert shown.media is not None and "1 distinct file(s)" in shown.media
-    assert media.inspect(png(3, 3)).media_type == "image/png"
-    assert media.inspect(b"plain words\n").media_type == "text/plain"
-    assert media.inspect(pdf(2)).pages == 2
+    """Text named .pdf goes as a text document and a PNG named .jpg as the PNG it is: the
+    built request says so."""
+    (project / "pipelines" / "really_png.jpg").write_bytes(png(30, 20))
+    pics_project(
+        project,
+        {"notes.pdf": b"plain words\n"},
+        '        - document: "{{ path }}"\n        - image: really_png.jpg\n',
+    )
+    steps.build_requests(pipeline("pics"), DAY, lambda line: None)
+    ((params,),) = query(project, "SELECT CAST(params AS VARCHAR) FROM batchpipe_requests")
+    assert '"source":{"type":"text","media_type":"text/plain","data":"plain words\\n"}' in params
+    assert '"type":"image","source":{"type":"base64","media_type":"image/png"' in params
 
 
 def test_a_request_over_the_model_s_image_count_is_refused(project: Path) -> None:
