@@ -1,5 +1,3 @@
-import sys
+from batchpipe.cli import entry
 
-from batchpipe.cli import main
-
-sys.exit(main())
+entry()
