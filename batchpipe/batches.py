@@ -51,6 +51,7 @@ WIRE_ID_SQL = (
 )
 BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
 LIST_PAGE = 100  # batches per list call, the endpoint's largest page
+FIRST_POLL_SECONDS = 0.1  # the wait's first pause; each next one doubles, to poll_seconds
 # How a 400 for a custom spend limit begins: "... specified workspace API usage limits" or,
 # for an organization's, "... specified API usage limits" (research: Limits of the service).
 WORKSPACE_LIMIT_WORDS = (
@@ -882,16 +883,26 @@ def wait_until_ended(
     date: dt.date,
     poll_seconds: float,
     log: Log,
+    on_ended: Callable[[], object] | None = None,
 ) -> None:
     """Poll the partition's open batches until all have ended (the API has no webhooks),
     riding out an API that is unreachable for a while (see Outage); or, when the
     partition holds requests back (batchpipe_holds), until it is time to try them again.
+
+    `on_ended` runs after any poll that saw a batch end, so the caller can load its
+    results at once rather than after the last batch: they are safe from the 29-day
+    limit, and when the last batch ends only its own load remains.
+
+    The first polls come quickly (FIRST_POLL_SECONDS, doubling up to `poll_seconds`):
+    a small batch is often done in a second, and waiting a whole interval for it was
+    most of a 10-row run. Against the real API that is a handful of extra retrieves.
 
     The warehouse is opened only to read what to poll and to record what was seen, never
     while waiting, so `batchpipe cancel` (or any other writer) gets in between polls."""
     outage = Outage(api, log)
     # Every poll's figures go to the person: the CLI's display, else the step's log.
     shown = progress.reporter_or(log)
+    ramp = FIRST_POLL_SECONDS
     try:
         while True:
             with state.connect() as con:
@@ -907,9 +918,11 @@ def wait_until_ended(
             if batches or recorded.hold:
                 counts = [progress.polled(b) for b in batches]
                 shown.show(progress.snapshot(pipeline, date, counts, recorded))
+            if on_ended is not None and any(b.processing_status == "ended" for b in batches):
+                on_ended()
             if all(b.processing_status == "ended" for b in batches) and hold is None:
                 return
-            pause = poll_seconds
+            pause, ramp = min(ramp, poll_seconds), ramp * 2
             if hold is not None:
                 pause = min(pause, max((hold.retry_at - _now()).total_seconds(), 0.0))
             time.sleep(pause)

@@ -157,6 +157,7 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
     lines = []
+    early = (0, 0)  # batches and results batch_status loaded as each batch ended
     events = result.get_asset_materialization_events()
     steps = {e.event_specific_data.materialization.asset_key.path[-1] for e in events}
     for event in events:
@@ -184,6 +185,7 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
                 f"batch_status: {meta[md.SENT_NOW]} sent; batches {ids}; "
                 f"{meta[md.SUCCEEDED]} succeeded, {meta[md.ERRORED]} errored"
             )
+            early = (meta.get(md.BATCHES_LOADED, 0), meta.get(md.RESULTS_LOADED, 0))
             if meta[md.OPEN_BATCHES] and "enriched" not in steps:
                 lines.append(
                     f"results:      {len(meta[md.OPEN_BATCHES])} batch(es) still processing; "
@@ -191,9 +193,10 @@ def _describe(result: dg.ExecuteInProcessResult) -> list[str]:
                 )
         elif step == "results":
             retried = meta[md.RETRIED]
+            as_ended = f", {early[0]} of them as soon as each ended" if early[0] else ""
             lines.append(
-                f"results:      {meta[md.RESULTS_LOADED]} result(s) copied into DuckDB "
-                f"from {meta[md.BATCHES_LOADED]} batch(es)"
+                f"results:      {meta[md.RESULTS_LOADED] + early[1]} result(s) copied into "
+                f"DuckDB from {meta[md.BATCHES_LOADED] + early[0]} batch(es){as_ended}"
                 + (f"; {retried} retryable request(s) sent again" if retried else "")
             )
         elif step == "enriched":

@@ -74,6 +74,14 @@ def build_requests(pf: PipelineFile, date: dt.date, log: Log) -> requests.Reques
     return summary
 
 
+@dataclass
+class Loaded:
+    """Results copied into DuckDB so far by one step: batches and their result lines."""
+
+    batches: int = 0
+    lines: int = 0
+
+
 @dataclass(frozen=True)
 class BatchesSummary:
     """Where a partition's batches stand; `open_batch_ids` is what the sensor watches."""
@@ -88,6 +96,25 @@ class BatchesSummary:
     expired: int
     estimated_usd: float
     hold: state.Hold | None = None
+    loaded: Loaded = field(default_factory=Loaded)  # results copied as each batch ended
+
+
+def _loading_as_they_end(
+    pf: PipelineFile, date: dt.date, api: anthropic.Anthropic, log: Log
+) -> tuple[Loaded, Callable[[], None]]:
+    """A wait's `on_ended`: copy each batch's results into DuckDB as soon as it ends, in a
+    write of its own (so `batchpipe cancel` still gets in between polls), and count them."""
+    loaded = Loaded()
+
+    def load() -> None:
+        with _writing(pf, date, log) as con:
+            subs = batches.open_submissions(con, pf.pipeline.name, date)
+            ended = [s for s in subs if s.state == "ended"]
+            if ended:
+                loaded.lines += _load_ended(con, pf, ended, api, log)
+                loaded.batches += len(ended)
+
+    return loaded, load
 
 
 def submit(
@@ -105,14 +132,16 @@ def submit(
         if not state.request_count(con, pf.pipeline.name, date):
             requests.build_requests(con, resolve(pf, con), date)
         sent = _send_pending(con, pf, date, api, log, poll_seconds)
+    loaded, load = _loading_as_they_end(pf, date, api, log)
     while wait:  # without holding the warehouse: `batchpipe cancel` can get in
-        batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log)
+        batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log, load)
         with _writing(pf, date, log) as con:
             if state.hold_of(con, pf.pipeline.name, date) is None:
                 break
             sent += _send_pending(con, pf, date, api, log, poll_seconds)
     with state.connect() as con:
-        return _batches_summary(con, pf.pipeline.name, date, sent)
+        summary = _batches_summary(con, pf.pipeline.name, date, sent)
+    return dataclasses.replace(summary, loaded=loaded)
 
 
 def _send_pending(
@@ -230,6 +259,7 @@ def load_results(
     `retry` False)."""
     name = pf.pipeline.name
     loaded_batches = lines = retried = 0
+    early, load = _loading_as_they_end(pf, date, api, log)
     while True:
         with _writing(pf, date, log) as con:
             batches.poll(con, api, name, date, log, Outage(api, log))
@@ -256,7 +286,8 @@ def load_results(
             )
             break
         if still_open:
-            batches.wait_until_ended(api, name, date, poll_seconds, log)
+            # Each batch is loaded as it ends; the next round counts them with its own.
+            batches.wait_until_ended(api, name, date, poll_seconds, log, load)
             continue
         if not retry:
             break
@@ -282,6 +313,7 @@ def load_results(
             break
         if hold is not None and not open_ids:
             batches.wait_until_ended(api, name, date, poll_seconds, log)
+    loaded_batches, lines = loaded_batches + early.batches, lines + early.lines
     return ResultsSummary(loaded_batches, lines, retried, open_ids, hold)
 
 

@@ -193,6 +193,9 @@ def _batch_status_metadata(summary: steps.BatchesSummary) -> dict:
         md.CANCELED: summary.canceled,
         md.EXPIRED: summary.expired,
         md.ESTIMATED_USD: _usd(summary.estimated_usd),
+        # Copied into DuckDB while this step waited, each batch as it ended.
+        md.BATCHES_LOADED: summary.loaded.batches,
+        md.RESULTS_LOADED: summary.loaded.lines,
         **_hold_metadata(summary.hold),
     }
 

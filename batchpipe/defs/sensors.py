@@ -8,7 +8,8 @@ collide with a writing run): the batch ids still open after a step are in that
 step's materialization metadata. It polls those batches, records their progress
 as observations of `NAME/batch_status` (the progress view the API lacks), and
 once every batch of a partition has ended it launches `NAME/results` and
-`NAME/enriched` for that partition, as a run of the pipeline's job.
+`NAME/enriched` for that partition, as a run of the pipeline's job. Batches that end
+before their partition's last are loaded at once, by a run of `NAME/results` alone.
 """
 
 import datetime as dt
@@ -96,6 +97,7 @@ def batch_sensor(
             context.log.warning(scrub(f"could not poll the open batches ({err}); trying next time"))
             return dg.SkipReason("the Batches API did not answer; trying next time")
         now = dt.datetime.now(dt.UTC)
+        partial = []  # results-only runs for batches that ended before their partition's last
         for partition, known in sorted(cursor.open.items()):
             if known.batch_ids:
                 states = [seen.get(b) for b in known.batch_ids]
@@ -103,10 +105,27 @@ def batch_sensor(
                     context.log.warning(f"not every batch of {partition} is listed yet; next time")
                     continue
                 observations.append(_progress(status_key, partition, states))
-                if not all(s.processing_status == "ended" for s in states):
+                ended = [s.id for s in states if s.processing_status == "ended"]
+                if not ended:
                     continue
-                digest = hashlib.sha256(",".join(sorted(known.batch_ids)).encode()).hexdigest()
-                run_key = f"{name}:{partition}:{digest[:16]}"  # once per set of batches
+                if len(ended) < len(states):
+                    # Some have ended: their results are copied now, by a run of the
+                    # results step alone (safe from the 29-day limit at once, and the
+                    # last batch's load is all that is left when it ends); the rest stay
+                    # watched.
+                    partial.append(
+                        dg.RunRequest(
+                            job_name=job.name,
+                            partition_key=partition,
+                            asset_selection=[placement.key(pf, "results")],
+                            run_key=f"{name}:{partition}:ended:{_digest(ended)}",
+                            tags=_origin_tags(context.instance, name, partition, known),
+                        )
+                    )
+                    still = [b for b in known.batch_ids if b not in ended]
+                    cursor.open[partition] = known.model_copy(update={"batch_ids": still})
+                    continue
+                run_key = f"{name}:{partition}:{_digest(known.batch_ids)}"  # once per set
             elif known.held_until and now >= dt.datetime.fromisoformat(known.held_until):
                 # Only held requests: the run's results step sends them (the sensor itself
                 # never writes the warehouse); once per hold, as each hold has its time.
@@ -125,10 +144,17 @@ def batch_sensor(
         for run in runs:
             cursor.open.pop(run.partition_key, None)
         return dg.SensorResult(
-            run_requests=runs, asset_events=observations, cursor=cursor.model_dump_json()
+            run_requests=partial + runs,
+            asset_events=observations,
+            cursor=cursor.model_dump_json(),
         )
 
     return poll_batches
+
+
+def _digest(batch_ids: list[str]) -> str:
+    """A run key's part for a set of batches: one run per set, whatever the order."""
+    return hashlib.sha256(",".join(sorted(batch_ids)).encode()).hexdigest()[:16]
 
 
 def _signature(resource_key: str) -> inspect.Signature:
