@@ -101,6 +101,11 @@ def load_results_files(
                     raise _strangers(con, fresh)
                 kill_point("mid_results_load")
                 state.mark_loaded(con, [f.submission_id for f in fresh])
+    # Committed: every field batchpipe reads of a line is in batchpipe_results now, and the
+    # raw lines stay upstream for 29 days, so the files go (a 10-million-row partition's
+    # were 9 GB). A crash before this leaves files of loaded batches, which nothing reads.
+    for f in files:
+        f.path.unlink(missing_ok=True)
     return loaded
 
 
