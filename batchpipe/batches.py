@@ -49,7 +49,6 @@ WIRE_ID_SQL = (
     f"CASE WHEN length(custom_id) <= {64 - 1 - TOKEN_LENGTH} THEN custom_id "
     "ELSE 'h-' || md5(custom_id) END || '-' || ?"
 )
-BODY_SLICE = 10_000  # request lines fetched from DuckDB at a time
 LIST_PAGE = 100  # batches per list call, the endpoint's largest page
 FIRST_POLL_SECONDS = 0.1  # the wait's first pause; each next one doubles, to poll_seconds
 # How a 400 for a custom spend limit begins: "... specified workspace API usage limits" or,
@@ -422,19 +421,21 @@ def _body_on(cursor: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, b
 
 def _body(con: duckdb.DuckDBPyConnection, sub: Submission) -> tuple[int, bytes]:
     """The create call's JSON for an intent, and how many requests it holds (fewer than
-    recorded if the partition's requests were rebuilt since). DuckDB writes each
-    request's line; they are fetched in slices and joined.
-    (One string_agg of the whole body needed about five times its size at once.)"""
-    # Media's bytes and file ids are read on a connection of their own, opened before the
-    # lines stream: opening one runs a query on `con`, which would end the stream early.
-    with warehouse.cursor(con) as reader:
-        cursor = state.body_lines(con, sub.submission_id)
-        fill = media_send.filler(lambda: reader)
-        count, parts = 0, []
-        while rows := cursor.fetchmany(BODY_SLICE):
-            count += len(rows)
-            parts.append(fill(",".join(row[0] for row in rows)).encode())
-    return count, b'{"requests":[' + b",".join(parts) + b"]}"
+    recorded if the partition's requests were rebuilt since). DuckDB writes the array of
+    request lines to a scratch file, read back whole; media placeholders, if any, are
+    filled in after (base64 or file ids, which the warehouse holds apart)."""
+    scratch = warehouse.state_dir() / "bodies"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / f"{sub.submission_id}.json"
+    try:
+        count = state.write_body(con, sub.submission_id, path)
+        lines = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    if media_send.has_placeholders_bytes(lines):
+        with warehouse.cursor(con) as reader:
+            lines = media_send.filler(lambda: reader)(lines.decode()).encode()
+    return count, b'{"requests":' + lines + b"}"
 
 
 def _finish_submission(

@@ -55,6 +55,11 @@ def has_placeholders(text: str) -> bool:
     return MEDIA_PLACEHOLDER in text or FILE_PLACEHOLDER in text
 
 
+def has_placeholders_bytes(body: bytes) -> bool:
+    """The same test on a body's bytes: a text-only body is never decoded to be filled."""
+    return MEDIA_PLACEHOLDER.encode() in body or FILE_PLACEHOLDER.encode() in body
+
+
 def filler(
     connect: Callable[[], duckdb.DuckDBPyConnection],
     *,

@@ -696,20 +696,24 @@ def record_intent(
     return int(count)
 
 
-def body_lines(con: duckdb.DuckDBPyConnection, submission_id: str) -> duckdb.DuckDBPyConnection:
-    """A cursor over the submission's request lines as the create call sends them
-    (`{"custom_id": <wire id>, "params": ...}`), in custom_id order: only requests still
-    in the partition, so a rebuilt partition yields fewer than were recorded."""
-    return con.execute(
-        "SELECT '{\"custom_id\":' || to_json(coalesce(b.wire_id, b.custom_id)) || ',\"params\":' "
-        "|| CAST(r.params AS VARCHAR) || '}' "
+def write_body(con: duckdb.DuckDBPyConnection, submission_id: str, path: Path) -> int:
+    """Write the submission's requests as the create call's JSON array (each
+    `{"custom_id": <wire id>, "params": ...}`, in custom_id order) to `path`; returns how
+    many: only requests still in the partition, so a rebuilt partition yields fewer than
+    were recorded. DuckDB's COPY writes it in parallel, about ten times cheaper than
+    fetching 100,000 lines into Python to join them."""
+    escaped = str(path).replace("'", "''")
+    (count,) = con.execute(
+        "COPY (SELECT coalesce(b.wire_id, b.custom_id) AS custom_id, r.params "
         "FROM batchpipe_batch_requests b JOIN batchpipe_requests r "
         "ON r.custom_id = b.custom_id AND r.request_hash = b.request_hash "
         "JOIN batchpipe_batches s ON s.submission_id = b.submission_id "
         "AND r.pipeline = s.pipeline AND r.partition_date = s.partition_date "
-        "WHERE b.submission_id = ? ORDER BY r.custom_id",
+        f"WHERE b.submission_id = ? ORDER BY r.custom_id) TO '{escaped}' "
+        "(FORMAT json, ARRAY true)",
         [submission_id],
-    )
+    ).fetchone()
+    return int(count)
 
 
 def set_state(con: duckdb.DuckDBPyConnection, submission_id: str, state: State) -> None:
