@@ -80,12 +80,16 @@ dev: install
 	$(BIN)/batchpipe demo-data
 	$(BIN)/batchpipe dev
 
-# Issue 6's benchmark: one partition of a text and a structured pipeline end to end, against
-# bare DuckDB and the tutorial loop, with memory, fixed cost and a profile, recorded in
-# bench/RESULTS.md. ROWS=1000000 takes a while (the loop is the slow part); try ROWS=100000.
+# Issues 6 and 21's benchmark: one partition of a text and a structured pipeline end to end,
+# their CPU against DuckDB's floor and the tutorial loop's, their tables row for row against
+# the loop's; one text partition of BIG_ROWS rows (batches of 100,000) with its memory and
+# disk; memory, fixed cost and a profile; recorded in bench/RESULTS.md. The full sizes take
+# a while (the loop and the big partition) and tens of GB in TMPDIR (the emulator keeps
+# every request and result); try ROWS=100000 BIG_ROWS=0.
 ROWS ?= 1000000
+BIG_ROWS ?= 10000000
 bench: install
-	$(BIN)/python bench/pipeline.py --rows $(ROWS) --write bench/RESULTS.md
+	$(BIN)/python bench/pipeline.py --rows $(ROWS) --big-rows $(BIG_ROWS) --write bench/RESULTS.md
 
 # Issue 19's benchmark: 8 partitions of 50,000 rows, a DuckDB file's one writer against four
 # DuckLake runs at once (and one), at emulator latency 0 and 10 s, recorded in bench/RESULTS.md.

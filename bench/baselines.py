@@ -1,18 +1,21 @@
 """The bare DuckDB statements batchpipe's steps are held against, on the same data.
 
-Each is the least a tool could do for the step: one COPY that writes the request
-JSONL of the partition (the same params a pipeline sends), and one `read_json` of
-the results files batchpipe downloaded into a table. They run in the benchmark's own
-process after the measured run, on the run's own database and files.
+Each is the least a tool could do for its step: one COPY that writes the request JSONL
+of the partition (the same params a pipeline sends), one `read_json` of the results
+files batchpipe downloaded into a table, and one CREATE TABLE AS of the enriched shape
+(the partition's source rows joined to the parsed answers). Together they are DuckDB's
+floor for a partition; `bench/floor.py` runs them in a process of their own.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from bench.workload import DATE, MAX_TOKENS, MODEL, STRUCT, STRUCT_JSON_SCHEMA
+
+RESULTS_TABLE = "floor_results"
+ENRICHED_TABLE = "floor_enriched"
 
 
 def requests_copy_sql(name: str, path: Path) -> str:
@@ -31,23 +34,25 @@ def requests_copy_sql(name: str, path: Path) -> str:
     """
 
 
-def bare_copy_s(db: Path, name: str, out: Path) -> float:
-    """Seconds for the bare COPY of `name`'s requests to `out`."""
-    import duckdb
-
-    with duckdb.connect(str(db)) as con:
-        started = time.perf_counter()
-        con.execute(requests_copy_sql(name, out))
-        return time.perf_counter() - started
+def read_results_sql() -> str:
+    """The results files (a parameter: their paths) into a table, as DuckDB reads them."""
+    return f"CREATE TABLE {RESULTS_TABLE} AS SELECT * FROM read_json(?)"
 
 
-def bare_read_json_s(db: Path, files: list[str]) -> float:
-    """Seconds for a bare `read_json` of `files` into a new table (dropped after)."""
-    import duckdb
-
-    with duckdb.connect(str(db)) as con:
-        started = time.perf_counter()
-        con.execute("CREATE TABLE bare_results AS SELECT * FROM read_json(?)", [files])
-        elapsed = time.perf_counter() - started
-        con.execute("DROP TABLE bare_results")
-    return elapsed
+def enriched_sql(name: str) -> str:
+    """The output table: each source row of the partition with its status and answer.
+    A custom_id is batchpipe's `<key>-<suffix>`, so the key is its first part."""
+    text = "r.result.message.content[1].text"
+    if name == STRUCT:
+        answer = (
+            f"json_extract_string({text}, '$.label') AS label, "
+            f"TRY_CAST(json_extract({text}, '$.score') AS DOUBLE) AS score"
+        )
+    else:
+        answer = f"{text} AS summary"
+    return f"""
+        CREATE TABLE {ENRICHED_TABLE} AS
+        SELECT i.*, r.result.type AS result_status, {answer}
+        FROM items i JOIN {RESULTS_TABLE} r ON i.id = split_part(r.custom_id, '-', 1)::BIGINT
+        WHERE i.added_on = DATE '{DATE}'
+    """

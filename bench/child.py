@@ -1,7 +1,8 @@
-"""Run one measured process and read its own peak RSS from the kernel.
+"""Run one measured process and read its own peak RSS and CPU time from the kernel.
 
-Every partition, loop and CLI run is its own process, so a peak RSS is that run's
-alone (not the benchmark's, not the emulator's, not an earlier run's). It is read by
+Every partition, loop and CLI run is its own process, so a peak RSS or a CPU time is
+that run's alone (not the benchmark's, not the emulator's, not an earlier run's). It is
+read by
 `bench/reap.py`, a small process between the two: Linux would otherwise carry this
 process's own high-water mark (about 1 GB) into every child's `ru_maxrss`.
 """
@@ -23,12 +24,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Finished:
-    """A measured process: its output, wall time from spawn to exit, and peak RSS."""
+    """A measured process: its output, wall time from spawn to exit, peak RSS and CPU."""
 
     stdout: str
     started: float  # time.time() just before the spawn, to compare with event timestamps
     wall_s: float
     peak_rss_mb: float
+    user_s: float = 0.0  # the kernel's CPU seconds for the process (wait4's rusage)
+    sys_s: float = 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        """User + system CPU seconds: what the process cost the machine, all threads."""
+        return self.user_s + self.sys_s
 
     def json(self) -> dict:
         """The last stdout line, where the bench's own scripts print their figures."""
@@ -46,14 +54,14 @@ def run(argv: list[str], env: dict[str, str], timeout_s: float = 3600) -> Finish
         tempfile.TemporaryFile("w+") as err,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        rss_file = Path(scratch) / "rss"
+        usage_file = Path(scratch) / "usage.json"
         started = time.time()
         clock = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "reap.py"), *argv],
             stdout=out,
             stderr=err,
-            env={**env, "BENCH_RSS_FILE": str(rss_file)},
+            env={**env, "BENCH_USAGE_FILE": str(usage_file)},
             cwd=REPO,
             start_new_session=True,  # so a timeout can stop the run behind the reaper too
         )
@@ -65,8 +73,11 @@ def run(argv: list[str], env: dict[str, str], timeout_s: float = 3600) -> Finish
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             raise RuntimeError(f"{' '.join(argv)} exited with {code}:\n{stderr[-4000:]}")
-        peak_kib = int(rss_file.read_text())  # Linux reports ru_maxrss in KiB
-    return Finished(stdout, started, wall_s, peak_kib / 1024)
+        usage = json.loads(usage_file.read_text())
+    # Linux reports ru_maxrss in KiB.
+    return Finished(
+        stdout, started, wall_s, usage["maxrss_kib"] / 1024, usage["user_s"], usage["sys_s"]
+    )
 
 
 def _wait(process: subprocess.Popen, timeout_s: float) -> int:

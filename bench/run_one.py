@@ -11,7 +11,8 @@ Step durations come from the run's STEP_SUCCESS events.
 
     BATCHPIPE_DB=... DAGSTER_HOME=... .venv/bin/python bench/run_one.py NAME [--profile FILE]
 
-Prints one JSON line: the figures, the results files it downloaded, its peak RSS.
+Prints one JSON line: the figures, the results files it downloaded, the moment the
+`enriched` step succeeded, its peak RSS.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def _is_create(args: tuple, kwargs: dict) -> bool:
 # guessed. The create call is the SDK's POST of a new batch, whichever way batchpipe
 # makes it: encoding the body (if the SDK does), the upload, the emulator taking it in.
 PARTS = (
+    ("step_requests", "batchpipe.steps", "build_requests", None),
+    ("step_batch_status", "batchpipe.steps", "submit", None),
+    ("step_results", "batchpipe.steps", "load_results", None),
+    ("step_enriched", "batchpipe.steps", "write_enriched", None),
     ("send", "batchpipe.batches", "submit_partition", None),
     ("create_call", "anthropic._base_client", "SyncAPIClient.post", _is_create),
     ("wait", "batchpipe.batches", "wait_until_ended", None),
@@ -56,16 +61,18 @@ def timed(
     function: Callable,
     when: Callable[[tuple, dict], bool] | None = None,
 ) -> Callable:
-    """`function`, adding its wall time to figures[key] on each call (`when` it applies)."""
+    """`function`, adding its wall time to figures[key] on each call (`when` it applies),
+    and the process's CPU meanwhile (every thread's: DuckDB's too) to figures[key_cpu]."""
 
     def wrapper(*args, **kwargs):
         if when is not None and not when(args, kwargs):
             return function(*args, **kwargs)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return function(*args, **kwargs)
         finally:
             figures[key] = figures.get(key, 0.0) + time.perf_counter() - started
+            figures[f"{key}_cpu"] = figures.get(f"{key}_cpu", 0.0) + time.process_time() - cpu
 
     return wrapper
 
@@ -120,6 +127,9 @@ def run(name: str, profile: Path | None) -> dict:
     return {
         "figures": figures,
         "results_files": files,
+        # When the enriched partition was written (time.time()), to set beside the moment
+        # the emulator says the last batch ended.
+        "enriched_at": steps["enriched"].ended_at if "enriched" in steps else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -17,6 +17,8 @@ PROMPT = "Summarise: {{ title }} {{ body }}"
 MAX_BATCH_REQUESTS = 100_000
 TEXT, STRUCT = "text_bench", "struct_bench"
 OUTPUT_TABLES = {TEXT: "text_out", STRUCT: "struct_out"}
+# The columns each pipeline's answer lands in, in batchpipe's table and the loop's alike.
+ANSWER_COLUMNS = {TEXT: ("summary",), STRUCT: ("label", "score")}
 
 # What a user of the SDK writes by hand for the structured pipeline's output.schema
 # (label: enum a|b|c, score: number); the loop sends it, so both send equal requests.
