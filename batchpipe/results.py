@@ -96,6 +96,7 @@ def load_results_files(
                       ON f.path = j.filename""",
                     _result_columns(model),
                     {"sources": sources, "paths": [f[0] for f in sources]},
+                    [f.submission_id for f in fresh],
                 )
                 if loaded != sum(f.lines for f in fresh):
                     raise _strangers(con, fresh)

@@ -609,17 +609,19 @@ LINE_OVERHEAD = 128  # a line's bytes beside its params: {"custom_id":"<64 at mo
 def cut_chunks(con: duckdb.DuckDBPyConnection, per_batch: int, max_bytes: int, now: int) -> int:
     """Number the first `now` staged requests into batches (`pending.chunk`) of at most
     `per_batch` requests and `max_bytes` of body, media's base64 included; returns how
-    many batches. A batch is cut where either limit falls: a request starting past a
-    multiple of `max_bytes` less the largest request begins the next one, so none passes
-    `max_bytes` (the count's cut and the bytes' cut both only grow with rn)."""
+    many batches. Requests are cut by count first; a batch of them too large is cut
+    again by bytes, counted from its own first request: one starting past a multiple of
+    `max_bytes` less the largest request begins the next one, so none passes
+    `max_bytes`. (Counted from the partition's first request instead, every 250 MB of a
+    partition split a batch that fit: 10 million rows went out as 122 batches, not 101.)"""
     largest = _scalar(con, "SELECT coalesce(max(body_chars), 0) FROM pending WHERE rn < ?", [now])
     room = max(max_bytes - int(largest) - LINE_OVERHEAD, 1)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE pending AS SELECT * EXCLUDE (start, by_count), "
         "CASE WHEN rn < $now THEN dense_rank() OVER (ORDER BY rn < $now DESC, by_count, "
         "start // $room) - 1 END AS chunk FROM (SELECT * EXCLUDE (chunk), "
-        f"sum(body_chars + {LINE_OVERHEAD}) OVER (ORDER BY rn) - body_chars - {LINE_OVERHEAD} "
-        "AS start, rn // $per_batch AS by_count FROM pending)",
+        f"sum(body_chars + {LINE_OVERHEAD}) OVER (PARTITION BY rn // $per_batch ORDER BY rn) "
+        f"- body_chars - {LINE_OVERHEAD} AS start, rn // $per_batch AS by_count FROM pending)",
         {"now": now, "room": room, "per_batch": per_batch},
     )
     return int(_scalar(con, "SELECT coalesce(max(chunk) + 1, 0) FROM pending"))
@@ -889,7 +891,8 @@ def insert_results(
     pipeline: str,
     lines_sql: str,
     columns_sql: str,
-    params: list,
+    params: dict,
+    submission_ids: Sequence[str],
 ) -> int:
     """Insert result lines, each matched to its request by wire id, never by order.
 
@@ -907,8 +910,9 @@ def insert_results(
         JOIN batchpipe_batch_requests b
           ON b.submission_id = f.submission_id
          AND coalesce(b.wire_id, b.custom_id) = j.custom_id
+        WHERE b.submission_id IN $submissions  -- these batches' rows, not the whole history
         """,
-        {"pipeline": pipeline, **params},
+        {"pipeline": pipeline, "submissions": list(submission_ids), **params},
     )
     return int(loaded)
 
@@ -929,8 +933,11 @@ def mark_loaded(con: duckdb.DuckDBPyConnection, submission_ids: Sequence[str]) -
         con,
         "UPDATE batchpipe_batches b SET state = 'loaded', loaded_at = timezone('UTC', now()), "
         "actual_usd = (SELECT coalesce(sum(r.cost_usd), 0) FROM batchpipe_results r "
-        "WHERE r.batch_id = b.batch_id) WHERE submission_id IN ?",
-        [list(submission_ids)],
+        "WHERE r.batch_id = b.batch_id AND r.batch_id IN (SELECT batch_id FROM "
+        "batchpipe_batches WHERE submission_id IN $ids)) WHERE submission_id IN $ids",
+        # The uncorrelated filter reaches the scan: only these batches' lines are summed,
+        # not every result of the warehouse again for each batch loaded.
+        {"ids": list(submission_ids)},
     )
 
 

@@ -339,14 +339,19 @@ def _load_ended(
     api: anthropic.Anthropic,
     log: Log,
 ) -> int:
-    """Download each ended batch's results, then load them all in one statement."""
-    files = []
+    """Download each ended batch's results and load them, one batch at a time: each is
+    committed (and its file removed) before the next is fetched, so the disk holds one
+    results file, not a partition's (9 GB for 10 million rows)."""
+    count = 0
     for sub in ended:
         expected = state.result_lines_expected(con, sub.submission_id)
         path = batches.download_results(api, sub.batch_id, expected, log)
-        files.append(results.ResultsFile(sub.submission_id, sub.batch_id, path, expected))
-    count = results.load_results_files(con, pf.pipeline.name, pf.pipeline.request.model, files)
-    log(f"loaded {count} results of {len(files)} batch(es): {', '.join(f.batch_id for f in files)}")
+        found = results.ResultsFile(sub.submission_id, sub.batch_id, path, expected)
+        loaded = results.load_results_files(
+            con, pf.pipeline.name, pf.pipeline.request.model, [found]
+        )
+        log(f"loaded {loaded} results of {sub.batch_id}")
+        count += loaded
     return count
 
 

@@ -177,3 +177,31 @@ def test_params_text_is_what_json_object_writes_for_awkward_values(project: Path
     for (ours, reference), value in zip(rows, awkward, strict=True):
         assert ours == reference
         assert json.loads(ours)["messages"][0]["content"] == f"Say: {value or ''}!"
+
+
+def test_batches_are_cut_by_count_and_split_by_bytes_only_when_one_is_too_big() -> None:
+    """25 requests of 1,000 bytes, 10 a batch: 10, 10, 5 when every batch fits the byte
+    cap, whatever the partition's total. A cap below one batch's bytes splits that batch
+    (from its own first request) and no other: the cuts by bytes do not drift across
+    batches, which once made 10 million rows 122 batches instead of 101."""
+    import duckdb
+
+    from batchpipe import state
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TEMP TABLE pending AS SELECT i AS rn, 1000 AS body_chars, NULL::BIGINT AS chunk "
+        "FROM range(25) t(i)"
+    )
+    line = 1000 + state.LINE_OVERHEAD
+
+    def sizes(max_bytes: int) -> list[int]:
+        batches = state.cut_chunks(con, per_batch=10, max_bytes=max_bytes, now=25)
+        counts = con.execute("SELECT chunk, count(*) FROM pending GROUP BY 1 ORDER BY 1")
+        found = [n for _, n in counts.fetchall()]
+        assert len(found) == batches
+        return found
+
+    assert sizes(max_bytes=15 * line) == [10, 10, 5]  # the total (25 lines) is over the cap
+    # A cap of 8 lines and a bit: each batch of 10 splits 8 + 2, the last 5 stays whole.
+    assert sizes(max_bytes=8 * line + 1000) == [8, 2, 8, 2, 5]
