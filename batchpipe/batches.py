@@ -106,6 +106,9 @@ class Send:
     limit: int | None = None
     held_why: str = ""
     request_version: str | None = None  # recorded on each batch: what a canary proves
+    # Run on the send's connection after each create: a partition of many batches can
+    # load those that ended while the rest were still being sent.
+    between: Callable[[duckdb.DuckDBPyConnection], object] | None = None
 
 
 class Held(Exception):
@@ -341,6 +344,8 @@ def _send_chunks(
                 if upcoming is not None:
                     upcoming[1].result()  # the builder's cursor is done before returning
                 return sent, refused, err
+            if send.between is not None and upcoming is not None:
+                send.between(con)
             if upcoming is None:
                 break
             sub, body = upcoming[0], upcoming[1].result()

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -108,13 +109,48 @@ def _loading_as_they_end(
 
     def load() -> None:
         with _writing(pf, date, log) as con:
-            subs = batches.open_submissions(con, pf.pipeline.name, date)
-            ended = [s for s in subs if s.state == "ended"]
-            if ended:
-                loaded.lines += _load_ended(con, pf, ended, api, log)
-                loaded.batches += len(ended)
+            _load_on(con, pf, date, api, log, loaded)
 
     return loaded, load
+
+
+def _load_on(
+    con: duckdb.DuckDBPyConnection,
+    pf: PipelineFile,
+    date: dt.date,
+    api: anthropic.Anthropic,
+    log: Log,
+    loaded: Loaded,
+) -> None:
+    subs = batches.open_submissions(con, pf.pipeline.name, date)
+    ended = [s for s in subs if s.state == "ended"]
+    if ended:
+        loaded.lines += _load_ended(con, pf, ended, api, log)
+        loaded.batches += len(ended)
+
+
+def _polling_between_creates(
+    pf: PipelineFile,
+    date: dt.date,
+    api: anthropic.Anthropic,
+    log: Log,
+    loaded: Loaded,
+    poll_seconds: float,
+) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    """A send's `between`: while a partition of many batches is still being sent (10
+    minutes for 100), poll its open batches at most every `poll_seconds` and load the
+    ones that have ended, so none waits for the last create."""
+    last = time.monotonic()
+
+    def between(con: duckdb.DuckDBPyConnection) -> None:
+        nonlocal last
+        if time.monotonic() - last < poll_seconds:
+            return
+        last = time.monotonic()
+        batches.poll(con, api, pf.pipeline.name, date, log, Outage(api, log))
+        _load_on(con, pf, date, api, log, loaded)
+
+    return between
 
 
 def submit(
@@ -128,17 +164,18 @@ def submit(
 ) -> BatchesSummary:
     """Send what is pending; with `wait`, poll here until every batch has ended, sending
     what a queue or rate limit held back as it lets it."""
+    loaded, load = _loading_as_they_end(pf, date, api, log)
+    between = _polling_between_creates(pf, date, api, log, loaded, poll_seconds) if wait else None
     with _writing(pf, date, log) as con:
         if not state.request_count(con, pf.pipeline.name, date):
             requests.build_requests(con, resolve(pf, con), date)
-        sent = _send_pending(con, pf, date, api, log, poll_seconds)
-    loaded, load = _loading_as_they_end(pf, date, api, log)
+        sent = _send_pending(con, pf, date, api, log, poll_seconds, between)
     while wait:  # without holding the warehouse: `batchpipe cancel` can get in
         batches.wait_until_ended(api, pf.pipeline.name, date, poll_seconds, log, load)
         with _writing(pf, date, log) as con:
             if state.hold_of(con, pf.pipeline.name, date) is None:
                 break
-            sent += _send_pending(con, pf, date, api, log, poll_seconds)
+            sent += _send_pending(con, pf, date, api, log, poll_seconds, between)
     with state.connect() as con:
         summary = _batches_summary(con, pf.pipeline.name, date, sent)
     return dataclasses.replace(summary, loaded=loaded)
@@ -151,6 +188,7 @@ def _send_pending(
     api: anthropic.Anthropic,
     log: Log,
     poll_seconds: float | None = None,
+    between: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> int:
     # Every send goes through here, also a retry or a batch_status run on its own: the
     # output table must still be this pipeline's (resolve checked it when built).
@@ -216,6 +254,7 @@ def _send_pending(
         limit={"send": first.size, "wait": 0}.get(first.action),
         held_why=first.why,
         request_version=request_version(pf),
+        between=between,
     )
     return batches.submit_partition(con, api, send, log)
 

@@ -41,12 +41,12 @@ def _loaded_before_the_last_ended(project: Path, url: str) -> list[tuple[str, in
     return [(b, upstream[b].request_counts.succeeded) for b, at in loaded if at < last_end]
 
 
-def _each_row_once(project: Path, url: str) -> None:
+def _each_row_once(project: Path, url: str, rows: int = 25) -> None:
     assert query(project, f"SELECT result_status, count(*) FROM {NAME}_out GROUP BY ALL") == [
-        ("succeeded", 25)
+        ("succeeded", rows)
     ]
     billed = Counter(request_of(entry["custom_id"]) for entry in ledger(url))
-    assert len(billed) == 25 and set(billed.values()) == {1}
+    assert len(billed) == rows and set(billed.values()) == {1}
 
 
 def test_a_waiting_run_loads_each_batch_as_it_ends(project: Path, private_emulator) -> None:
@@ -89,3 +89,31 @@ def test_the_sensor_loads_ended_batches_before_the_partitions_last(
     _each_row_once(project, url)
     (early,) = _loaded_before_the_last_ended(project, url)
     assert early[1] == 5
+
+
+def test_batches_that_end_while_the_rest_are_sent_are_loaded_meanwhile(
+    project: Path, private_emulator
+) -> None:
+    """At latency 0 each batch ends as its create is answered. A waiting run that polls
+    between creates (a poll interval of 0 here; 100 creates take minutes) loads the
+    first batch before the last is even sent, not after."""
+    bulk_project(project, 30, per_batch=10)
+    url = private_emulator(latency=0.0)
+    defs = build_definitions(project / "pipelines")
+    job = defs.resolve_job_def(f"{NAME}__job")
+    resource = BatchpipeResource(poll_seconds=0.0, wait=True)
+
+    with dg.instance_for_test() as instance:
+        run = job.execute_in_process(
+            partition_key=DAY, instance=instance, resources={"batchpipe": resource}
+        )
+    assert run.success
+
+    _each_row_once(project, url, rows=30)
+    sent = query(
+        project,
+        "SELECT intent_at, loaded_at FROM batchpipe_batches ORDER BY intent_at",
+    )
+    assert len(sent) == 3
+    first_loaded, last_sent = sent[0][1], sent[-1][0]
+    assert first_loaded < last_sent
