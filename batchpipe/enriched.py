@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from batchpipe import ownership, pipeline_sql, state, warehouse
+from batchpipe.errors import WarehouseError
 from batchpipe.failpoints import kill_point
 from batchpipe.pipeline_sql import Resolved
 from batchpipe.sqlcheck import quote_ident
@@ -49,7 +50,18 @@ def write_enriched(
 ) -> EnrichedSummary:
     """Replace the partition's rows of the output table in one transaction, then say
     what it holds: counts by status, tokens and cost, a preview and the estimate."""
-    _replace_partition(con, resolved, date)
+    try:
+        _replace_partition(con, resolved, date)
+    except duckdb.OutOfMemoryException as err:
+        # Nothing is lost (the transaction rolled back; the answers stay in the state
+        # tables): the same step succeeds with more room.
+        limit = warehouse.duckdb_settings()["memory_limit"]
+        raise WarehouseError(
+            f"the output partition {resolved.file.pipeline.output.table} {date} did not fit "
+            f"in DuckDB's memory limit (BATCHPIPE_MEMORY_LIMIT={limit}): raise it, e.g. "
+            "BATCHPIPE_MEMORY_LIMIT=2GB, and materialize the enriched step again; the "
+            f"answers are kept and nothing is sent again ({str(err).splitlines()[0]})"
+        ) from None
     return _summarize(con, resolved, date)
 
 

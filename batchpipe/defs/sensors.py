@@ -9,7 +9,8 @@ step's materialization metadata. It polls those batches, records their progress
 as observations of `NAME/batch_status` (the progress view the API lacks), and
 once every batch of a partition has ended it launches `NAME/results` and
 `NAME/enriched` for that partition, as a run of the pipeline's job. Batches that end
-before their partition's last are loaded at once, by a run of `NAME/results` alone.
+before their partition's last are loaded at once, by such a run whose enriched step is
+skipped while the others are still open.
 """
 
 import datetime as dt
@@ -97,7 +98,7 @@ def batch_sensor(
             context.log.warning(scrub(f"could not poll the open batches ({err}); trying next time"))
             return dg.SkipReason("the Batches API did not answer; trying next time")
         now = dt.datetime.now(dt.UTC)
-        partial = []  # results-only runs for batches that ended before their partition's last
+        partial = []  # runs for the batches that ended before their partition's last
         for partition, known in sorted(cursor.open.items()):
             if known.batch_ids:
                 states = [seen.get(b) for b in known.batch_ids]
@@ -109,15 +110,17 @@ def batch_sensor(
                 if not ended:
                     continue
                 if len(ended) < len(states):
-                    # Some have ended: their results are copied now, by a run of the
-                    # results step alone (safe from the 29-day limit at once, and the
-                    # last batch's load is all that is left when it ends); the rest stay
-                    # watched.
+                    # Some have ended: their results are copied now (safe from the 29-day
+                    # limit at once, and the last batch's load is all that is left when it
+                    # ends); the rest stay watched. The run holds enriched too: it is
+                    # skipped while batches are open, and if the rest end before the run
+                    # gets there, the run finishes the partition (a results-only run
+                    # would leave it loaded and never written).
                     partial.append(
                         dg.RunRequest(
                             job_name=job.name,
                             partition_key=partition,
-                            asset_selection=[placement.key(pf, "results")],
+                            asset_selection=finish,
                             run_key=f"{name}:{partition}:ended:{_digest(ended)}",
                             tags=_origin_tags(context.instance, name, partition, known),
                         )
