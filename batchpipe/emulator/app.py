@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchpipe.emulator import files_api, lifecycle
+from batchpipe.emulator import background, files_api, lifecycle
 from batchpipe.emulator.faults import Faults, FaultSettings
 from batchpipe.emulator.limits import KEYS as LIMIT_KEYS
 from batchpipe.emulator.limits import Limits, LimitSettings
@@ -41,7 +41,7 @@ from batchpipe.emulator.protocol import (
     on_crash,
     on_http_error,
     paged,
-    parse_json,
+    parse_batch_json,
     read_body,
     read_json,
     validate_create,
@@ -96,14 +96,17 @@ def base_url(request: Request) -> str:
 async def create_batch(request: Request) -> Response:
     emu = emulator_of(request)
     raw = await read_body(request, emu.max_batch_body())
-    requests = validate_create(parse_json(raw))
+    # parsed in slices in a thread, so the event loop serves other calls meanwhile
+    requests = await run_in_threadpool(lambda: validate_create(parse_batch_json(raw)))
     version, betas = version_and_betas(request)
     line_faults = emu.injector.for_new_batch()
 
     def create() -> BatchRecord:
-        with emu.store.lock:  # checked and created at once, so two creates cannot both fit
+        # checked and created under one hold of the lock, so two creates cannot both fit
+        def check() -> None:
             check_limits(emu, len(requests))
-            return lifecycle.create(emu.store, requests, version, betas, line_faults, raw)
+
+        return lifecycle.create(emu.store, requests, version, betas, line_faults, raw, check=check)
 
     record = await run_in_threadpool(create)
     answer = JSONResponse(lifecycle.batch_json(record, base_url(request)))
@@ -360,6 +363,7 @@ def create_app(
         Limits(limits or LimitSettings()),
     )
     emu.apply_limits(emu.limits.settings)
+    background.install(emu.store)
     middleware = Middleware(ApiMiddleware, api_key=api_key, faults=emu.injector, limits=emu.limits)
     app = Starlette(
         routes=ROUTES,

@@ -6,7 +6,8 @@ prices come from the emulator's own table (catalog.py) and its own arithmetic (`
 below), not from batchpipe's. Only
 succeeded lines are billed; errored, canceled and expired ones cost nothing (research §3).
 Each (batch_id, custom_id) is billed at most once, whatever crashes or repeated
-processing happen, because `bill` skips pairs already in the file.
+processing happen, because `bill` skips pairs already in the file (a batch bills only
+until it ends, so only the batches still open are looked up).
 
 The file is append-only JSONL. A crash can leave a torn last line; it is cut off on load,
 and the pair it was about is billed again by the next `bill` for its batch.
@@ -16,17 +17,19 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from batchpipe.emulator import catalog
 from batchpipe.emulator.wire import (
     append_lines,
+    cut_torn_tail,
     dumps_line,
     json_string,
-    load_jsonl,
     prepared,
 )
 
@@ -40,6 +43,7 @@ _SPLIT_FIELDS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 ROW_FIELDS = (*TOKEN_FIELDS, *_SPLIT_FIELDS)  # a ledger line's counts, in line order
 _STR, _INT = {str}, {int}
 USD_DIGITS = 12  # round away float noise so totals compare equal across summation orders
+COPY_BUFFER = 1 << 20
 
 
 def billed_tokens(usage: Mapping[str, Any]) -> dict[str, int]:
@@ -164,6 +168,10 @@ def _priced(model: str, tokens: tuple[int, ...], counts: tuple[Any, ...]) -> str
     return dumps_line(row)[1:-1]
 
 
+# The two memos by what they are: fastpath.Lines fills a ledger line straight from them.
+priced, usage_cost = _priced, _usage_cost
+
+
 def bill_for(batch_id: str, custom_id: str, message: dict[str, Any], billed_at: str) -> Bill:
     """`entry`, serialized for `Ledger.bill`."""
     return Bill(batch_id, custom_id, dumps_line(entry(batch_id, custom_id, message, billed_at)))
@@ -177,24 +185,43 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Ledger:
-    """The billed lines in memory as their JSON text (a million parsed rows would take
-    gigabytes), appended through to `path` (fsynced) on every bill."""
+    """The billed lines, appended through to `path` (fsynced) on every bill and read back
+    from it when asked for: ten million lines would not fit in memory, parsed or not.
+    What is kept is which lines of the batches still being processed are billed (an
+    ended batch bills nothing more), so a line is never billed twice."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_batches: Collection[str] | None = None) -> None:
+        """`open_batches`: the batches not ended yet, whose billed lines matter; None
+        (a ledger used on its own) keeps track of every batch's."""
         self.path = path
         self._lock = threading.Lock()
-        self._lines: list[tuple[str, str]] = []  # (batch_id, line text)
-        self._billed: set[tuple[str, str]] = set()
-        self._summed, self._usd = 0, 0.0  # lines added into _usd so far, and their total
+        # batch id -> custom_ids billed; None: some were billed from part files, so
+        # read them back from the file if asked (see append_parts)
+        self._billed: dict[str, set[str] | None] = {}
+        self._summed, self._usd = 0, 0.0  # bytes of the file added into _usd, their total
         self.credit_usd: float | None = None  # the emulated credit balance (not persisted)
-        self._load()
+        cut_torn_tail(self.path)
+        for batch_id, text in self._lines(open_batches):
+            self._billed.setdefault(batch_id, set()).add(json.loads(text)["custom_id"])  # type: ignore[union-attr]
 
-    def _load(self) -> None:
-        for row in load_jsonl(self.path):
-            if "usd" not in row:  # lines from older versions
-                row["usd"] = line_cost(row["model"], row)
-            self._lines.append((row["batch_id"], dumps_line(row)))
-            self._billed.add((row["batch_id"], row["custom_id"]))
+    def _lines(self, batches: Collection[str] | None = None) -> Iterator[tuple[str, str]]:
+        """(batch id, text) of the file's lines, of `batches` only unless None."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                text = raw.decode("utf-8").removesuffix("\n")
+                batch_id = _batch_of(text)
+                if batches is None or batch_id in batches:
+                    yield batch_id, text
+
+    def _seen(self, batch_id: str) -> set[str]:
+        """The custom_ids billed in this batch, read back from the file if need be."""
+        seen = self._billed.get(batch_id, set())
+        if seen is None:
+            seen = {json.loads(text)["custom_id"] for _, text in self._lines({batch_id})}
+        self._billed[batch_id] = seen
+        return seen
 
     def bill(self, bills: Iterable[Bill]) -> int:
         """Append the lines whose (batch_id, custom_id) was never billed; how many were."""
@@ -202,26 +229,58 @@ class Ledger:
             new, keys = [], set()
             for bill in bills:
                 key = (bill.batch_id, bill.custom_id)
-                if key not in self._billed and key not in keys:
+                if key not in keys and bill.custom_id not in self._seen(bill.batch_id):
                     keys.add(key)
                     new.append(bill)
             append_lines(self.path, [bill.text for bill in new])
-            self._billed |= keys
-            self._lines.extend((bill.batch_id, bill.text) for bill in new)
+            for batch_id, custom_id in keys:
+                self._seen(batch_id).add(custom_id)
             return len(new)
+
+    def append_parts(self, batch_id: str, parts: Iterable[Path]) -> None:
+        """Append a batch's ledger lines that forked children wrote to `parts`, in order,
+        fsynced: copied as they are, unless some lines of the batch were billed already
+        (a restart after a crash part way), which are then left out."""
+        with self._lock:
+            seen = self._seen(batch_id)
+            self._billed[batch_id] = None  # whatever happens next, the file knows best
+            with self.path.open("ab") as out:
+                for part in parts:
+                    with part.open("rb") as handle:
+                        if not seen:
+                            shutil.copyfileobj(handle, out, COPY_BUFFER)
+                            continue
+                        for raw in handle:
+                            if json.loads(raw)["custom_id"] not in seen:
+                                out.write(raw)
+                out.flush()
+                os.fsync(out.fileno())
+
+    def close(self, batch_id: str) -> None:
+        """Forget what the batch billed: it has ended, and bills nothing more."""
+        with self._lock:
+            self._billed.pop(batch_id, None)
 
     def unbilled(self, batch_id: str, custom_ids: Iterable[str]) -> set[str]:
         """Those of `custom_ids` not billed yet in this batch (their entries need making)."""
+        wanted = set(custom_ids)
+        if not wanted:  # nothing to look up (reading a batch's back can take a while)
+            return wanted
         with self._lock:
-            return {cid for cid in custom_ids if (batch_id, cid) not in self._billed}
+            return wanted - self._seen(batch_id)
 
     def billed_usd(self) -> float:
         """The total billed so far, as `report` gives it. Lines are parsed once, when
         first asked for, so billing itself pays nothing when no account limit is set."""
         with self._lock:
-            for _, text in self._lines[self._summed :]:
-                self._usd += json.loads(text).get("usd", 0.0)
-            self._summed = len(self._lines)
+            if self.path.exists():
+                with self.path.open("rb") as handle:
+                    handle.seek(self._summed)
+                    for raw in handle:
+                        if not raw.endswith(b"\n"):
+                            break
+                        self._usd += _usd_of(json.loads(raw))
+                        self._summed += len(raw)
             return round(self._usd, USD_DIGITS)
 
     def credit_left(self) -> float | None:
@@ -232,15 +291,35 @@ class Ledger:
     def reset(self) -> None:
         with self._lock:
             self.path.unlink(missing_ok=True)
-            self._lines.clear()
             self._billed.clear()
             self._summed, self._usd = 0, 0.0
 
     def report(self, batch_id: str | None = None) -> dict[str, Any]:
         """`GET /_emulator/ledger`: totals, totals by model, and every billed line."""
         with self._lock:
-            lines = [text for owner, text in self._lines if batch_id in (None, owner)]
-        rows = [json.loads(text) for text in lines]
+            rows = []
+            for _, text in self._lines(None if batch_id is None else {batch_id}):
+                row = json.loads(text)
+                row["usd"] = _usd_of(row)
+                rows.append(row)
         models = sorted({row["model"] for row in rows})
         by_model = {m: _totals([row for row in rows if row["model"] == m]) for m in models}
         return _totals(rows) | {"by_model": by_model, "data": rows}
+
+
+def _usd_of(row: dict[str, Any]) -> float:
+    """A line's `usd`; lines from older versions have none, and are priced as they load."""
+    return row["usd"] if "usd" in row else line_cost(row["model"], row)
+
+
+_BATCH_HEAD = '{"batch_id":"'
+
+
+def _batch_of(text: str) -> str:
+    """A ledger line's batch_id: read off the front of the lines written here (batch ids
+    need no escaping), parsed out of any other."""
+    if text.startswith(_BATCH_HEAD):
+        end = text.find('"', len(_BATCH_HEAD))
+        if end > 0 and "\\" not in text[:end]:
+            return text[len(_BATCH_HEAD) : end]
+    return json.loads(text)["batch_id"]

@@ -20,10 +20,13 @@ The answers are appended before the record is saved, and the progress file wins 
 Progress is computed from timestamps rather than ticks, so tests can jump through 24 h.
 
 One exception to "no background worker": a batch with no latency and no rps limit is
-all due the moment it is created, so `process_soon` refreshes it from a thread right
-away, while the client uploads its next batch. Nothing observable changes: every line
-completes at `created_at` whenever it is answered, and any access in between waits for
-`store.lock` exactly as it would wait for its own refresh.
+all due the moment it is created, so `process_soon` refreshes it in the background right
+away, while the client uploads its next batch. And a big advance that ends a batch
+(`all_at_once`) is answered by forked children off the lock (background.py), if the
+store has that answerer (the server's does), so other batches are served meanwhile.
+Nothing observable changes: every line completes at its scheduled time whenever it is
+answered, and any access to the batch in between waits for it exactly as it would
+wait for its own refresh.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchpipe.emulator import forked, ledger
+from batchpipe.emulator import fastpath, forked, ledger
 from batchpipe.emulator.faults import (
     LineFaults,
     line_error,
@@ -53,6 +56,7 @@ from batchpipe.emulator.wire import (
     dumps_line,
     invalid,
     new_batch_id,
+    new_message_ids,
     not_found,
     rfc3339,
 )
@@ -61,6 +65,7 @@ EXPIRY = dt.timedelta(hours=24)
 RETENTION = dt.timedelta(days=29)
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
 FORK_AT_LEAST = 5_000  # lines answered at once before a second core is worth a fork
+POOL_AT_LEAST = 5_000  # lines answered at once before forked children are worth their cost
 CHILD_SHARE = 0.6  # of those lines, to the child: ending the batch is left to the parent
 
 
@@ -71,23 +76,39 @@ def create(
     betas: Sequence[str],
     faults: LineFaults | None = None,
     body: bytes | None = None,
+    *,
+    check: Callable[[], object] = lambda: None,
 ) -> BatchRecord:
     """A new batch of validated `requests`; `body` is the create call's JSON they came
-    from, if at hand (it is kept as is, rather than serialized again)."""
-    with store.lock, paused_gc():
-        now = store.clock.now()
-        record = BatchRecord(
-            id=new_batch_id(),
-            seq=store.next_seq(),
-            created_at=now,
-            expires_at=now + EXPIRY,
-            api_version=api_version,
-            betas=list(betas),
-            request_counts={key: 0 for key in COUNT_KEYS} | {"processing": len(requests)},
-            faults=faults or LineFaults(),
-        )
-        store.create(record, requests, body)
-        return record
+    from, if at hand (it is kept as is, rather than serialized again). `check` runs
+    under the lock just before, to raise whatever refuses the batch (account limits).
+    The requests file is written first, off the lock: it takes a while for a big batch,
+    and other batches need not wait for it."""
+    batch_id = new_batch_id()
+    store.write_requests(batch_id, requests, body)
+    try:
+        with store.lock, paused_gc():
+            check()
+            now = store.clock.now()
+            record = BatchRecord(
+                id=batch_id,
+                seq=store.next_seq(),
+                created_at=now,
+                expires_at=now + EXPIRY,
+                api_version=api_version,
+                betas=list(betas),
+                request_counts={key: 0 for key in COUNT_KEYS} | {"processing": len(requests)},
+                faults=faults or LineFaults(),
+            )
+            store.create(record, requests, body)
+            if body is not None:  # at hand now: processing need not read the file for it
+                store.memo(record.id, "cache_free", lambda: _free(body))
+            return record
+    except BaseException:
+        with store.lock:
+            if store.get(batch_id) is None:
+                store.delete(batch_id)  # the requests file of a batch that never was
+        raise
 
 
 @dataclass(frozen=True)
@@ -96,7 +117,7 @@ class Schedule:
     in processing order, the first at `due` + 1/rps, the last at `end`."""
 
     due: dt.datetime
-    order: list[int]
+    order: Sequence[int]
     rps: float | None
 
     def finished_at(self, position: int) -> dt.datetime:
@@ -122,7 +143,9 @@ def _requests(store: Store, record: BatchRecord) -> list[dict[str, Any]]:
 
 
 def _schedule(store: Store, record: BatchRecord, latency: float) -> Schedule:
-    def order() -> list[int]:
+    def order() -> Sequence[int]:
+        if record.faults.expired_rate <= 0:  # none is left out: no need to read them
+            return range(sum(record.request_counts.values()))
         requests = _requests(store, record)
         return [
             index
@@ -139,14 +162,13 @@ def _answer(
     record: BatchRecord,
     request: dict[str, Any],
     moment: dt.datetime,
-    sources: Sources | None = None,
+    sources: Sources | None,
+    error: ApiError | None,
 ) -> dict[str, Any]:
-    """One request's result: an injected failure, the responder's error, or its Message.
-    `moment` is when the request completes on the emulated clock (what a prompt cache's
-    TTLs and a file's expiry should be judged against), `record.faults.seed` the batch's
-    seed, `sources` the store's files and URL cache."""
-    custom_id = request["custom_id"]
-    error = line_error(record.faults, record.seq, custom_id)
+    """One request's result: its injected failure `error`, the responder's error, or its
+    Message. `moment` is when the request completes on the emulated clock (what a prompt
+    cache's TTLs and a file's expiry should be judged against), `record.faults.seed` the
+    batch's seed, `sources` the store's files and URL cache."""
     request_id = None  # the real API gives null for validation errors...
     if error is None:
         answer = respond(
@@ -163,7 +185,7 @@ def _answer(
             return {"type": "succeeded", "message": answer}
         error = answer
     else:  # ...and a worker request id for failures while executing
-        request_id = worker_request_id(record.faults, record.seq, custom_id)
+        request_id = worker_request_id(record.faults, record.seq, request["custom_id"])
     inner = {"type": error.type, "message": error.message}
     return {"type": "errored", "error": {"type": "error", "error": inner, "request_id": request_id}}
 
@@ -215,29 +237,51 @@ class _Answers:
 def _answer_range(
     store: Store, record: BatchRecord, schedule: Schedule, positions: range
 ) -> _Answers:
-    """Answer the requests processed at `positions`, and bill the succeeded ones.
-    Touches no file and no lock but the prompt cache's, so it can run in a forked child
-    when the batch never uses the prompt cache."""
+    """Answer the requests processed at `positions`, and bill the succeeded ones: the
+    usual ones from templates (fastpath), the rest by the responder. Touches no file
+    and no lock but the prompt cache's, so it can run in a forked child when the batch
+    never uses the prompt cache."""
     requests = _requests(store, record)
-    answers, stamp = _Answers(), _Stamps(schedule)
+    stamp = _Stamps(schedule)
+    fixed = stamp(0) if schedule.rps is None else None  # every line's billed_at, if one
     credit = store.ledger.credit_left()  # None: no credit limit; lines spend it in order
     sources = Sources(store.files, store.urls)
-    for position in positions:
-        request = requests[schedule.order[position]]
+    usual = fastpath.Lines(record.id, record.betas, record.faults.seed).line
+    order, faults, seq = schedule.order, record.faults, record.seq
+    injects = faults.errored_rate > 0
+    answers = _Answers()
+    ids, kinds, texts = answers.custom_ids, answers.kinds, answers.texts
+    billed, bills = answers.billed, answers.bills
+    for position, message_id in zip(positions, new_message_ids(len(positions)), strict=True):
+        request = requests[order[position]]
         custom_id = request["custom_id"]
         if credit is not None and credit <= 0:
             result = no_credit_result()
         else:
-            result = _answer(store, record, request, schedule.finished_at(position), sources)
-        answers.custom_ids.append(custom_id)
-        answers.kinds.append(result["type"])
-        answers.texts.append(dumps_line({"custom_id": custom_id, "result": result}))
+            error = line_error(faults, seq, custom_id) if injects else None
+            made = None
+            if error is None:
+                made = usual(custom_id, request["params"], message_id, fixed or stamp(position))
+            if made is not None:
+                if credit is not None:
+                    credit -= made[2]
+                ids.append(custom_id)
+                kinds.append("succeeded")
+                texts.append(made[0])
+                billed.append(custom_id)
+                bills.append(made[1])
+                continue
+            moment = schedule.finished_at(position)
+            result = _answer(store, record, request, moment, sources, error)
+        ids.append(custom_id)
+        kinds.append(result["type"])
+        texts.append(dumps_line({"custom_id": custom_id, "result": result}))
         if result["type"] == "succeeded":
             row = ledger.entry(record.id, custom_id, result["message"], stamp(position))
             if credit is not None:
                 credit -= row["usd"]
-            answers.billed.append(custom_id)
-            answers.bills.append(dumps_line(row))
+            billed.append(custom_id)
+            bills.append(dumps_line(row))
     return answers
 
 
@@ -282,11 +326,12 @@ def _cache_free(store: Store, record: BatchRecord) -> bool:
     URL cache: none of their keys anywhere (a string value equal to one only costs the
     speed-up)."""
 
-    def free() -> bool:
-        body = store.requests_bytes(record.id)
-        return not any(key in body for key in SHARED_STATE_KEYS)
+    return store.memo(record.id, "cache_free", lambda: _free(store.requests_bytes(record.id)))
 
-    return store.memo(record.id, "cache_free", free)
+
+def _free(body: bytes) -> bool:
+    """_cache_free of a batch whose requests file is `body`."""
+    return not any(key in body for key in SHARED_STATE_KEYS)
 
 
 def _advance(store: Store, record: BatchRecord, schedule: Schedule, target: int) -> None:
@@ -354,44 +399,103 @@ def _finish(
     store.drop_progress(record.id)
 
 
+def ending(record: BatchRecord, schedule: Schedule) -> tuple[dt.datetime, str]:
+    """When the batch ends (once all it will process is done) and what the requests
+    left unprocessed then become."""
+    if record.cancel_initiated_at is not None:
+        end = min(max(schedule.due, record.cancel_initiated_at), record.expires_at)
+        return end, "canceled"
+    return min(schedule.end, record.expires_at), "expired"
+
+
+def due_now(store: Store, record: BatchRecord, latency: float) -> tuple[dt.datetime, Schedule, int]:
+    """The clock's now, the batch's schedule and how many of its lines are done by now."""
+    now = store.clock.now()
+    schedule = _schedule(store, record, latency)
+    stop = record.cancel_initiated_at or record.expires_at  # nothing runs after
+    return now, schedule, schedule.done_by(min(now, stop))
+
+
+def all_at_once(store: Store, record: BatchRecord, schedule: Schedule, target: int) -> bool:
+    """Whether this advance is for forked children to answer, off the lock (see
+    background.py): it is big, ends the batch, and is safe to split (see _answer_all)."""
+    return (
+        target - record.done >= POOL_AT_LEAST
+        and target == len(schedule.order)
+        and schedule.rps is None
+        and forked.AVAILABLE
+        and store.ledger.credit_usd is None
+        and _cache_free(store, record)
+    )
+
+
+def _wait_while_claimed(store: Store, record: BatchRecord) -> None:
+    """Wait while the batch is answered off the lock; then it must still be there."""
+    if store.wait_for(lambda: record.id in store.claimed) and store.get(record.id) is not record:
+        raise not_found(f"Message Batch {record.id} not found.")
+
+
 def refresh(store: Store, record: BatchRecord, latency: float) -> BatchRecord:
     """Bring one batch up to date with the clock (see the module docstring)."""
-    with store.lock, paused_gc():
+    with store.lock:
+        _wait_while_claimed(store, record)
         now = store.clock.now()
         if record.processing_status != "ended":
-            schedule = _schedule(store, record, latency)
-            stop = record.cancel_initiated_at or record.expires_at  # nothing runs after
-            _advance(store, record, schedule, schedule.done_by(min(now, stop)))
-            if record.cancel_initiated_at is not None:
-                end = min(max(schedule.due, record.cancel_initiated_at), record.expires_at)
-                outcome = "canceled"
-            else:
-                end, outcome = min(schedule.end, record.expires_at), "expired"
-            if now >= end:
-                _finish(store, record, schedule, outcome, end)
+            now = _catch_up(store, record, latency)
         if record.archived_at is None and now >= record.created_at + RETENTION:
             record.archived_at = record.created_at + RETENTION
             store.save(record)
         return record
 
 
+def _catch_up(store: Store, record: BatchRecord, latency: float) -> dt.datetime:
+    """refresh of a batch not ended; the clock's now it went by. A big advance that ends
+    the batch is handed to the store's background answerer, if it has one, and waited
+    for: the lock is let go meanwhile."""
+    now, schedule, target = due_now(store, record, latency)
+    if (
+        store.background is not None
+        and all_at_once(store, record, schedule, target)
+        and store.background.answer_now(record.id, latency)
+    ):
+        _wait_while_claimed(store, record)
+        if record.processing_status == "ended":
+            return now
+        now, schedule, target = due_now(store, record, latency)
+    with paused_gc():
+        _advance(store, record, schedule, target)
+        end, outcome = ending(record, schedule)
+        if now >= end:
+            _finish(store, record, schedule, outcome, end)
+    return now
+
+
 def queued(store: Store, latency: float) -> int:
     """Requests in the processing queue now: those of `in_progress` batches not yet
-    processed, every open batch first brought up to date (which bills what it did)."""
+    processed, every open batch first brought up to date (which bills what it did).
+    Counted again if bringing one up to date let go of the lock (it was answered in
+    the background), so the count holds until the caller lets go of it."""
     with store.lock:
-        total = 0
-        for record in store.all():
-            if record.processing_status != "ended":
-                refresh(store, record, latency)
-            if record.processing_status == "in_progress":
-                total += record.request_counts["processing"]
-        return total
+        while True:
+            total, waits = 0, store.waits
+            for record in store.all():
+                if record.processing_status != "ended":
+                    refresh(store, record, latency)
+                if record.processing_status == "in_progress":
+                    total += record.request_counts["processing"]
+            if store.waits == waits:
+                return total
 
 
 def process_soon(store: Store, record: BatchRecord, latency: float) -> threading.Thread | None:
-    """Refresh a just-created batch from a background thread if all of it is due at once
-    (see the module docstring); the thread, or None when it is left to the next access."""
+    """Refresh a just-created batch in the background if all of it is due at once (see
+    the module docstring): by the store's background answerer if it has one (None is
+    returned), else from a thread of its own (returned). Otherwise it is left to the
+    next access."""
     if latency > 0 or record.faults.requests_per_second is not None:
+        return None
+    if store.background is not None:
+        store.background.submit(record.id, latency)
         return None
 
     def process() -> None:

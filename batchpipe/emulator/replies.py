@@ -22,7 +22,7 @@ from batchpipe.emulator.wire import BASE62, invalid, json_encoder
 
 REPLY_PREFIX = "Emulated reply to: "
 # json.dumps(value, ensure_ascii=False), without building an encoder on every call.
-_json_text = json_encoder(separators=(", ", ": "))
+json_text = _json_text = json_encoder(separators=(", ", ": "))
 THOUGHTS = (
     'The user wrote: "{prompt}". I will answer directly and keep it short.',
     'Request to handle: "{prompt}". A brief, direct reply fits best.',

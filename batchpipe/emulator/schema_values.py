@@ -260,9 +260,13 @@ def schema_key(schema: Any) -> str:
     return repr(schema)
 
 
-def _leaf_plan(schema: Any, path: str) -> Callable[[_Generator], Any] | None:
+Leaf = tuple[str, Any, int]  # ("enum", members, count) or ("integer" | "number", first, span)
+
+
+def leaf(schema: Any) -> Leaf | None:
     """What `_Generator.value` does for an enum or a number schema with bounds that allow
-    an integer, its choices made once; None for every other schema."""
+    an integer, its choices made once: the pick (an int) indexes `members`, or is added
+    to `first` modulo `span`; None for every other schema."""
     if not isinstance(schema, dict) or not schema or any(key in schema for key in _COMPOSITE):
         return None
     if "enum" in schema:
@@ -273,23 +277,32 @@ def _leaf_plan(schema: Any, path: str) -> Callable[[_Generator], Any] | None:
             or not all(type(member) in SCALARS for member in members)
         ):
             return None
-        return lambda generator: members[generator.pick(path) % len(members)]
+        return "enum", members, len(members)
     kind = _Generator.kind(schema)
     if kind not in ("integer", "number") or schema.get("multipleOf"):
         return None
     first, last = _number_range(schema)[4:]
     if not first <= last:
         return None
-    span = last - first + 1
+    return kind, first, last - first + 1
+
+
+def _leaf_plan(schema: Any, path: str) -> Callable[[_Generator], Any] | None:
+    found = leaf(schema)
+    if found is None:
+        return None
+    kind, start, span = found
+    if kind == "enum":
+        return lambda generator: start[generator.pick(path) % span]
     if kind == "integer":
-        return lambda generator: first + generator.pick(path) % span
-    return lambda generator: float(first + generator.pick(path) % span)
+        return lambda generator: start + generator.pick(path) % span
+    return lambda generator: float(start + generator.pick(path) % span)
 
 
-def _flat_plan(schema: Any) -> Plan | None:
-    """`_Generator.value(schema, "$", 0)` as a function of the generator, for an object
-    of enums and numbers (the usual structured output): what depends only on the schema
-    is worked out once per distinct schema. None for any other schema."""
+def flat_leaves(schema: Any) -> list[tuple[str, Leaf]] | None:
+    """An object of enums and numbers (the usual structured output), as its properties'
+    names and leaves in order: `_Generator.value(schema, "$", 0)` is {name: the leaf's
+    value at "$.name"}. None for any other schema."""
     if not isinstance(schema, dict) or any(key in schema for key in _COMPOSITE):
         return None
     if "enum" in schema or "minProperties" in schema or _Generator.kind(schema) != "object":
@@ -299,10 +312,21 @@ def _flat_plan(schema: Any) -> Plan | None:
         name not in properties for name in schema.get("required") or []
     ):
         return None
-    leaves = [(name, _leaf_plan(child, f"$.{name}")) for name, child in properties.items()]
-    if not all(leaf is not None for _, leaf in leaves):
+    leaves = [(name, leaf(child)) for name, child in properties.items()]
+    if not all(found is not None for _, found in leaves):
         return None
-    return lambda generator: {name: leaf(generator) for name, leaf in leaves}  # type: ignore[misc]
+    return leaves  # type: ignore[return-value]
+
+
+def _flat_plan(schema: Any) -> Plan | None:
+    """`_Generator.value(schema, "$", 0)` as a function of the generator, for the schemas
+    flat_leaves takes: what depends only on the schema is worked out once per distinct
+    schema. None for any other schema."""
+    if flat_leaves(schema) is None:
+        return None
+    properties = schema.get("properties") or {}
+    leaves = [(name, _leaf_plan(child, f"$.{name}")) for name, child in properties.items()]
+    return lambda generator: {name: make(generator) for name, make in leaves}  # type: ignore[misc]
 
 
 def _plan(schema: dict[str, Any], key: str) -> Plan | None:

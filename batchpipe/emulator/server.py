@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from batchpipe.emulator import forked
 from batchpipe.emulator.app import create_app
 from batchpipe.emulator.faults import FaultSettings
 from batchpipe.emulator.limits import LimitSettings
@@ -108,4 +109,5 @@ def serve(
     try:
         asyncio.run(_serve_and_announce(server, sock, line))
     finally:
+        forked.kill_all()  # a batch being answered when told to stop is answered again
         sock.close()

@@ -17,6 +17,9 @@ fsynced per append and a torn last line is cut off on load. Layout:
                                             in processing order (deleted once ended)
     state_dir/batches/<id>.results.jsonl    the results body, exactly as served
     state_dir/files/                        uploaded files (see files.py)
+    state_dir/work/<id>/                    part files of a batch being answered by
+                                            forked children (pooled.py); removed once
+                                            it ends, and on start
 
 The URL media cache (fetch.py) is kept in memory only: a restart downloads again.
 """
@@ -27,10 +30,12 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -45,10 +50,12 @@ from batchpipe.emulator.wire import (
     atomic_write_with,
     dumps_line,
     load_lines,
+    write_aside,
     write_lines,
 )
 
 T = TypeVar("T")
+MEMO_REQUESTS = 200_000  # parsed requests kept in memory across batches waiting their turn
 
 
 @contextlib.contextmanager
@@ -143,33 +150,54 @@ def tally(total: int, kinds: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+class Background(Protocol):
+    """Who answers big batches off the lock (background.Processor), if anyone does."""
+
+    def submit(self, batch_id: str, latency: float) -> None: ...
+
+    def answer_now(self, batch_id: str, latency: float) -> bool: ...
+
+
 class Store:
     """The batches in memory, written through to disk on every change.
 
     `lock` serialises every read-modify-write of a batch (refresh included) and billing,
-    because the HTTP handlers run in a thread pool and several clients poll at once.
+    because the HTTP handlers run in a thread pool and several clients poll at once. A
+    batch in `claimed` is being answered off the lock (background.py): who needs it
+    waits on `changed`, which lets go of the lock, so the other batches, creates and
+    downloads carry on meanwhile.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
         self.batch_dir = state_dir / "batches"
         self.batch_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = state_dir / "work"
+        shutil.rmtree(self.work_dir, ignore_errors=True)  # what a killed emulator left
         self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.claimed: set[str] = set()
+        self.waits = 0  # times the lock was let go by wait_for, so a caller can tell
+        self.background: Background | None = None
         self.clock = Clock(state_dir / "clock.json")
-        self.ledger = Ledger(state_dir / "ledger.jsonl")
         self.cache_path = state_dir / "prompt_cache.json"
         self.prompt_cache = PromptCache(self.cache_path)
         self.files = FileStore(state_dir / "files")
         self.urls = UrlFetcher()
         self._batches: dict[str, BatchRecord] = {}
         self._memo: dict[tuple[str, str], Any] = {}
+        self._held: dict[str, int] = {}  # batch id -> its requests kept parsed since create
         for path in self.batch_dir.glob("*.json"):
             if "." in path.stem:  # <id>.requests.json, not a record
                 continue
             record = BatchRecord.model_validate_json(path.read_text(encoding="utf-8"))
             self._batches[record.id] = record
-            if record.processing_status != "ended":
-                self._reconcile(record)
+        still_open = {
+            key for key, record in self._batches.items() if record.processing_status != "ended"
+        }
+        self.ledger = Ledger(state_dir / "ledger.jsonl", open_batches=still_open)
+        for batch_id in still_open:
+            self._reconcile(self._batches[batch_id])
 
     def _reconcile(self, record: BatchRecord) -> None:
         """After a crash between "progress appended" and "record saved", the progress
@@ -198,18 +226,46 @@ class Store:
         atomic_write(self._path(record.id, ".json"), record.model_dump_json(indent=1))
         self._batches[record.id] = record
 
+    def save_aside(self, record: BatchRecord, **changes: Any) -> Callable[[], None]:
+        """`save` of the record with `changes` made, in two halves: the file written and
+        synced now, off the lock; then, by the function returned, under the lock, the
+        changes made to the record itself and the file put in place."""
+        changed = record.model_copy(update=changes)
+        text = changed.model_dump_json(indent=1).encode("utf-8")
+        path = self._path(record.id, ".json")
+        tmp = write_aside(path, lambda out: out.write(text))
+
+        def put() -> None:
+            for name, value in changes.items():
+                setattr(record, name, value)
+            os.replace(tmp, path)
+            self._batches[record.id] = record
+
+        return put
+
+    def write_requests(
+        self, batch_id: str, requests: list[dict[str, Any]], body: bytes | None = None
+    ) -> None:
+        """A new batch's requests file; no lock needed, as no record names it yet. They
+        are kept as the create call's `body` when given (it parses back to the same
+        requests, and serializing them again took a third of accepting a batch)."""
+        if body is None:
+            body = dumps_line({"requests": requests}).encode("utf-8")
+        atomic_write_with(self._path(batch_id, ".requests.json"), lambda out: out.write(body))
+
     def create(
         self, record: BatchRecord, requests: list[dict[str, Any]], body: bytes | None = None
     ) -> None:
-        """Requests first, then the record: a record never exists without its requests.
-        They are kept as the create call's `body` when given (it parses back to the same
-        requests, and serializing them again took a third of accepting a batch); the
-        parsed requests stay in memory, so processing does not read them back."""
-        if body is None:
-            body = dumps_line({"requests": requests}).encode("utf-8")
-        atomic_write_with(self._path(record.id, ".requests.json"), lambda out: out.write(body))
+        """Requests first (see write_requests), then the record: a record never exists
+        without its requests. The parsed requests stay in memory, so processing need not
+        read them back, unless that would keep more than MEMO_REQUESTS of them (a client
+        queueing a hundred batches): the later ones are read back when their turn comes."""
+        if not self._path(record.id, ".requests.json").exists():
+            self.write_requests(record.id, requests, body)
         self.save(record)
-        self._memo[(record.id, "requests")] = requests
+        if sum(self._held.values()) + len(requests) <= MEMO_REQUESTS:
+            self._memo[(record.id, "requests")] = requests
+            self._held[record.id] = len(requests)
 
     def memo(self, batch_id: str, name: str, make: Callable[[], T]) -> T:
         """A per-batch value kept in memory while the batch is processed (its parsed
@@ -223,6 +279,20 @@ class Store:
     def forget(self, batch_id: str) -> None:
         for key in [key for key in self._memo if key[0] == batch_id]:
             del self._memo[key]
+        self._held.pop(batch_id, None)
+
+    def memo_of(self, batch_id: str, name: str) -> Any:
+        """A per-batch value if it is kept (see memo), else None."""
+        return self._memo.get((batch_id, name))
+
+    def wait_for(self, busy: Callable[[], bool]) -> bool:
+        """Wait, the lock let go meanwhile, while `busy()`; whether it was at all."""
+        waited = False
+        while busy():
+            self.waits += 1
+            self.changed.wait()
+            waited = True
+        return waited
 
     def requests_bytes(self, batch_id: str) -> bytes:
         """The batch's requests file as stored (JSON, or JSONL from older versions)."""
@@ -263,6 +333,10 @@ class Store:
     def results_path(self, batch_id: str) -> Path:
         return self._path(batch_id, ".results.jsonl")
 
+    def parts_dir(self, batch_id: str) -> Path:
+        """Where a batch answered off the lock keeps its part files until it ends."""
+        return self.work_dir / batch_id
+
     def delete(self, batch_id: str) -> None:
         """Record first, so an interrupted delete leaves stray files, not a broken batch."""
         self._path(batch_id, ".json").unlink(missing_ok=True)
@@ -274,11 +348,14 @@ class Store:
     def reset(self) -> None:
         """Forget everything: batches, ledger, clock offset, prompt cache file, files."""
         with self.lock:
+            self.wait_for(lambda: bool(self.claimed))  # their files are being written
             for batch_id in list(self._batches):
                 self.delete(batch_id)
             for stray in self.batch_dir.iterdir():
                 stray.unlink(missing_ok=True)
             self._memo.clear()
+            self._held.clear()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
             self.ledger.reset()
             self.clock.reset()
             self.prompt_cache.clear()

@@ -40,26 +40,34 @@ def count_tokens(text: str) -> int:
     that quotes it, and a batch's requests share schemas, systems and tools. Room for
     thousands of texts, so a structured reply (a few hundred distinct ones for an enum
     and a number) is still cached when it recurs between ever new prompts."""
+    return count_fresh(text)
+
+
+def count_fresh(text: str) -> int:
+    """count_tokens without the cache, for a text that is counted once (a batch line's
+    prompt): filing it in the cache would only push out texts that do recur."""
     if text.isascii():
-        return sum([(len(piece) + 3) >> 2 for piece in _ascii_runs(text)])
+        return sum([(len(run) + 3) >> 2 for run in _ascii_runs(text)])
     return sum([(len(piece) + 3) >> 2 for piece in _PIECE.findall(text)])
 
 
-# An ASCII text's runs without a regex: each byte becomes its class (w: \w, p: the
-# punctuation _ASCII_PIECE matches, space: \s and the separators \x1c-\x1f), a space
-# goes between a word and a punctuation class that touch, and split() finds the runs.
-# Every step is one C pass over the bytes: twice as fast as findall on English text.
+# An ASCII text's runs without a regex: one translation keeps its word bytes (\w) and
+# blanks the rest, another keeps its punctuation (what _ASCII_PIECE matches outside \w),
+# and split() finds the runs of each. Every step is one C pass over the bytes: twice as
+# fast as findall on English text.
 _WORD = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
 _SPACE = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")
-_CLASS_OF_BYTE = bytes(
-    ord("w") if byte in _WORD else ord(" ") if byte in _SPACE else ord("p") for byte in range(256)
+_WORD_RUNS = bytes(ord("w") if byte in _WORD else ord(" ") for byte in range(256))
+_PUNCT_RUNS = bytes(
+    ord(" ") if byte in _WORD or byte in _SPACE else ord("p") for byte in range(256)
 )
 
 
 def _ascii_runs(text: str) -> list[bytes]:
-    """The runs `_ASCII_PIECE.findall(text)` finds, as runs of class letters (same lengths)."""
-    classes = text.encode("ascii").translate(_CLASS_OF_BYTE)
-    return classes.replace(b"wp", b"w p").replace(b"pw", b"p w").split()
+    """The runs `_ASCII_PIECE.findall(text)` finds (as bytes of the same lengths), its
+    word runs first, then its punctuation runs."""
+    data = text.encode("ascii")
+    return data.translate(_WORD_RUNS).split() + data.translate(_PUNCT_RUNS).split()
 
 
 def _pieces(text: str) -> re.Pattern[str]:

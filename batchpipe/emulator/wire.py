@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK_LINES = 4096
+TAIL_BLOCK = 64 * 1024
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 # HTTP status -> error.type, from the API's errors page (research §4.2).
@@ -80,8 +81,9 @@ def _base62(length: int) -> str:
     digit after digit. Never from a buffer of random bytes, which a forked child would
     share (and so repeat ids)."""
     digits = b""
-    while len(digits) < length:  # 10 spare bytes: a second draw is a 1-in-10^9 event
-        digits += secrets.token_bytes(length + 10).translate(_DIGIT_OF_BYTE, _UNUSABLE)
+    while len(digits) < length:  # 1/32 of the bytes are dropped: the spare ones make a
+        spare = length // 24 + 10  # second draw a 1-in-10^9 event for one id or many
+        digits += secrets.token_bytes(length + spare).translate(_DIGIT_OF_BYTE, _UNUSABLE)
     return digits[:length].decode("ascii")
 
 
@@ -93,6 +95,13 @@ def new_batch_id() -> str:
 def new_message_id() -> str:
     """`msg_01` + 22 base62 characters, the shape of real message ids."""
     return "msg_01" + _base62(22)
+
+
+def new_message_ids(count: int) -> list[str]:
+    """`count` message ids from one draw of random bytes (see _base62): a batch's lines
+    need one each, and a draw per id cost more than the id's digits."""
+    digits = _base62(22 * count)
+    return ["msg_01" + digits[start : start + 22] for start in range(0, 22 * count, 22)]
 
 
 def new_request_id() -> str:
@@ -239,6 +248,26 @@ def load_lines(path: Path) -> list[str]:
     return [line for line in whole.decode("utf-8").split("\n") if line]
 
 
+def cut_torn_tail(path: Path) -> None:
+    """load_lines' repair without reading the file: cut a torn last line (no newline)
+    off an append-only JSONL file, looking back from its end a block at a time."""
+    if not path.exists():
+        return
+    with path.open("r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - TAIL_BLOCK)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end != size:
+            handle.truncate(end)
+
+
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete lines of an append-only JSONL file, parsed (see load_lines)."""
     return [json.loads(line) for line in load_lines(path)]
@@ -259,6 +288,18 @@ def atomic_write(path: Path, text: str) -> None:
 
 def atomic_write_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """`atomic_write`, the content written by `write(handle)`."""
+    tmp = write_aside(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_aside(path: Path, write: Callable[[IO[bytes]], object]) -> str:
+    """The first half of atomic_write_with: the content in a synced temporary file beside
+    `path`, which os.replace then puts in its place. A sync can take long when much is
+    waiting to be written; a rename never does, so only that need be under a lock."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -266,10 +307,10 @@ def atomic_write_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; state files are meant to be inspected
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:
