@@ -117,7 +117,7 @@ def _targets(f: dict) -> str:
         _target_row(pipes, "building requests (`requests` step) / bare COPY", _vs_copy, "≤ 2x"),
         _target_row(
             pipes,
-            "loading results (`results` step less its download) / bare read_json",
+            "loading results (the loads' own time, download excluded) / bare read_json",
             _vs_read_json,
             "≤ 2x",
         ),
@@ -179,17 +179,15 @@ def _vs_copy(p: dict) -> Cell:
 
 
 def loading_s(run: dict) -> float | None:
-    """The results step less the download: getting downloaded files into DuckDB (None
-    when the run has no separate `results` step)."""
-    if "results" not in run:
-        return None
-    return run["results"] - run.get("download", 0.0)
+    """Getting downloaded files into DuckDB: the load's own time (`load_file`), wherever it
+    ran (each batch is loaded as it ends, mostly inside `batch_status` now)."""
+    return run.get("load_file")
 
 
 def _vs_read_json(p: dict) -> Cell:
     loading, floor = loading_s(p["run"]), p["floor"]["read_json_s"]
     if loading is None:
-        return "n/a (no `results` step)", None
+        return "n/a (the load was not timed)", None
     ratio = loading / floor
     return f"{ratio:.1f}x ({loading:.2f} s / {floor:.2f} s)", (ratio <= STEP_RATIO)
 
@@ -224,6 +222,23 @@ def _cpu(f: dict) -> str:
         "  of which user / system",
         lambda p: f"{p['run']['user_s']:.1f} s / {p['run']['sys_s']:.1f} s",
     )
+    for step in STEPS:
+        row(
+            f"  of which step `{step}` (its process CPU while it ran, DuckDB's threads too)",
+            lambda p, step=step: _cpu_of(p["run"], f"step_{step}_cpu"),
+        )
+    for key, label in (
+        ("download_cpu", "downloading results files"),
+        ("load_file_cpu", "loading them (`read_json` + match + insert)"),
+    ):
+        row(f"    within the steps: {label}", lambda p, key=key: _cpu_of(p["run"], key))
+    row(
+        "  outside the steps: interpreter, imports, Dagster's run",
+        lambda p: _cpu_of(
+            {"rest": p["run"]["cpu_s"] - sum(p["run"].get(f"step_{s}_cpu", 0) for s in STEPS)},
+            "rest",
+        ),
+    )
     row("DuckDB's floor process: CPU", cpu("floor"))
     for key, label in (
         ("copy_s", "COPY"),
@@ -243,6 +258,11 @@ def _cpu(f: dict) -> str:
         "the loop's its render, the SDK's encoding and typed parse, and its load. The floor "
         f"read {_results_from(pipes)} results files.\n"
     )
+
+
+def _cpu_of(run: dict, key: str) -> str:
+    value = run.get(key)
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
 def _results_from(pipes: Pipes) -> str:
