@@ -1,8 +1,9 @@
 """Results files -> DuckDB: every paid line kept, matched to its request by wire id.
 
-One statement parses every ended batch's file (`read_json`, in parallel) and inserts
-what batchpipe keeps, costed in SQL; the batches are marked loaded in the same
-transaction, so a crash leaves them either loaded or still to load.
+One statement parses the files (`read_json`) and inserts what batchpipe keeps, costed
+in SQL; the batches are marked loaded in the same transaction, so a crash leaves them
+either loaded or still to load. The steps load one batch at a time, as each ends, and
+each file is removed once its batch is in.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def load_results_files(
     """Bulk-load ended batches' results, matched to requests by their wire custom_id (the
     request's custom_id and its submission's token), never by order.
 
-    One statement parses every file (in parallel) and inserts what batchpipe keeps, and
-    one transaction marks the batches loaded. A line for a request its batch was not
+    One statement parses the files and inserts what batchpipe keeps, and one
+    transaction marks the batches loaded. A line for a request its batch was not
     sent makes the insert fall short of the files' line count, and it is all rolled
     back before anything is visible.
     """

@@ -234,9 +234,8 @@ def _cpu(f: dict) -> str:
         row(f"    within the steps: {label}", lambda p, key=key: _cpu_of(p["run"], key))
     row(
         "  outside the steps: interpreter, imports, Dagster's run",
-        lambda p: _cpu_of(
-            {"rest": p["run"]["cpu_s"] - sum(p["run"].get(f"step_{s}_cpu", 0) for s in STEPS)},
-            "rest",
+        lambda p: (
+            f"{p['run']['cpu_s'] - sum(p['run'].get(f'step_{s}_cpu', 0) for s in STEPS):.1f} s"
         ),
     )
     row("DuckDB's floor process: CPU", cpu("floor"))

@@ -98,7 +98,7 @@ def batch_sensor(
             context.log.warning(scrub(f"could not poll the open batches ({err}); trying next time"))
             return dg.SkipReason("the Batches API did not answer; trying next time")
         now = dt.datetime.now(dt.UTC)
-        partial = []  # runs for the batches that ended before their partition's last
+        still: dict[str, list[str]] = {}  # partition -> its batches still open after a run
         for partition, known in sorted(cursor.open.items()):
             if known.batch_ids:
                 states = [seen.get(b) for b in known.batch_ids]
@@ -109,26 +109,13 @@ def batch_sensor(
                 ended = [s.id for s in states if s.processing_status == "ended"]
                 if not ended:
                     continue
-                if len(ended) < len(states):
-                    # Some have ended: their results are copied now (safe from the 29-day
-                    # limit at once, and the last batch's load is all that is left when it
-                    # ends); the rest stay watched. The run holds enriched too: it is
-                    # skipped while batches are open, and if the rest end before the run
-                    # gets there, the run finishes the partition (a results-only run
-                    # would leave it loaded and never written).
-                    partial.append(
-                        dg.RunRequest(
-                            job_name=job.name,
-                            partition_key=partition,
-                            asset_selection=finish,
-                            run_key=f"{name}:{partition}:ended:{_digest(ended)}",
-                            tags=_origin_tags(context.instance, name, partition, known),
-                        )
-                    )
-                    still = [b for b in known.batch_ids if b not in ended]
-                    cursor.open[partition] = known.model_copy(update={"batch_ids": still})
-                    continue
-                run_key = f"{name}:{partition}:{_digest(known.batch_ids)}"  # once per set
+                # Once any has ended, its results are copied now (safe from the 29-day
+                # limit at once, and the last batch's load is all that is left when it
+                # ends); the rest stay watched. Every such run holds enriched: it is
+                # skipped while batches are open, and if the rest have ended by the time
+                # the run gets there, it finishes the partition.
+                still[partition] = [b for b in known.batch_ids if b not in ended]
+                run_key = f"{name}:{partition}:{_digest(ended)}"  # once per set of batches
             elif known.held_until and now >= dt.datetime.fromisoformat(known.held_until):
                 # Only held requests: the run's results step sends them (the sensor itself
                 # never writes the warehouse); once per hold, as each hold has its time.
@@ -145,11 +132,13 @@ def batch_sensor(
                 )
             )
         for run in runs:
-            cursor.open.pop(run.partition_key, None)
+            known = cursor.open.pop(run.partition_key)
+            if still.get(run.partition_key):
+                cursor.open[run.partition_key] = known.model_copy(
+                    update={"batch_ids": still[run.partition_key]}
+                )
         return dg.SensorResult(
-            run_requests=partial + runs,
-            asset_events=observations,
-            cursor=cursor.model_dump_json(),
+            run_requests=runs, asset_events=observations, cursor=cursor.model_dump_json()
         )
 
     return poll_batches
